@@ -1,0 +1,25 @@
+# `make repro` and `make test` do all the set-up themselves on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: repro test install clean-venv
+
+install: $(VENV)/.installed
+
+# Reinstalled only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

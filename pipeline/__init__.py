@@ -1,0 +1,1 @@
+"""Rebalance an imbalanced image dataset with a class-conditional GAN, as a DVC pipeline."""

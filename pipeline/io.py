@@ -1,0 +1,169 @@
+"""Files shared between stages: manifests, PNG folders, JSON, hashes and atomic output folders.
+
+Stages talk to each other only through the files these helpers read and write (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from pipeline.config import ConfigError
+
+MANIFEST_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "seed", "sha256"]
+PREPARED_DIR = Path("data/prepared")
+SPLITS = ("train", "val", "test")
+
+
+# --- atomic output folders -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary sibling of `dest`; on success it replaces `dest`, on error it is removed.
+
+    A killed or failing stage therefore leaves the previous version of `dest` whole.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- hashing and JSON ----------------------------------------------------------------------------
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path | str, obj) -> None:
+    """Stable JSON (sorted keys, fixed indent) so equal content gives equal bytes."""
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path | str):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run the stage that makes it first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- class folders and PNGs ----------------------------------------------------------------------
+
+
+def natural_sort(names) -> list[str]:
+    """Sorted class names; all-integer names sort as numbers (2 before 10)."""
+    names = list(names)
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def class_folder_names(class_names: list[str]) -> list[str]:
+    """Safe folder names for class names given in label order.
+
+    A folder name never contains a path separator, never starts with a dot and is never empty, so
+    it cannot escape the output folder. ImageFolder sorts folder names as strings; when the plain
+    safe names would sort differently from the label order (or collide), every name gets its label
+    as a zero-padded prefix, so ImageFolder's class indices always equal the labels.
+    """
+    slugs = [_slug(name) for name in class_names]
+    if len(set(slugs)) == len(slugs) and sorted(slugs) == slugs:
+        return slugs
+    width = len(str(len(class_names) - 1))
+    return [f"{i:0{width}d}_{slug}" for i, slug in enumerate(slugs)]
+
+
+def _slug(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name).strip("._") or "class"
+    return slug[:64]
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an HxW (grayscale) or HxWx3 (RGB) uint8 array; deterministic."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image).save(
+        buffer, format="PNG", optimize=False
+    )
+    return buffer.getvalue()
+
+
+def read_png(path: Path | str, channels: int) -> np.ndarray:
+    """HxWxC uint8 array of a PNG written by a stage."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    return array[..., None] if channels == 1 else array
+
+
+# --- manifests -----------------------------------------------------------------------------------
+
+
+def write_manifest(frame: pd.DataFrame, path: Path | str) -> None:
+    frame.to_csv(path, index=False, lineterminator="\n")
+
+
+def read_manifest(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run the stage that makes it first)")
+    frame = pd.read_csv(path, dtype={"class_name": str, "source": str, "sha256": str}, keep_default_na=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path}: manifest lacks the columns {', '.join(missing)}")
+    return frame
+
+
+def load_images(root: Path | str, manifest: pd.DataFrame, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images of a manifest as one uint8 tensor NxCxHxW, and their int64 labels."""
+    root = Path(root)
+    arrays = [read_png(root / rel, channels) for rel in manifest["path"]]
+    if not arrays:
+        raise ConfigError(f"{root}: the manifest lists no images")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(manifest["label"].to_numpy(), dtype=torch.int64)
+    return images, labels
+
+
+def load_prepared_split(split: str, prepared_dir: Path | str = PREPARED_DIR) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of the prepared data as (uint8 NxCxHxW images, labels)."""
+    prepared_dir = Path(prepared_dir)
+    stats = read_json(prepared_dir / "stats.json")
+    manifest = read_manifest(prepared_dir / "manifest.csv")
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ConfigError(f"{prepared_dir}: the {split} split is empty")
+    return load_images(prepared_dir, rows, stats["channels"])
