@@ -201,3 +201,25 @@ def weights_hash(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+GAN_DIR = Path("models/gan")
+JUDGE_DIR = Path("models/judge")
+
+
+def load_generator(folder: Path | str = GAN_DIR) -> tuple[Generator, dict]:
+    """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json`.
+
+    The JSON holds image_size, channels, class_names, z_dim and width (and whatever else train records).
+    """
+    return load_model(
+        folder, "generator_ema",
+        lambda m: Generator(m["image_size"], m["channels"], len(m["class_names"]), m["z_dim"], m["width"]),
+    )
+
+
+def load_judge(folder: Path | str = JUDGE_DIR) -> tuple[Classifier, dict]:
+    """The judge stage's classifier: `judge.pt` + `judge.json` (image_size, channels, class_names, width)."""
+    return load_model(
+        folder, "judge", lambda m: Classifier(m["image_size"], m["channels"], len(m["class_names"]), m["width"])
+    )
