@@ -82,3 +82,29 @@ def workspace(tmp_path, monkeypatch, prepared_tiny) -> Path:
     shutil.copytree(prepared_tiny / "data", tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The `dvc` CLI of this environment, with the venv's `python` first on PATH (dvc.yaml calls `python`)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def make_repo_copy(dest: Path, params_raw: dict) -> Path:
+    """A git + DVC repository in `dest` holding this project's files (as in the working tree) and the
+    given params.yaml, committed, as a user's fresh clone would be."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for rel in filter(None, listed):
+        if rel.startswith(("data/", "models/", "reports/")) or rel == "dvc.lock" or not (REPO_ROOT / rel).is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, dest / rel)
+    write_params(dest, params_raw)
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
