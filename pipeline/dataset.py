@@ -1,0 +1,72 @@
+"""Load the augmented dataset that the merge stage writes, for downstream training.
+
+    from pipeline.dataset import load_augmented
+    dataset, manifest, sampler = load_augmented(transform=torchvision.transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=sampler)
+
+`dataset[i]` is (image, label) for row i of `manifest`, like torchvision's ImageFolder: a PIL image
+in the dataset's mode ("L" or "RGB"), or whatever `transform` makes of it. The sampler draws with the
+manifest's `weight` column: every class equally often, with `merge.synthetic_share` of each rare
+class's draws on its synthetic images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from pipeline.config import ConfigError
+from pipeline.io import read_json, read_manifest
+from pipeline.merge import sampling_weights
+
+GATE_NUMBERS = ["judge_confidence", "judge_prediction", "nn_distance"]
+
+
+class ManifestDataset(Dataset):
+    """The images of a manifest, read from `root`, with their labels."""
+
+    def __init__(self, root: Path, manifest: pd.DataFrame, mode: str, transform: Optional[Callable] = None):
+        self.paths = [root / path for path in manifest["path"]]
+        self.targets = manifest["label"].tolist()
+        self.mode = mode
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            image = image.convert(self.mode)
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = None,
+                   transform: Optional[Callable] = None) -> tuple[Dataset, pd.DataFrame, WeightedRandomSampler]:
+    """(dataset, manifest, sampler) of the augmented dataset; `origin` "real" or "synthetic" keeps only those rows.
+
+    With an origin, the sampler still draws every class equally often, over that origin's images.
+    """
+    if origin not in (None, "real", "synthetic"):
+        raise ConfigError(f"origin must be None, 'real' or 'synthetic', got {origin!r}")
+    root = Path(root)
+    card = read_json(root / "dataset.json")
+    manifest = read_manifest(root / "manifest.csv")
+    # the gate's values are empty on real rows: numbers with NaN there, so they can be filtered on
+    manifest[GATE_NUMBERS] = manifest[GATE_NUMBERS].apply(pd.to_numeric, errors="coerce")
+    manifest["judge_prediction"] = manifest["judge_prediction"].astype("Int64")
+    if origin is None:
+        weights = manifest["weight"].to_numpy()
+    else:
+        manifest = manifest[manifest["origin"] == origin].reset_index(drop=True)
+        if manifest.empty:
+            raise ConfigError(f"{root}/manifest.csv: no {origin} images")
+        # one origin only, so the share between origins does not matter
+        weights = sampling_weights(manifest["label"].to_numpy(), (manifest["origin"] == "synthetic").to_numpy(), 0.5)
+    dataset = ManifestDataset(root, manifest, card["mode"], transform)
+    sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(manifest))
+    return dataset, manifest, sampler
