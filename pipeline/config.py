@@ -58,23 +58,77 @@ class DataParams:
 
 @dataclass(frozen=True)
 class JudgeParams:
+    # an epoch draws as many class-balanced samples as the train split would hold if every class
+    # were as large as the largest one
     max_epochs: int = bounded(8, ge=1)
     batch_size: int = bounded(128, ge=1)
     lr: float = bounded(2e-3, gt=0.0)
     width: int = bounded(32, ge=4)
+    max_shift: int = bounded(2, ge=0)  # random shift augmentation, in pixels
 
 
 @dataclass(frozen=True)
 class TrainParams:
     max_epochs: int = bounded(60, ge=1)
-    batch_size: int = bounded(64, ge=1)
+    batch_size: int = bounded(32, ge=1)
+    # networks (nets.Generator / nets.Discriminator)
+    z_dim: int = bounded(64, ge=1)
+    g_width: int = bounded(16, ge=4)
+    d_width: int = bounded(32, ge=4)
+    # losses and Adam optimisers
+    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    lr_g: float = bounded(1e-3, gt=0.0)
+    lr_d: float = bounded(1e-3, gt=0.0)
+    beta1: float = bounded(0.0, ge=0.0, lt=1.0)
+    beta2: float = bounded(0.99, ge=0.0, lt=1.0)
+    # limited-data techniques (each one switchable)
+    diffaugment: list[Literal["color", "translation", "cutout"]] = bounded(["color", "translation", "cutout"])
+    ema: bool = True  # false: "generator_ema" is a plain copy of the generator
+    ema_decay: float = bounded(0.999, ge=0.0, lt=1.0)
+    balance: float = bounded(0.75, ge=0.0, le=1.0)  # class sampling: 0 natural frequencies, 1 uniform
+    lecam_weight: float = bounded(0.0, ge=0.0)  # 0: off
+    transition_start: int = bounded(0, ge=0)  # batches trained unconditionally first
+    transition_steps: int = bounded(0, ge=0)  # batches over which the class conditioning is blended in
+    gsr_weight: float = bounded(0.2, ge=0.0)  # group spectral regularisation of the class norms; 0: off
+    # hardware: "auto" picks the GPU (bf16-mixed) when there is one, else the CPU (32-true)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Union[Literal["auto"], int] = bounded("auto", ge=1)
+    num_nodes: int = bounded(1, ge=1)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when training on more than one device
+    # progress outputs
+    sample_every_n_epochs: int = bounded(10, ge=1)
+    samples_per_class: int = bounded(10, ge=1)
 
 
 @dataclass(frozen=True)
 class GenerateParams:
     # "max" | an integer count | a fraction (0, 1] of the largest class
     target: Union[str, int, float] = "max"
+    # at most this many synthetic images per real train image of a class (null: no cap)
+    max_synthetic_per_real: Optional[float] = bounded(None, gt=0.0)
     batch_size: int = bounded(500, ge=1)
+    # null: normal latents; a number t: latents drawn from the normal truncated to [-t, t]
+    truncation: Optional[float] = bounded(None, gt=0.0)
+    # gate check 1: the judge gives the intended class a probability of at least min_confidence
+    check_label: bool = True
+    min_confidence: float = bounded(0.8, ge=0.0, le=1.0)
+    # gate check 2: reject an image whose nearest real train image (judge features) is closer than
+    # this quantile of the real-to-real nearest-neighbour distances
+    check_memorisation: bool = True
+    memorisation_quantile: float = bounded(0.01, gt=0.0, lt=1.0)
+    # a class may draw max_attempts candidates per image it needs before it counts as failed
+    max_attempts: int = bounded(20, ge=1)
+    allow_short: bool = False  # true: a failed class keeps what it has instead of stopping the stage
+
+    def __post_init__(self):
+        target = self.target
+        if isinstance(target, str) and target != "max":
+            raise ConfigError(f"params.yaml: generate.target must be max, an integer or a fraction in (0, 1], got {target!r}")
+        if isinstance(target, int) and target < 0:
+            raise ConfigError(f"params.yaml: generate.target must be >= 0, got {target}")
+        if isinstance(target, float) and not 0.0 < target <= 1.0:
+            raise ConfigError(f"params.yaml: generate.target as a fraction must be in (0, 1], got {target}")
 
 
 @dataclass(frozen=True)
@@ -83,8 +137,31 @@ class MergeParams:
 
 
 @dataclass(frozen=True)
+class VerdictParams:
+    # A class's synthetic images get "do not use" when the judge recognises fewer of them than
+    # min_relative_label_agreement times its recall of the class's real test images (a judge that knows
+    # a rare class from four images misses real ones too), when more than max_memorised_share of them
+    # are closer to a training image than any real test image is, or when the augmented classifier's
+    # recall of the class falls below the better of real and classical by more than max_recall_drop.
+    # They get "use" when none of these holds and the recall does not fall at all; "use with care" otherwise.
+    min_relative_label_agreement: float = bounded(0.8, ge=0.0, le=1.0)
+    max_memorised_share: float = bounded(0.05, ge=0.0, le=1.0)
+    max_recall_drop: float = bounded(0.05, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
 class ReportParams:
-    seeds: int = bounded(3, ge=1)
+    seeds: int = bounded(3, ge=1)  # downstream classifiers per arm
+    steps: int = bounded(200, ge=1)  # classifier updates per arm and seed, the same for every arm
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(3e-3, gt=0.0)
+    width: int = bounded(16, ge=4)  # width of the downstream nets.Classifier
+    k: int = bounded(5, ge=1)  # neighbours of precision, recall, density and coverage
+    kid_subset_size: int = bounded(1000, ge=2)
+    kid_subsets: int = bounded(100, ge=1)
+    images_per_class: int = bounded(8, ge=1)  # real and synthetic images shown per class
+    closest_pairs: int = bounded(16, ge=1)  # synthetic-to-train pairs shown
+    verdict: VerdictParams = field(default_factory=VerdictParams)
 
 
 @dataclass(frozen=True)
@@ -210,6 +287,8 @@ def _check_rules(value: Any, key: str, origin: str, rules: typing.Mapping) -> No
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(str, typing.get_args(hint)))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         hint, getattr(hint, "__name__", str(hint))
     )

@@ -154,7 +154,7 @@ def load_images(root: Path | str, manifest: pd.DataFrame, channels: int) -> tupl
     if not arrays:
         raise ConfigError(f"{root}: the manifest lists no images")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    labels = torch.as_tensor(manifest["label"].to_numpy(), dtype=torch.int64)
+    labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.int64)
     return images, labels
 
 

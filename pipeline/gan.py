@@ -1,0 +1,213 @@
+"""The class-conditional GAN as a LightningModule, and its training images as a LightningDataModule.
+
+One training step (Lightning's manual optimisation, as in its GAN template) updates the
+discriminator once and the generator once, then the exponential moving average (EMA) of the
+generator, which is the generator every later stage samples from. The limited-data techniques are
+switched by `TrainParams`: DiffAugment, class-balanced sampling, the EMA, LeCam regularisation,
+transitional conditioning and group spectral regularisation.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from torchvision.utils import make_grid
+
+from pipeline.augment import diff_augment
+from pipeline.config import ConfigError, TrainParams
+from pipeline.io import load_prepared_split, read_json
+from pipeline.nets import Discriminator, Generator, check_image_size, to_uint8, to_unit_range
+
+# --- pure functions: losses, regularisers, schedules ---------------------------------------------
+
+
+def discriminator_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    if kind == "hinge":
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()  # nonsaturating
+
+
+def generator_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+    if kind == "hinge":
+        return -fake_logits.mean()
+    return F.softplus(-fake_logits).mean()  # nonsaturating
+
+
+def lecam_penalty(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                  ema_real: torch.Tensor, ema_fake: torch.Tensor) -> torch.Tensor:
+    """LeCam regularisation (Tseng et al., CVPR 2021): keeps D's outputs on real images near its
+    recent average output on fakes and vice versa, so D cannot drift apart on a small data set."""
+    return F.relu(real_logits - ema_fake).pow(2).mean() + F.relu(ema_real - fake_logits).pow(2).mean()
+
+
+def group_spectral_norm(class_params: torch.Tensor) -> torch.Tensor:
+    """Group spectral regularisation (Rangwani et al., ECCV 2022) of one conditional-norm table.
+
+    `class_params` is num_classes x features (a gain or bias embedding). Each class's vector is
+    folded into a near-square matrix and its largest singular value is penalised: the mean over
+    classes. Low spectral norms stop tail classes collapsing onto a few modes.
+    """
+    num_classes, features = class_params.shape
+    rows = max(r for r in range(1, math.isqrt(features) + 1) if features % r == 0)
+    return torch.linalg.matrix_norm(class_params.float().view(num_classes, rows, -1), ord=2).mean()
+
+
+def conditioning_strength(batches_seen: int, start: int, steps: int) -> float:
+    """Transitional conditioning (Shahbazi et al., ICLR 2022): 0 (unconditional) for the first
+    `start` batches, then a linear ramp to 1 (fully class-conditional) over `steps` batches."""
+    if batches_seen < start:
+        return 0.0
+    return 1.0 if steps == 0 else min(1.0, (batches_seen - start) / steps)
+
+
+def class_balanced_weights(labels: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor:
+    """Per-image sampling weights. A class is drawn with probability proportional to count**(1 - balance):
+    balance 0 keeps the natural class frequencies, 1 draws every class equally often."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return counts[labels].pow(-balance)
+
+
+def ema_with_warmup(decay: float):
+    """`multi_avg_fn` for AveragedModel: EMA whose decay grows as min(decay, (1 + n) / (10 + n)),
+    so the average is not dominated by the random initial weights in a short run."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        if not averaged[0].is_floating_point():  # AveragedModel groups by dtype: BatchNorm's counters
+            torch._foreach_copy_(averaged, current)
+            return
+        n = int(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return update
+
+
+@torch.no_grad()
+def sample_grid(generator: Generator, num_classes: int, per_class: int, z_dim: int, seed: int) -> torch.Tensor:
+    """A uint8 CxHxW grid, one row per class (label order), from fixed noise of `seed`."""
+    device = next(generator.parameters()).device
+    noise = torch.randn(num_classes * per_class, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    labels = torch.arange(num_classes, device=device).repeat_interleave(per_class)
+    was_training = generator.training
+    images = generator.eval()(noise, labels).float().cpu()
+    generator.train(was_training)
+    return to_uint8(make_grid(images, nrow=per_class, padding=2, pad_value=-1.0))
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+class TrainImages(pl.LightningDataModule):
+    """The prepared train split, decoded once into a uint8 tensor, drawn class-balanced.
+
+    Raises ConfigError for input a conditional GAN cannot train on.
+    """
+
+    def __init__(self, prepared_dir: Path | str, batch_size: int, balance: float, seed: int):
+        super().__init__()
+        prepared_dir = Path(prepared_dir)
+        stats = read_json(prepared_dir / "stats.json")
+        self.class_names = [c["class_name"] for c in sorted(stats["classes"], key=lambda c: c["label"])]
+        self.image_size, self.channels = stats["image_size"], stats["channels"]
+        if len(self.class_names) < 2:
+            raise ConfigError(f"{prepared_dir}: {len(self.class_names)} class(es); a conditional GAN needs at least 2")
+        check_image_size(self.image_size)
+        self.images, self.labels = load_prepared_split("train", prepared_dir)
+        self.counts = torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
+        for name, count in zip(self.class_names, self.counts):
+            if count == 0:
+                raise ConfigError(f"{prepared_dir}: class {name!r} has no training image")
+        if batch_size > len(self.labels):
+            raise ConfigError(f"train.batch_size {batch_size} is larger than the training set "
+                              f"({len(self.labels)} images in {prepared_dir / 'train'})")
+        self.batch_size, self.balance, self.seed = batch_size, balance, seed
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def train_dataloader(self) -> DataLoader:
+        weights = class_balanced_weights(self.labels, self.num_classes, self.balance)
+        sampler = WeightedRandomSampler(weights, num_samples=len(self.labels), replacement=True,
+                                        generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(TensorDataset(self.images, self.labels), batch_size=self.batch_size, sampler=sampler,
+                          drop_last=True)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+class ConditionalGAN(pl.LightningModule):
+    def __init__(self, cfg: TrainParams, image_size: int, channels: int, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.automatic_optimization = False
+        self.generator = Generator(image_size, channels, num_classes, cfg.z_dim, cfg.g_width)
+        self.discriminator = Discriminator(image_size, channels, num_classes, cfg.d_width)
+        self.generator_ema = AveragedModel(self.generator, use_buffers=True,
+                                           multi_avg_fn=ema_with_warmup(cfg.ema_decay if cfg.ema else 0.0))
+        self.generator_ema.requires_grad_(False)
+        # Checkpointed state of the schedules and of LeCam's running averages of D's outputs. With two
+        # optimisers trainer.global_step counts two per batch, so batches are counted here.
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ema_real_logit", torch.zeros(()))
+        self.register_buffer("ema_fake_logit", torch.zeros(()))
+
+    def configure_optimizers(self):
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        return (torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_g, betas=betas),
+                torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr_d, betas=betas))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        real = to_unit_range(images)
+        n = real.shape[0]
+        cfg = self.cfg
+        strength = conditioning_strength(int(self.batches_seen), cfg.transition_start, cfg.transition_steps)
+        opt_g, opt_d = self.optimizers()
+
+        # Discriminator: real and fake images in one batch, augmented alike. Fakes take the real
+        # batch's labels, so the class-balanced sampler balances them too.
+        with self.toggled_optimizer(opt_d):
+            with torch.no_grad():
+                fake = self.generator(self.noise(n), labels, strength)
+            logits = self.discriminator(diff_augment(torch.cat([real, fake]), cfg.diffaugment),
+                                        torch.cat([labels, labels]), strength).float()
+            real_logits, fake_logits = logits[:n], logits[n:]
+            loss_d = discriminator_loss(cfg.loss, real_logits, fake_logits)
+            if cfg.lecam_weight > 0:
+                lecam = lecam_penalty(real_logits, fake_logits, self.ema_real_logit, self.ema_fake_logit)
+                loss_d = loss_d + cfg.lecam_weight * lecam
+                self.log("lecam", lecam)
+            self.ema_real_logit.lerp_(real_logits.detach().mean(), 0.01)
+            self.ema_fake_logit.lerp_(fake_logits.detach().mean(), 0.01)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+
+        with self.toggled_optimizer(opt_g):
+            fake = self.generator(self.noise(n), labels, strength)
+            fake_logits_g = self.discriminator(diff_augment(fake, cfg.diffaugment), labels, strength).float()
+            loss_g = generator_loss(cfg.loss, fake_logits_g)
+            if cfg.gsr_weight > 0:
+                gsr = sum(group_spectral_norm(table.weight) for norm in self.generator.conditional_norms()
+                          for table in (norm.gain, norm.bias))
+                loss_g = loss_g + cfg.gsr_weight * gsr
+                self.log("gsr", gsr)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+
+        self.generator_ema.update_parameters(self.generator)
+        self.batches_seen += 1
+        self.log_dict({"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.mean(),
+                       "d_fake": fake_logits.mean(), "conditioning": strength}, prog_bar=True)
+
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim, device=self.device)

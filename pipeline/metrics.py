@@ -1,0 +1,134 @@
+"""Pure metric functions of the report: fidelity, diversity, memorisation and downstream utility.
+
+Feature-space metrics take NxD float tensors from one fixed feature extractor (the report uses the
+judge's penultimate layer, never Inception: nothing here downloads weights). Nothing here reads or
+writes files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distances (len(a) x len(b)); the matmul shortcut would blur exact duplicates."""
+    return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+
+
+# --- fidelity: distances between two feature distributions --------------------------------------
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (each needs at least 2 rows).
+
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)). The trace of the matrix square root is
+    the sum of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2), a symmetric PSD matrix,
+    which stays stable for the singular covariances of small classes.
+    """
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
+    sqrt_a = psd_sqrt(cov_a)
+    cross = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    mean_term = (a.mean(0) - b.mean(0)).square().sum()
+    return float(mean_term + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def kernel_distance(a: torch.Tensor, b: torch.Tensor, subset_size: int = 1000, subsets: int = 100,
+                    seed: int = 0) -> tuple[float, float]:
+    """KID: unbiased MMD^2 with the kernel (x.y / d + 1)^3, as mean and std over random subsets.
+
+    The subset size shrinks to the smaller set, so a class of a handful of images still gets a value
+    (a noisy one); it needs at least 2 rows per set.
+    """
+    size = min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    a, b = a.double(), b.double()
+    dim = a.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    estimates = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=generator)[:size]]
+        y = b[torch.randperm(len(b), generator=generator)[:size]]
+        k_xx, k_yy, k_xy = ((p @ q.T / dim + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        off_diagonal = size * (size - 1)
+        mmd = ((k_xx.sum() - k_xx.diagonal().sum()) + (k_yy.sum() - k_yy.diagonal().sum())) / off_diagonal
+        estimates.append(float(mmd - 2 * k_xy.mean()))
+    return float(np.mean(estimates)), float(np.std(estimates))
+
+
+# --- fidelity and diversity: manifold estimates (Kynkäänniemi 2019, Naeem 2020) -------------------
+
+
+def kth_neighbour_distance(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row (the radius of its k-NN ball)."""
+    return pairwise_distances(features, features).kthvalue(k + 1, dim=1).values  # +1: itself at 0
+
+
+def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage of `fake` against `real` with k-NN balls.
+
+    precision: share of fakes inside some real ball (fidelity); recall: share of reals inside some
+    fake ball (diversity); density: fakes counted once per real ball that holds them, over k (about 1
+    when the sets match, above 1 when fakes crowd the real modes); coverage: share of reals whose
+    ball holds some fake. k shrinks to (smaller set size - 1) for tiny classes.
+    """
+    k = min(k, len(real) - 1, len(fake) - 1)
+    if k < 1:
+        raise ValueError(f"precision/recall need at least 2 samples per set, got {len(real)} and {len(fake)}")
+    real_radii = kth_neighbour_distance(real, k)
+    fake_radii = kth_neighbour_distance(fake, k)
+    distances = pairwise_distances(real, fake)  # real x fake
+    in_real_ball = distances <= real_radii[:, None]
+    return {
+        "precision": float(in_real_ball.any(dim=0).double().mean()),
+        "recall": float((distances <= fake_radii[None, :]).any(dim=1).double().mean()),
+        "density": float(in_real_ball.sum(dim=0).double().mean() / k),
+        "coverage": float((distances.min(dim=1).values <= real_radii).double().mean()),
+    }
+
+
+# --- memorisation --------------------------------------------------------------------------------
+
+
+def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row: the distance to its nearest reference row, and that row's index."""
+    distances, indices = pairwise_distances(query, reference).min(dim=1)
+    return distances, indices
+
+
+def memorised_share(synthetic_to_train: torch.Tensor, test_to_train: torch.Tensor) -> float:
+    """Share of synthetic images closer to a training image than any real test image ever came.
+
+    The closest real-to-real pair (a held-out test image and its nearest training image) is how close
+    two genuinely different images of the data get; a synthetic image closer than that is likely a copy.
+    """
+    return float((synthetic_to_train < test_to_train.min()).double().mean())
+
+
+# --- downstream utility --------------------------------------------------------------------------
+
+
+def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
+    """Accuracy, balanced accuracy, macro-F1 and the recall of each class (a list in label order)."""
+    labels = list(range(num_classes))
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "recall": recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0).tolist(),
+    }
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (std 0 for a single seed)."""
+    values = np.asarray(values, dtype=float)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return float(values.mean()), float(std)

@@ -1,0 +1,134 @@
+"""Known answers for the report's metric functions (pure tensors, no files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from pipeline.metrics import (
+    classification_scores,
+    frechet_distance,
+    kernel_distance,
+    mean_std,
+    memorised_share,
+    nearest_neighbours,
+    precision_recall_density_coverage,
+)
+
+
+def gaussian(n: int, dim: int, seed: int, shift: float = 0.0) -> torch.Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
+
+
+def with_exact_moments(n: int, mean: np.ndarray, cov: np.ndarray, seed: int) -> torch.Tensor:
+    """n samples whose sample mean and (n-1)-normalised covariance are exactly `mean` and `cov`."""
+    x = np.random.default_rng(seed).standard_normal((n, len(mean)))
+    x -= x.mean(axis=0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(np.cov(x.T))).T  # whiten: sample covariance = I
+    return torch.from_numpy(x @ np.linalg.cholesky(cov).T + mean)
+
+
+def test_frechet_distance_of_identical_sets_is_zero():
+    features = gaussian(300, 16, seed=0)
+    assert frechet_distance(features, features.clone()) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_of_two_gaussians_is_the_analytic_value():
+    rng = np.random.default_rng(1)
+    mean_a, mean_b = rng.normal(size=4), rng.normal(size=4)
+    root_a, root_b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    cov_a, cov_b = root_a @ root_a.T + np.eye(4), root_b @ root_b.T + np.eye(4)
+    analytic = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * linalg.sqrtm(cov_a @ cov_b).real)
+
+    measured = frechet_distance(with_exact_moments(500, mean_a, cov_a, seed=2),
+                                with_exact_moments(800, mean_b, cov_b, seed=3))
+
+    assert measured == pytest.approx(analytic, rel=1e-8)
+    assert analytic > 1.0  # the two Gaussians really differ
+
+
+def test_frechet_distance_of_a_shifted_set_is_the_squared_shift():
+    features = gaussian(200, 8, seed=4)
+    assert frechet_distance(features, features + 3.0) == pytest.approx(8 * 3.0**2, rel=1e-9)
+
+
+def test_frechet_distance_handles_a_class_smaller_than_the_feature_dimension():
+    small, large = gaussian(4, 32, seed=5), gaussian(400, 32, seed=6)
+    assert np.isfinite(frechet_distance(small, large)) and frechet_distance(small, large) > 0
+
+
+def test_kernel_distance_is_about_zero_for_the_same_distribution_and_large_for_another():
+    a, b = gaussian(400, 16, seed=7), gaussian(400, 16, seed=8)
+    same_mean, same_std = kernel_distance(a, b, subset_size=200, subsets=50)
+    shifted_mean, _ = kernel_distance(a, b + 1.0, subset_size=200, subsets=50)
+    assert abs(same_mean) < 3 * same_std + 1e-3
+    assert shifted_mean > 100 * abs(same_mean)
+
+
+def test_kernel_distance_shrinks_its_subsets_for_a_tiny_class_and_is_seeded():
+    tiny, large = gaussian(3, 16, seed=9), gaussian(500, 16, seed=10)
+    first = kernel_distance(tiny, large, subset_size=1000, subsets=20, seed=1)
+    assert np.isfinite(first[0]) and first == kernel_distance(tiny, large, subset_size=1000, subsets=20, seed=1)
+    with pytest.raises(ValueError, match="at least 2"):
+        kernel_distance(tiny[:1], large)
+
+
+def test_identical_sets_have_precision_recall_and_coverage_one():
+    features = gaussian(200, 8, seed=11)
+    scores = precision_recall_density_coverage(features, features.clone(), k=5)
+    assert scores["precision"] == scores["recall"] == scores["coverage"] == 1.0
+    assert scores["density"] >= 1.0  # every fake sits in its own ball and in those of its neighbours
+
+
+def test_disjoint_sets_have_precision_recall_density_and_coverage_zero():
+    real, fake = gaussian(200, 8, seed=12), gaussian(150, 8, seed=13, shift=100.0)
+    scores = precision_recall_density_coverage(real, fake, k=5)
+    assert scores == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_collapsed_fakes_have_high_precision_and_low_recall():
+    real = gaussian(300, 4, seed=14)
+    near_one_mode = real[:1] + 0.01 * gaussian(300, 4, seed=15)  # every fake near one real point
+    scores = precision_recall_density_coverage(real, near_one_mode, k=5)
+    assert scores["precision"] == 1.0
+    assert scores["recall"] < 0.05 and scores["coverage"] < 0.05
+
+
+def test_precision_recall_shrink_k_for_a_tiny_class():
+    real, fake = gaussian(3, 8, seed=16), gaussian(50, 8, seed=17)
+    scores = precision_recall_density_coverage(real, fake, k=5)
+    assert all(0.0 <= scores[name] <= 1.0 for name in ("precision", "recall", "coverage"))
+    with pytest.raises(ValueError, match="at least 2"):
+        precision_recall_density_coverage(real[:1], fake)
+
+
+def test_nearest_neighbours_and_memorised_share():
+    train = gaussian(100, 8, seed=18)
+    test = gaussian(40, 8, seed=19)
+    copies = train[[3, 7, 7, 50]]
+    like_test_images = test[:16]  # as close to train as real held-out images: not copies
+    synthetic = torch.cat([copies, like_test_images])
+
+    distances, indices = nearest_neighbours(synthetic, train)
+    test_distances, _ = nearest_neighbours(test, train)
+
+    assert indices[:4].tolist() == [3, 7, 7, 50] and distances[:4].tolist() == [0.0] * 4
+    assert memorised_share(distances, test_distances) == pytest.approx(4 / 20)
+    assert memorised_share(test_distances, test_distances) == 0.0  # nothing is closer than the closest
+
+
+def test_classification_scores_known_answer():
+    scores = classification_scores(np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 0]), num_classes=3)
+    assert scores["accuracy"] == pytest.approx(3 / 5)
+    assert scores["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert scores["recall"] == pytest.approx([2 / 3, 1.0, 0.0])
+    f1_class0 = 2 * (2 / 3) * (2 / 3) / (4 / 3)  # precision 2/3, recall 2/3
+    f1_class1 = 2 * 0.5 * 1.0 / 1.5  # precision 1/2, recall 1
+    assert scores["macro_f1"] == pytest.approx((f1_class0 + f1_class1 + 0.0) / 3)
+
+
+def test_mean_std_over_seeds():
+    assert mean_std([0.8, 0.9, 1.0]) == pytest.approx((0.9, 0.1))
+    assert mean_std([0.7]) == (0.7, 0.0)
