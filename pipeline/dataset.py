@@ -68,5 +68,5 @@ def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = 
         # one origin only, so the share between origins does not matter
         weights = sampling_weights(manifest["label"].to_numpy(), (manifest["origin"] == "synthetic").to_numpy(), 0.5)
     dataset = ManifestDataset(root, manifest, card["mode"], transform)
-    sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(manifest))
+    sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), num_samples=len(manifest))
     return dataset, manifest, sampler

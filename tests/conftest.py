@@ -76,10 +76,18 @@ def prepared_tiny(tmp_path_factory) -> Path:
     return root
 
 
+def copy_outputs(source: Path, dest: Path, folders=("data", "models")) -> Path:
+    """Copy the stage outputs under `source` (those of `folders` that exist) into `dest`."""
+    for folder in folders:
+        if (source / folder).exists():
+            shutil.copytree(source / folder, dest / folder)
+    return dest
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, prepared_tiny) -> Path:
     """A fresh scratch folder holding a copy of the tiny prepared data, set as the working directory."""
-    shutil.copytree(prepared_tiny / "data", tmp_path / "data")
+    copy_outputs(prepared_tiny, tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

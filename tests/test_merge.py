@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import copy_outputs, tiny_params
 from test_generate import NO_LABEL_CHECK, save_untrained_models
 from torchvision.datasets import ImageFolder
 
@@ -34,8 +34,7 @@ def generated_tiny(prepared_tiny, tmp_path_factory) -> Path:
 @pytest.fixture
 def generated(generated_tiny, tmp_path, monkeypatch) -> Path:
     """A scratch copy of `generated_tiny`, set as the working directory."""
-    for folder in ("data", "models"):
-        shutil.copytree(generated_tiny / folder, tmp_path / folder)
+    copy_outputs(generated_tiny, tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

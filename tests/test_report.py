@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
+from conftest import TINY_PARAMS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
 from PIL import Image
 
 from pipeline import judge, merge, report, utility
@@ -96,8 +96,7 @@ def report_inputs(prepared_tiny, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def inputs_copy(report_inputs, tmp_path, monkeypatch) -> Path:
-    for folder in ("data", "models"):
-        shutil.copytree(report_inputs / folder, tmp_path / folder)
+    copy_outputs(report_inputs, tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -105,9 +104,7 @@ def inputs_copy(report_inputs, tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def reported(report_inputs, tmp_path_factory) -> tuple[Path, str]:
     """The report stage run once on the inputs: (its folder, what it printed)."""
-    root = tmp_path_factory.mktemp("reported")
-    for folder in ("data", "models"):
-        shutil.copytree(report_inputs / folder, root / folder)
+    root = copy_outputs(report_inputs, tmp_path_factory.mktemp("reported"))
     cwd, printed = Path.cwd(), io.StringIO()
     os.chdir(root)
     try:
