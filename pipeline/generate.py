@@ -34,7 +34,7 @@ from pipeline.io import (
     MANIFEST_COLUMNS,
     PREPARED_DIR,
     atomic_output,
-    encode_png,
+    encode_png_tensor,
     load_images,
     read_json,
     read_manifest,
@@ -248,7 +248,7 @@ def sample_class(plan_row, generator: nets.Generator, z_dim: int, gate: Gate, se
         paths, hashes = [""] * kept, [""] * kept
         (out / plan_row.folder).mkdir(exist_ok=True)
         for i in np.flatnonzero(verdicts["accepted"].to_numpy()):
-            png = encode_png(images[i].permute(1, 2, 0).numpy())
+            png = encode_png_tensor(images[i])
             paths[i], hashes[i] = f"{plan_row.folder}/{accepted_count:05d}.png", sha256_bytes(png)
             (out / paths[i]).write_bytes(png)
             accepted_count += 1

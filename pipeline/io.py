@@ -122,6 +122,11 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def encode_png_tensor(image: torch.Tensor) -> bytes:
+    """PNG bytes of a CxHxW uint8 tensor (an image as the networks and make_grid give it)."""
+    return encode_png(image.permute(1, 2, 0).numpy())
+
+
 def read_png(path: Path | str, channels: int) -> np.ndarray:
     """HxWxC uint8 array of a PNG written by a stage."""
     with Image.open(path) as image:

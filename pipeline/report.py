@@ -38,7 +38,7 @@ from pipeline.generate import SYNTHETIC_DIR, check_matches_data
 from pipeline.io import (
     PREPARED_DIR,
     atomic_output,
-    encode_png,
+    encode_png_tensor,
     load_images,
     load_prepared_split,
     read_json,
@@ -277,7 +277,7 @@ def png_of(figure: Figure) -> bytes:
 
 def grid_png(images: torch.Tensor, per_row: int) -> bytes:
     grid = make_grid(images, nrow=per_row, padding=2, pad_value=255)
-    return encode_png(grid.permute(1, 2, 0).numpy())
+    return encode_png_tensor(grid)
 
 
 def counts_figure(quality: pd.DataFrame) -> bytes:

@@ -26,7 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import ConfigError, Params, TrainParams, params_to_dict
 from pipeline.gan import ConditionalGAN, TrainImages, sample_grid
-from pipeline.io import PREPARED_DIR, atomic_output, encode_png, read_json, sha256_bytes, sha256_file, write_json
+from pipeline.io import PREPARED_DIR, atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
 from pipeline.nets import GAN_DIR, save_model
 
 RESUME_DIR = Path("models/gan-resume")
@@ -152,7 +152,7 @@ def run(params: Params) -> None:
 
 
 def _write_png(path: Path, grid: torch.Tensor) -> None:
-    path.write_bytes(encode_png(grid.permute(1, 2, 0).numpy()))
+    path.write_bytes(encode_png_tensor(grid))
 
 
 @rank_zero_only
