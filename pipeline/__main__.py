@@ -1,17 +1,19 @@
-"""Stage dispatcher: `python -m pipeline <stage>` runs one stage with the params in params.yaml."""
+"""Stage dispatcher: `python -m pipeline <stage>` runs one stage with the params in params.yaml.
+
+A PipelineError (bad params, bad input, a gate that cannot be met) is printed as one line naming the
+culprit, with exit status 2 and no traceback; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not phone home
+from pipeline.config import load_params
+from pipeline.errors import PipelineError
 
-from pipeline.config import ConfigError, load_params  # noqa: E402
-
-STAGES = ("prepare", "judge", "train", "generate", "merge", "report")
+STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         importlib.import_module(f"pipeline.{args.stage}").run(params)
-    except ConfigError as err:
+    except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

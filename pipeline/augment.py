@@ -59,3 +59,4 @@ def diff_augment(images: torch.Tensor, policy: list[str]) -> torch.Tensor:
     for name in policy:
         images = AUGMENTATIONS[name](images)
     return images
+

@@ -17,11 +17,9 @@ from typing import Any, Literal, Optional, Union  # noqa: F401  (Optional: for s
 
 import yaml
 
+from pipeline.errors import ConfigError
+
 PARAMS_FILE = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """Bad params or bad input: printed as one line, without a traceback, by the CLI."""
 
 
 def bounded(default: Any, **rules: Any) -> Any:
@@ -36,19 +34,23 @@ def bounded(default: Any, **rules: Any) -> Any:
 
 @dataclass(frozen=True)
 class ImbalanceParams:
-    # none: keep the data as it is (for data that is imbalanced already).
+    # auto: exponential with `ratio` for the built-in demo sources (data/builtin/*.yaml, balanced
+    #   datasets made long-tailed to show the pipeline), none for your own data.
+    # none: keep the data as it is.
     # exponential: class k of C keeps ratio**(-k/(C-1)) of the smallest class's train count.
     # step: the second half of the classes (in label order) keeps 1/ratio of it.
-    profile: Literal["none", "exponential", "step"] = "exponential"
+    profile: Literal["auto", "none", "exponential", "step"] = "auto"
     ratio: float = bounded(100.0, ge=1.0)
 
 
 @dataclass(frozen=True)
 class DataParams:
-    # mnist5k | digits | a path to an ImageFolder, a pre-split folder, or a CSV manifest (path,label)
-    source: str = "mnist5k"
+    # a built-in source (data/builtin/<name>.yaml) or a path to an ImageFolder, a pre-split folder,
+    # a folder of MNIST-style IDX files, or a CSV manifest (path,label)
+    source: str = "data/builtin/mnist5k.yaml"
     image_size: int = bounded(32, ge=8, le=1024)
     channels: Literal["auto", "grayscale", "rgb"] = "auto"
+    max_per_class: Optional[int] = bounded(None, ge=2)  # at most this many images of a class per source split
     imbalance: ImbalanceParams = field(default_factory=ImbalanceParams)
     val_fraction: float = bounded(0.1, ge=0.0, lt=1.0)
     test_fraction: float = bounded(0.2, gt=0.0, lt=1.0)
@@ -57,20 +59,22 @@ class DataParams:
 
 
 @dataclass(frozen=True)
-class JudgeParams:
-    # an epoch draws as many class-balanced samples as the train split would hold if every class
-    # were as large as the largest one
-    max_epochs: int = bounded(8, ge=1)
-    batch_size: int = bounded(128, ge=1)
-    lr: float = bounded(2e-3, gt=0.0)
-    width: int = bounded(32, ge=4)
-    max_shift: int = bounded(2, ge=0)  # random shift augmentation, in pixels
+class ClassifierParams:
+    """One classifier recipe (pipeline/classifier.py): the judge, and every downstream arm of evaluate."""
+
+    width: int = bounded(16, ge=4)  # channels of the first convolution of nets.Classifier
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(3e-3, gt=0.0)
+    weight_decay: float = bounded(1e-4, ge=0.0)
+    eval_every: int = bounded(50, ge=1)  # updates between two scorings on the val split
+    patience: int = bounded(4, ge=1)  # scorings without improvement before training stops
+    max_steps: int = bounded(3000, ge=1)  # the cap on updates
 
 
 @dataclass(frozen=True)
 class TrainParams:
     max_epochs: int = bounded(60, ge=1)
-    batch_size: int = bounded(32, ge=1)
+    batch_size: int = bounded(32, ge=1)  # reduced to the train split's size (with a note) when larger
     # networks (nets.Generator / nets.Discriminator)
     z_dim: int = bounded(64, ge=1)
     g_width: int = bounded(16, ge=4)
@@ -110,13 +114,13 @@ class GenerateParams:
     batch_size: int = bounded(500, ge=1)
     # null: normal latents; a number t: latents drawn from the normal truncated to [-t, t]
     truncation: Optional[float] = bounded(None, gt=0.0)
-    # gate check 1: the judge gives the intended class a probability of at least min_confidence
+    # gate check 1, label: the judge must give the intended class at least the probability that
+    # `label_pass_rate` of the class's real val images reach (calibrated per class)
     check_label: bool = True
-    min_confidence: float = bounded(0.8, ge=0.0, le=1.0)
-    # gate check 2: reject an image whose nearest real train image (judge features) is closer than
-    # this quantile of the real-to-real nearest-neighbour distances
+    label_pass_rate: float = bounded(0.8, gt=0.0, le=1.0)
+    # gate check 2, memorisation: reject a candidate closer (judge features) to a real train image of
+    # its class than the class's closest pair of distinct real images (the evaluate stage's copy rule)
     check_memorisation: bool = True
-    memorisation_quantile: float = bounded(0.01, gt=0.0, lt=1.0)
     # a class may draw max_attempts candidates per image it needs before it counts as failed
     max_attempts: int = bounded(20, ge=1)
     allow_short: bool = False  # true: a failed class keeps what it has instead of stopping the stage
@@ -133,7 +137,7 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class MergeParams:
-    synthetic_share: float = bounded(0.5, ge=0.0, le=1.0)
+    synthetic_share: float = bounded(0.5, ge=0.0, le=1.0)  # of a rare class's sampling mass, on its synthetic images
 
 
 @dataclass(frozen=True)
@@ -141,37 +145,43 @@ class VerdictParams:
     # A class's synthetic images get "do not use" when the judge recognises fewer of them than
     # min_relative_label_agreement times its recall of the class's real test images (a judge that knows
     # a rare class from four images misses real ones too), when more than max_memorised_share of them
-    # are closer to a training image than any real test image is, or when the augmented classifier's
-    # recall of the class falls below the better of real and classical by more than max_recall_drop.
-    # They get "use" when none of these holds and the recall does not fall at all; "use with care" otherwise.
+    # are copies (closer to a training image than the class's closest pair of distinct real images),
+    # or when the augmented classifier's recall of the class falls below the best classical arm's by
+    # more than max_recall_drop. They get "use" when none of these holds and the recall does not fall
+    # at all; "use with care" otherwise.
     min_relative_label_agreement: float = bounded(0.8, ge=0.0, le=1.0)
     max_memorised_share: float = bounded(0.05, ge=0.0, le=1.0)
     max_recall_drop: float = bounded(0.05, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
-class ReportParams:
-    seeds: int = bounded(3, ge=1)  # downstream classifiers per arm
-    steps: int = bounded(200, ge=1)  # classifier updates per arm and seed, the same for every arm
-    batch_size: int = bounded(64, ge=1)
-    lr: float = bounded(3e-3, gt=0.0)
-    width: int = bounded(16, ge=4)  # width of the downstream nets.Classifier
+class EvaluateParams:
+    seeds: int = bounded(5, ge=1)  # paired seeds: every arm is trained once per seed
+    workers: Union[Literal["auto"], int] = bounded("auto", ge=1)  # processes training arms (auto: one per core)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)  # the downstream recipe
+    logit_adjustment: float = bounded(1.0, gt=0.0)  # tau of the classical_la arm's logit-adjusted loss
     k: int = bounded(5, ge=1)  # neighbours of precision, recall, density and coverage
     kid_subset_size: int = bounded(1000, ge=2)
     kid_subsets: int = bounded(100, ge=1)
-    images_per_class: int = bounded(8, ge=1)  # real and synthetic images shown per class
-    closest_pairs: int = bounded(16, ge=1)  # synthetic-to-train pairs shown
+    max_images_per_class: int = bounded(2000, ge=2)  # per-class quality metrics on a random subset above this
     verdict: VerdictParams = field(default_factory=VerdictParams)
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    images_per_class: int = bounded(8, ge=1)  # real and synthetic images shown per class
+    closest_pairs: int = bounded(16, ge=1)  # synthetic images nearest to a training image, shown beside it
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int = bounded(0, ge=0)
     data: DataParams = field(default_factory=DataParams)
-    judge: JudgeParams = field(default_factory=JudgeParams)
+    judge: ClassifierParams = field(default_factory=ClassifierParams)  # the judge: the same recipe
     train: TrainParams = field(default_factory=TrainParams)
     generate: GenerateParams = field(default_factory=GenerateParams)
     merge: MergeParams = field(default_factory=MergeParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
 
 

@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 
-from pipeline.config import ConfigError
+from pipeline.contracts import MANIFEST_COLUMNS
+from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest
-from pipeline.merge import sampling_weights
+from pipeline.sampling import class_weights
 
 GATE_NUMBERS = ["judge_confidence", "judge_prediction", "nn_distance"]
 
@@ -52,10 +53,10 @@ def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = 
     With an origin, the sampler still draws every class equally often, over that origin's images.
     """
     if origin not in (None, "real", "synthetic"):
-        raise ConfigError(f"origin must be None, 'real' or 'synthetic', got {origin!r}")
+        raise ValueError(f"origin must be None, 'real' or 'synthetic', got {origin!r}")
     root = Path(root)
     card = read_json(root / "dataset.json")
-    manifest = read_manifest(root / "manifest.csv")
+    manifest = read_manifest(root / "manifest.csv", MANIFEST_COLUMNS + ["weight"])
     # the gate's values are empty on real rows: numbers with NaN there, so they can be filtered on
     manifest[GATE_NUMBERS] = manifest[GATE_NUMBERS].apply(pd.to_numeric, errors="coerce")
     manifest["judge_prediction"] = manifest["judge_prediction"].astype("Int64")
@@ -64,9 +65,8 @@ def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = 
     else:
         manifest = manifest[manifest["origin"] == origin].reset_index(drop=True)
         if manifest.empty:
-            raise ConfigError(f"{root}/manifest.csv: no {origin} images")
-        # one origin only, so the share between origins does not matter
-        weights = sampling_weights(manifest["label"].to_numpy(), (manifest["origin"] == "synthetic").to_numpy(), 0.5)
+            raise InputError(f"{root}/manifest.csv: no {origin} images")
+        weights = class_weights(manifest["label"].to_numpy(), len(card["classes"]))
     dataset = ManifestDataset(root, manifest, card["mode"], transform)
     sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), num_samples=len(manifest))
     return dataset, manifest, sampler

@@ -20,9 +20,11 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from torchvision.utils import make_grid
 
 from pipeline.augment import diff_augment
-from pipeline.config import ConfigError, TrainParams
-from pipeline.io import load_prepared_split, read_json
+from pipeline.config import TrainParams
+from pipeline.contracts import PreparedStats, load_split
+from pipeline.errors import InputError
 from pipeline.nets import Discriminator, Generator, check_image_size, to_uint8, to_unit_range
+from pipeline.sampling import class_weights
 
 # --- pure functions: losses, regularisers, schedules ---------------------------------------------
 
@@ -66,13 +68,6 @@ def conditioning_strength(batches_seen: int, start: int, steps: int) -> float:
     return 1.0 if steps == 0 else min(1.0, (batches_seen - start) / steps)
 
 
-def class_balanced_weights(labels: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor:
-    """Per-image sampling weights. A class is drawn with probability proportional to count**(1 - balance):
-    balance 0 keeps the natural class frequencies, 1 draws every class equally often."""
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    return counts[labels].pow(-balance)
-
-
 def ema_with_warmup(decay: float):
     """`multi_avg_fn` for AveragedModel: EMA whose decay grows as min(decay, (1 + n) / (10 + n)),
     so the average is not dominated by the random initial weights in a short run."""
@@ -104,36 +99,37 @@ def sample_grid(generator: Generator, num_classes: int, per_class: int, z_dim: i
 
 
 class TrainImages(pl.LightningDataModule):
-    """The prepared train split, decoded once into a uint8 tensor, drawn class-balanced.
+    """The prepared train split, decoded once into a uint8 tensor (in `setup`), drawn class-balanced.
 
-    Raises ConfigError for input a conditional GAN cannot train on.
+    The constructor reads only stats.json, so that input a conditional GAN cannot train on is
+    rejected before the Trainer starts. A batch size larger than the train split is reduced to it.
     """
 
-    def __init__(self, prepared_dir: Path | str, batch_size: int, balance: float, seed: int):
+    def __init__(self, prepared_dir: Path, batch_size: int, balance: float, seed: int):
         super().__init__()
-        prepared_dir = Path(prepared_dir)
-        stats = read_json(prepared_dir / "stats.json")
-        self.class_names = [c["class_name"] for c in sorted(stats["classes"], key=lambda c: c["label"])]
-        self.image_size, self.channels = stats["image_size"], stats["channels"]
+        self.prepared_dir = Path(prepared_dir)
+        self.stats = PreparedStats.read(self.prepared_dir)
+        self.class_names = self.stats.class_names
+        self.image_size, self.channels = self.stats.image_size, self.stats.channels
         if len(self.class_names) < 2:
-            raise ConfigError(f"{prepared_dir}: {len(self.class_names)} class(es); a conditional GAN needs at least 2")
+            raise InputError(f"{self.prepared_dir}: {len(self.class_names)} class(es); a conditional GAN needs at least 2")
         check_image_size(self.image_size)
-        self.images, self.labels = load_prepared_split("train", prepared_dir)
-        self.counts = torch.bincount(self.labels, minlength=len(self.class_names)).tolist()
+        self.counts = self.stats.split_counts("train")
         for name, count in zip(self.class_names, self.counts):
             if count == 0:
-                raise ConfigError(f"{prepared_dir}: class {name!r} has no training image")
-        if batch_size > len(self.labels):
-            raise ConfigError(f"train.batch_size {batch_size} is larger than the training set "
-                              f"({len(self.labels)} images in {prepared_dir / 'train'})")
-        self.batch_size, self.balance, self.seed = batch_size, balance, seed
+                raise InputError(f"{self.prepared_dir}: class {name!r} has no training image")
+        self.batch_size = min(batch_size, sum(self.counts))
+        self.balance, self.seed = balance, seed
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def setup(self, stage: str) -> None:
+        self.images, self.labels = load_split(self.prepared_dir, self.stats, "train")
+
     def train_dataloader(self) -> DataLoader:
-        weights = class_balanced_weights(self.labels, self.num_classes, self.balance)
+        weights = torch.from_numpy(class_weights(self.labels.numpy(), self.num_classes, self.balance))
         sampler = WeightedRandomSampler(weights, num_samples=len(self.labels), replacement=True,
                                         generator=torch.Generator().manual_seed(self.seed))
         return DataLoader(TensorDataset(self.images, self.labels), batch_size=self.batch_size, sampler=sampler,
@@ -144,9 +140,13 @@ class TrainImages(pl.LightningDataModule):
 
 
 class ConditionalGAN(pl.LightningModule):
-    def __init__(self, cfg: TrainParams, image_size: int, channels: int, num_classes: int):
+    """`train` is the params' train section as a dict (saved in checkpoints as hyperparameters, so
+    `ConditionalGAN.load_from_checkpoint(path)` rebuilds the module)."""
+
+    def __init__(self, train: dict, image_size: int, channels: int, num_classes: int):
         super().__init__()
-        self.cfg = cfg
+        self.save_hyperparameters(logger=False)  # in the checkpoint, not in DVCLive's params file
+        self.cfg = cfg = TrainParams(**train)
         self.automatic_optimization = False
         self.generator = Generator(image_size, channels, num_classes, cfg.z_dim, cfg.g_width)
         self.discriminator = Discriminator(image_size, channels, num_classes, cfg.d_width)

@@ -5,12 +5,15 @@
 2. Sample candidates from the EMA generator in batches. Every candidate has its own latent seed,
    drawn from a stream that belongs to its class, so changing one class's count never changes the
    images of another class.
-3. Gate every candidate: (1) label agreement, the judge gives the intended class a probability of at
-   least `min_confidence`; (2) memorisation, its nearest real train image in the judge's feature space
-   must not be closer than the `memorisation_quantile` of the real-to-real nearest-neighbour
-   distances. Candidates are drawn until the class's target is met, or until it has drawn
-   `max_attempts` candidates per image it needs; then the stage fails naming the class, or with
-   `allow_short` keeps what it has.
+3. Gate every candidate, in the judge's feature space:
+   (1) label: the judge gives the intended class at least the probability that `label_pass_rate` of
+       the class's real val images reach (calibrated per class, so a class the judge finds hard on real
+       images is not held to a bar no real image meets);
+   (2) memorisation: the candidate is not closer to a real train image of its class than the class's
+       closest pair of distinct real images (metrics.copy_thresholds: the evaluate stage's copy rule).
+   Candidates are drawn until the class's target is met, or until it has drawn `max_attempts`
+   candidates per image it needs; then the stage fails naming the class, or with `allow_short`
+   keeps what it has.
 
 The manifest holds one row per candidate judged, accepted or not, with the gate's verdict; rejected
 rows have no file (`path` is empty) but keep their seed, so they can be regenerated and inspected.
@@ -29,23 +32,16 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline import nets
-from pipeline.config import ConfigError, GenerateParams, Params, params_to_dict
-from pipeline.io import (
-    MANIFEST_COLUMNS,
-    PREPARED_DIR,
-    atomic_output,
-    encode_png_tensor,
-    load_images,
-    read_json,
-    read_manifest,
-    sha256_bytes,
-    write_json,
-    write_manifest,
-)
-from pipeline.judge import judge_outputs
+from pipeline.classifier import predict
+from pipeline.config import GenerateParams, Params, params_to_dict
+from pipeline.contracts import (GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for,
+                                load_split)
+from pipeline.errors import GateError
+from pipeline.io import atomic_output, encode_png_tensor, read_manifest, sha256_bytes, write_manifest
+from pipeline.metrics import copy_thresholds
+from pipeline.paths import Paths
 
-SYNTHETIC_DIR = Path("data/synthetic")
-GATE_COLUMNS = ["accepted", "reject_reason", "judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
+MIN_CALIBRATION_IMAGES = 5  # a class with fewer real val images is calibrated on all val images pooled
 
 
 # --- pure functions: plan, latents, gate ---------------------------------------------------------
@@ -87,17 +83,26 @@ def latents(seeds: np.ndarray, z_dim: int, truncation: float | None) -> torch.Te
     return torch.stack(rows)
 
 
-def memorisation_threshold(real_index: NearestNeighbors, quantile: float) -> float:
-    """The `quantile` of the distances from each real image to its nearest other real image."""
-    distances, _ = real_index.kneighbors(n_neighbors=1)  # without a query: each point's neighbours but itself
-    return float(np.quantile(distances[:, 0], quantile))
+def label_thresholds(true_class_probability: np.ndarray, labels: np.ndarray, num_classes: int,
+                     pass_rate: float) -> list[float]:
+    """Per class, the judge probability of the true class that `pass_rate` of its real images reach.
+
+    `true_class_probability[i]` is the judge's probability of image i's own class. A class with fewer
+    than MIN_CALIBRATION_IMAGES images takes the threshold of all images pooled.
+    """
+    pooled = float(np.quantile(true_class_probability, 1.0 - pass_rate))
+    thresholds = []
+    for label in range(num_classes):
+        own = true_class_probability[labels == label]
+        thresholds.append(float(np.quantile(own, 1.0 - pass_rate)) if len(own) >= MIN_CALIBRATION_IMAGES else pooled)
+    return thresholds
 
 
-def gate_verdicts(confidence: np.ndarray, nn_distance: np.ndarray, cfg: GenerateParams,
-                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(accepted, reject_reason) per candidate; a disabled check never rejects."""
-    low_confidence = cfg.check_label & (confidence < cfg.min_confidence)
-    too_close = cfg.check_memorisation & (nn_distance < threshold)
+def gate_verdicts(confidence: np.ndarray, nn_distance: np.ndarray, cfg: GenerateParams, label_threshold: float,
+                  copy_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(accepted, reject_reason) per candidate of one class; a disabled check never rejects."""
+    low_confidence = cfg.check_label & (confidence < label_threshold)
+    too_close = cfg.check_memorisation & (nn_distance < copy_threshold)
     reasons = np.select(
         [low_confidence & too_close, low_confidence, too_close], ["low_confidence;too_close", "low_confidence", "too_close"], ""
     )
@@ -110,45 +115,28 @@ def keep_until_target(accepted: np.ndarray, still_needed: int) -> int:
     return len(accepted) if len(positions) <= still_needed else int(positions[still_needed - 1]) + 1
 
 
-# --- the stage -----------------------------------------------------------------------------------
-
-
-def check_matches_data(meta: dict, stats: dict, what: str) -> None:
-    """A model must have been trained for the prepared data's image size, channels and classes."""
-    made_for = (meta["image_size"], meta["channels"])
-    if made_for != (stats["image_size"], stats["channels"]):
-        raise ConfigError(
-            f"{what}: made for {made_for[0]}x{made_for[0]} images with {made_for[1]} channel(s), but data/prepared "
-            f"holds {stats['image_size']}x{stats['image_size']} with {stats['channels']}; rerun the stage that makes it"
-        )
-    class_names = [c["class_name"] for c in stats["classes"]]
-    if meta["class_names"] != class_names:
-        extra = [n for n in meta["class_names"] if n not in class_names]
-        missing = [n for n in class_names if n not in meta["class_names"]]
-        detail = "; ".join(filter(None, [f"classes not in data/prepared: {extra}" if extra else "",
-                                         f"classes it lacks: {missing}" if missing else ""]))
-        raise ConfigError(
-            f"{what}: trained for other classes than data/prepared ({detail or 'same classes, other order'}); "
-            "rerun the stage that makes it"
-        )
+# --- the gate ------------------------------------------------------------------------------------
 
 
 @dataclass
-class Gate:
-    """The quality gate: the judge, and the real train images in its feature space."""
+class ClassGate:
+    """The quality gate of one class: the judge, and the class's real train images in its feature space."""
 
     judge: nets.Classifier
+    label: int
     real_index: NearestNeighbors
     real_paths: np.ndarray
-    threshold: float
+    label_threshold: float
+    copy_threshold: float
     cfg: GenerateParams
 
-    def __call__(self, images: torch.Tensor, label: int) -> pd.DataFrame:
-        """The gate's columns (GATE_COLUMNS) for a batch of uint8 candidates of class `label`."""
-        probabilities, features = judge_outputs(self.judge, images, batch_size=len(images))
+    def __call__(self, images: torch.Tensor) -> pd.DataFrame:
+        """The gate's columns (GATE_COLUMNS) for a batch of uint8 candidates of this class."""
+        probabilities, features = predict(self.judge, images, batch_size=len(images))
         distances, nearest = self.real_index.kneighbors(features.numpy())
-        confidence = probabilities[:, label].numpy()
-        accepted, reasons = gate_verdicts(confidence, distances[:, 0], self.cfg, self.threshold)
+        confidence = probabilities[:, self.label].numpy()
+        accepted, reasons = gate_verdicts(confidence, distances[:, 0], self.cfg, self.label_threshold,
+                                          self.copy_threshold)
         return pd.DataFrame({
             "accepted": accepted,
             "reject_reason": reasons,
@@ -159,40 +147,63 @@ class Gate:
         })
 
 
-def run(params: Params) -> None:
+def build_gates(judge: nets.Classifier, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
+    """One gate per class, calibrated on the real train and val images."""
+    manifest = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
+    train_paths = manifest.loc[manifest["split"] == "train", "path"].to_numpy()
+    train_images, train_labels = load_split(paths.prepared, stats, "train")
+    val_images, val_labels = load_split(paths.prepared, stats, "val")
+    _, train_features = predict(judge, train_images)
+    val_probabilities, val_features = predict(judge, val_images)
+    if len(val_labels):
+        calibration_probability, calibration_labels = val_probabilities[torch.arange(len(val_labels)), val_labels], val_labels
+    else:  # no val split: the train images are all there is (the judge knows them, so the bar is high)
+        train_probabilities, _ = predict(judge, train_images)
+        calibration_probability = train_probabilities[torch.arange(len(train_labels)), train_labels]
+        calibration_labels = train_labels
+    label_bars = label_thresholds(calibration_probability.numpy(), calibration_labels.numpy(), stats.num_classes,
+                                  cfg.label_pass_rate)
+    copy_bars = copy_thresholds(train_features, train_labels, val_features, val_labels, stats.num_classes)
+    gates = []
+    for label in range(stats.num_classes):
+        in_class = (train_labels == label).numpy()
+        gates.append(ClassGate(judge, label, NearestNeighbors(n_neighbors=1).fit(train_features[in_class].numpy()),
+                               train_paths[in_class], label_bars[label], copy_bars[label], cfg))
+    return gates
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.generate
-    stats = read_json(PREPARED_DIR / "stats.json")
-    generator, generator_meta = nets.load_generator()
-    check_matches_data(generator_meta, stats, f"{nets.GAN_DIR}/generator_ema.json")
-    judge, judge_meta = nets.load_judge()
-    check_matches_data(judge_meta, stats, f"{nets.JUDGE_DIR}/judge.json")
+    stats = PreparedStats.read(paths.prepared)
+    generator, generator_meta = nets.load_generator(paths.gan)
+    check_made_for(generator_meta.image_size, generator_meta.channels, generator_meta.class_names, stats,
+                   f"{paths.gan}/generator_ema.json")
+    judge, judge_meta = nets.load_judge(paths.judge)
+    check_made_for(judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats,
+                   f"{paths.judge}/judge.json")
     for model in (generator, judge):
         model.to(memory_format=torch.channels_last)  # about a third faster on the CPU
 
-    classes = stats["classes"]
-    real_counts = [stats["counts"]["train"][c["class_name"]] for c in classes]
+    real_counts = stats.split_counts("train")
     plan = pd.DataFrame({
-        "label": [c["label"] for c in classes],
-        "class_name": [c["class_name"] for c in classes],
-        "folder": [c["folder"] for c in classes],
+        "label": [c.label for c in stats.classes],
+        "class_name": stats.class_names,
+        "folder": [c.folder for c in stats.classes],
         "real": real_counts,
         "planned": plan_counts(real_counts, cfg.target, cfg.max_synthetic_per_real),
     })
     print(f"generate: plan for target {cfg.target!r}, {plan['planned'].sum()} synthetic images:")
     print(plan[["class_name", "real", "planned"]].to_string(index=False))
 
-    prepared = read_manifest(PREPARED_DIR / "manifest.csv")
-    real_train = prepared[prepared["split"] == "train"]
-    real_images, _ = load_images(PREPARED_DIR, real_train, stats["channels"])
-    real_index = NearestNeighbors(n_neighbors=1).fit(judge_outputs(judge, real_images)[1].numpy())
-    threshold = memorisation_threshold(real_index, cfg.memorisation_quantile)
-    gate = Gate(judge, real_index, real_train["path"].to_numpy(), threshold, cfg)
+    gates = build_gates(judge, stats, paths, cfg)
     generator_hash = nets.weights_hash(generator)
-
-    with atomic_output(SYNTHETIC_DIR) as out:
+    with atomic_output(paths.synthetic) as out:
         manifests, outcome = [], []
-        for row in plan.itertuples():
-            rows = sample_class(row, generator, generator_meta["z_dim"], gate, params.seed, out)
+        for row, gate in zip(plan.itertuples(), gates):
+            rows = sample_class(row, generator, generator_meta.z_dim, gate, params.seed, out)
             accepted, candidates = int(rows["accepted"].sum()), len(rows)
             outcome.append((accepted, candidates, round(accepted / candidates, 6) if candidates else None))
             if accepted < row.planned:
@@ -200,34 +211,33 @@ def run(params: Params) -> None:
                            f"{candidates} candidates (acceptance rate {accepted / candidates:.1%}, "
                            f"generate.max_attempts {cfg.max_attempts})")
                 if not cfg.allow_short:
-                    raise ConfigError(message + "; lower generate.min_confidence, train the GAN longer, raise "
-                                      "generate.max_attempts or set generate.allow_short: true")
+                    raise GateError(message + "; lower generate.label_pass_rate, train the GAN longer, raise "
+                                    "generate.max_attempts or set generate.allow_short: true")
                 print(f"generate: warning: {message}; kept short (generate.allow_short)", file=sys.stderr)
             manifests.append(rows)
 
         plan["generated"], plan["candidates"], plan["acceptance_rate"] = zip(*outcome)
         plan["short"] = plan["planned"] - plan["generated"]
+        plan["label_threshold"] = [round(g.label_threshold, 6) for g in gates]
+        plan["copy_threshold"] = [round(g.copy_threshold, 6) for g in gates]
         manifest = pd.concat(manifests, ignore_index=True).reindex(columns=MANIFEST_COLUMNS + GATE_COLUMNS)
         manifest["source"] = generator_hash
         write_manifest(manifest, out / "manifest.csv")
         write_manifest(plan, out / "plan.csv")
-        write_json(out / "summary.json", {
-            "generator_hash": generator_hash,
-            "judge_hash": nets.weights_hash(judge),
-            "memorisation_threshold": round(threshold, 6),
-            "image_size": stats["image_size"],
-            "channels": stats["channels"],
-            "generated": int(plan["generated"].sum()),
-            "candidates": int(plan["candidates"].sum()),
-            "short": int(plan["short"].sum()),
-            "params": {"seed": params.seed, "generate": params_to_dict(cfg)},
-        })
-    print(f"generate: accepted {plan['generated'].sum()} of {plan['candidates'].sum()} candidates "
-          f"(memorisation threshold {threshold:.4f}); {plan['short'].sum()} short")
+        SyntheticSummary(
+            generator_hash=generator_hash, judge_hash=nets.weights_hash(judge), image_size=stats.image_size,
+            channels=stats.channels, class_names=stats.class_names, generated=int(plan["generated"].sum()),
+            candidates=int(plan["candidates"].sum()), short=int(plan["short"].sum()),
+            label_thresholds=dict(zip(plan["class_name"], plan["label_threshold"])),
+            copy_thresholds=dict(zip(plan["class_name"], plan["copy_threshold"])),
+            params={"seed": params.seed, "generate": params_to_dict(cfg)},
+        ).write(out)
+    print(f"generate: accepted {plan['generated'].sum()} of {plan['candidates'].sum()} candidates; "
+          f"{plan['short'].sum()} short")
 
 
 @torch.inference_mode()
-def sample_class(plan_row, generator: nets.Generator, z_dim: int, gate: Gate, seed: int, out) -> pd.DataFrame:
+def sample_class(plan_row, generator: nets.Generator, z_dim: int, gate: ClassGate, seed: int, out: Path) -> pd.DataFrame:
     """Draw and gate candidates of one class until its planned count is accepted or its budget is spent.
 
     Accepted images are written to `out/<folder>/`; returns one manifest row per candidate judged.
@@ -242,7 +252,7 @@ def sample_class(plan_row, generator: nets.Generator, z_dim: int, gate: Gate, se
         batch_seeds = seeds[drawn:drawn + size]
         drawn += size
         images = nets.to_uint8(generator(latents(batch_seeds, z_dim, cfg.truncation), torch.full((size,), label)))
-        verdicts = gate(images, label)
+        verdicts = gate(images)
         kept = keep_until_target(verdicts["accepted"].to_numpy(), planned - accepted_count)
         verdicts = verdicts.iloc[:kept]
         paths, hashes = [""] * kept, [""] * kept

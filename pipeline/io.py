@@ -1,6 +1,7 @@
-"""Files shared between stages: manifests, PNG folders, JSON, hashes and atomic output folders.
+"""Files: atomic output folders and files, hashes, stable JSON, PNGs, manifests and class folders.
 
-Stages talk to each other only through the files these helpers read and write (see DESIGN.md).
+Stages talk to each other only through files; these helpers read and write them (the contracts
+themselves are in contracts.py; docs/ARCHITECTURE.md draws the whole flow).
 """
 
 from __future__ import annotations
@@ -21,12 +22,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError
-
-MANIFEST_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "seed", "sha256"]
-PREPARED_DIR = Path("data/prepared")
-SPLITS = ("train", "val", "test")
-
+from pipeline.errors import InputError
 
 # --- atomic output folders -----------------------------------------------------------------------
 
@@ -54,6 +50,18 @@ def atomic_output(dest: Path | str) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_atomically(path: Path | str, content: str | bytes) -> None:
+    """Write one file through a temporary sibling renamed into place: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    if isinstance(content, str):
+        temporary.write_text(content, encoding="utf-8")
+    else:
+        temporary.write_bytes(content)
+    temporary.replace(path)
+
+
 # --- hashing and JSON ----------------------------------------------------------------------------
 
 
@@ -69,15 +77,19 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def write_json(path: Path | str, obj) -> None:
+def json_text(obj) -> str:
     """Stable JSON (sorted keys, fixed indent) so equal content gives equal bytes."""
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json(path: Path | str, obj) -> None:
+    Path(path).write_text(json_text(obj), encoding="utf-8")
 
 
 def read_json(path: Path | str):
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: not found (run the stage that makes it first)")
+        raise InputError(f"{path}: not found (run the stage that makes it first)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -141,14 +153,16 @@ def write_manifest(frame: pd.DataFrame, path: Path | str) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
-def read_manifest(path: Path | str) -> pd.DataFrame:
+def read_manifest(path: Path | str, columns: list[str]) -> pd.DataFrame:
+    """A manifest CSV, which must hold `columns` (class names, sources and hashes stay strings)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: not found (run the stage that makes it first)")
-    frame = pd.read_csv(path, dtype={"class_name": str, "source": str, "sha256": str}, keep_default_na=False)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+        raise InputError(f"{path}: not found (run the stage that makes it first)")
+    frame = pd.read_csv(path, dtype={"class_name": str, "source": str, "sha256": str, "path": str},
+                        keep_default_na=False)
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ConfigError(f"{path}: manifest lacks the columns {', '.join(missing)}")
+        raise InputError(f"{path}: manifest lacks the columns {', '.join(missing)}")
     return frame
 
 
@@ -157,18 +171,7 @@ def load_images(root: Path | str, manifest: pd.DataFrame, channels: int) -> tupl
     root = Path(root)
     arrays = [read_png(root / rel, channels) for rel in manifest["path"]]
     if not arrays:
-        raise ConfigError(f"{root}: the manifest lists no images")
+        raise InputError(f"{root}: the manifest lists no images")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.int64)
     return images, labels
-
-
-def load_prepared_split(split: str, prepared_dir: Path | str = PREPARED_DIR) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split of the prepared data as (uint8 NxCxHxW images, labels)."""
-    prepared_dir = Path(prepared_dir)
-    stats = read_json(prepared_dir / "stats.json")
-    manifest = read_manifest(prepared_dir / "manifest.csv")
-    rows = manifest[manifest["split"] == split]
-    if rows.empty:
-        raise ConfigError(f"{prepared_dir}: the {split} split is empty")
-    return load_images(prepared_dir, rows, stats["channels"])

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,33 +99,105 @@ def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k:
 # --- memorisation --------------------------------------------------------------------------------
 
 
-def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query row: the distance to its nearest reference row, and that row's index."""
-    distances, indices = pairwise_distances(query, reference).min(dim=1)
-    return distances, indices
+def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor,
+                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row: the distance to its nearest reference row, and that row's index.
+    Computed in chunks of query rows, so memory stays at chunk x len(reference)."""
+    results = [pairwise_distances(part, reference).min(dim=1) for part in query.split(chunk)]
+    if not results:
+        return torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.int64)
+    return torch.cat([r.values for r in results]), torch.cat([r.indices for r in results])
 
 
-def memorised_share(synthetic_to_train: torch.Tensor, test_to_train: torch.Tensor) -> float:
-    """Share of synthetic images closer to a training image than any real test image ever came.
+def closest_real_pair(train: torch.Tensor, other: torch.Tensor, chunk: int = 1024) -> float | None:
+    """The smallest distance between two distinct real images of a class: a train image and another
+    train image, or a held-out image (`other`) and a train image. Identical images (distance 0) are not
+    distinct. None when the class has no such pair.
 
-    The closest real-to-real pair (a held-out test image and its nearest training image) is how close
-    two genuinely different images of the data get; a synthetic image closer than that is likely a copy.
+    This is the copy rule of the gate and of the evaluate stage alike: a synthetic image closer than
+    this to a training image of its class is closer than any two real images of the class ever came.
     """
-    return float((synthetic_to_train < test_to_train.min()).double().mean())
+    smallest = float("inf")
+    for query in (train, other):
+        for part in query.split(chunk):
+            distances = pairwise_distances(part, train)
+            distances[distances == 0] = float("inf")  # itself, or an identical image
+            if len(distances) and distances.shape[1]:
+                smallest = min(smallest, float(distances.min()))
+    return None if smallest == float("inf") else smallest
+
+
+MIN_COPY_RULE_IMAGES = 5  # fewer real images than this: the closest pair says little about how close reals get
+
+
+def copy_thresholds(train: torch.Tensor, train_labels: torch.Tensor, held_out: torch.Tensor,
+                    held_out_labels: torch.Tensor, num_classes: int) -> list[float]:
+    """The copy rule's threshold per class: its closest_real_pair over its train and held-out features.
+
+    A class with fewer than MIN_COPY_RULE_IMAGES real images, or without a pair, borrows the median
+    threshold of the classes that have enough: two or three images are too few to know how close
+    real images of the class can come (their closest pair is far, and would call most samples copies).
+    """
+    pairs, sizes = [], []
+    for label in range(num_classes):
+        own_train, own_held_out = train[train_labels == label], held_out[held_out_labels == label]
+        pairs.append(closest_real_pair(own_train, own_held_out))
+        sizes.append(len(own_train) + len(own_held_out))
+    known = [d for d, n in zip(pairs, sizes) if d is not None and n >= MIN_COPY_RULE_IMAGES]
+    known = known or [d for d in pairs if d is not None]
+    if not known:
+        raise ValueError("no class has two distinct real images: the copy rule has no scale")
+    fallback = float(np.median(known))
+    return [d if d is not None and n >= MIN_COPY_RULE_IMAGES else fallback for d, n in zip(pairs, sizes)]
+
+
+def memorised_share(synthetic_to_train: torch.Tensor, threshold: float) -> float:
+    """Share of synthetic images closer to a training image than the copy threshold."""
+    return float((synthetic_to_train < threshold).double().mean())
 
 
 # --- downstream utility --------------------------------------------------------------------------
 
 
-def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, balanced accuracy, macro-F1 and the recall of each class (a list in label order)."""
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in y_true (a class absent from a small val split does not count)."""
+    present = np.unique(y_true)
+    if len(present) == 0:
+        return float("nan")
+    return float(np.mean([np.mean(y_pred[y_true == label] == label) for label in present]))
+
+
+def tail_classes(train_counts: list[int]) -> list[int]:
+    """The rarest third of the classes by real train count (at least one; ties broken by label)."""
+    order = sorted(range(len(train_counts)), key=lambda label: (train_counts[label], label))
+    return sorted(order[:max(1, round(len(train_counts) / 3))])
+
+
+def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, tail: list[int]) -> dict:
+    """Accuracy, balanced accuracy, macro-F1, tail recall (mean recall of the `tail` classes) and the
+    recall of each class (a list in label order)."""
     labels = list(range(num_classes))
+    recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "recall": recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0).tolist(),
+        "tail_recall": float(np.mean(recall[tail])),
+        "recall": recall.tolist(),
     }
+
+
+def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b over paired seeds and its Student-t confidence interval: (mean, low, high).
+
+    With a single pair the interval is unbounded (-inf, inf): one seed says nothing about noise.
+    """
+    differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean = float(differences.mean())
+    if len(differences) < 2:
+        return mean, float("-inf"), float("inf")
+    half = stats.t.ppf(0.5 + confidence / 2, len(differences) - 1) * differences.std(ddof=1) / np.sqrt(len(differences))
+    return mean, float(mean - half), float(mean + half)
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -5,7 +5,8 @@ All networks take and give images as float tensors in [-1, 1], NxCxHxW; `to_unit
 to any power-of-two image size from 16 to 128 and to 1 or 3 channels.
 
 Saved models are a plain `state_dict` (`<name>.pt`, loads with `torch.load(..., weights_only=True)`)
-beside `<name>.json` with the architecture and the class names, so no pickled code is ever loaded.
+beside `<name>.json` (contracts.ModelMeta: the architecture and the data it was made for), so no
+pickled code is ever loaded.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from pipeline.config import ConfigError
-from pipeline.io import read_json, write_json
+from pipeline.contracts import ModelMeta
+from pipeline.errors import ConfigError, InputError
 
 SUPPORTED_SIZES = (16, 32, 64, 128)
 
@@ -144,22 +145,21 @@ class Discriminator(nn.Module):
 
 
 class Classifier(nn.Module):
-    """A small CNN. `features` is the penultimate layer: the feature space of the gate and report."""
+    """A small, fast CNN: a stride-2 stem, then three conv-BN-ReLU-maxpool stages that double the
+    width, global average pooling and a linear head. `features` (the pooled vector) is the feature
+    space of the gate and the evaluation. Sized for the CPU: a run converges in seconds."""
 
-    def __init__(self, image_size: int, channels: int, num_classes: int, width: int = 32):
+    def __init__(self, image_size: int, channels: int, num_classes: int, width: int = 16):
         super().__init__()
-        layers, in_ch = [], channels
-        for out_ch in (width, 2 * width, 4 * width):
-            layers += [
-                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2) if image_size >= 8 else nn.Identity(),
-            ]
-            in_ch, image_size = out_ch, image_size // 2
+        layers, in_ch, size = [], channels, image_size
+        for stage, out_ch in enumerate((width, 2 * width, 4 * width)):
+            layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2 if stage == 0 else 1, padding=1, bias=False),
+                       nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+            size = (size + 1) // 2 if stage == 0 else size
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            in_ch = out_ch
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(in_ch, num_classes))
         self.feature_dim = in_ch
@@ -174,21 +174,21 @@ class Classifier(nn.Module):
 # --- saving and loading --------------------------------------------------------------------------
 
 
-def save_model(model: nn.Module, folder: Path | str, name: str, meta: dict) -> None:
+def save_model(model: nn.Module, folder: Path | str, name: str, meta: ModelMeta) -> None:
     """`<name>.pt` (a plain state_dict) and `<name>.json` (everything needed to rebuild it)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / f"{name}.pt")
-    write_json(folder / f"{name}.json", meta)
+    meta.write(folder / f"{name}.json")
 
 
-def load_model(folder: Path | str, name: str, build) -> tuple[nn.Module, dict]:
+def load_model(folder: Path | str, name: str, build) -> tuple[nn.Module, ModelMeta]:
     """Rebuild a model saved by `save_model`; `build(meta)` makes the empty network."""
     folder = Path(folder)
     weights = folder / f"{name}.pt"
     if not weights.is_file():
-        raise ConfigError(f"{weights}: not found (run the stage that makes it first)")
-    meta = read_json(folder / f"{name}.json")
+        raise InputError(f"{weights}: not found (run the stage that makes it first)")
+    meta = ModelMeta.read(folder / f"{name}.json")
     model = build(meta)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), meta
@@ -203,23 +203,12 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-GAN_DIR = Path("models/gan")
-JUDGE_DIR = Path("models/judge")
+def load_generator(folder: Path | str) -> tuple[Generator, ModelMeta]:
+    """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json`."""
+    return load_model(folder, "generator_ema",
+                      lambda m: Generator(m.image_size, m.channels, len(m.class_names), m.z_dim, m.width))
 
 
-def load_generator(folder: Path | str = GAN_DIR) -> tuple[Generator, dict]:
-    """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json`.
-
-    The JSON holds image_size, channels, class_names, z_dim and width (and whatever else train records).
-    """
-    return load_model(
-        folder, "generator_ema",
-        lambda m: Generator(m["image_size"], m["channels"], len(m["class_names"]), m["z_dim"], m["width"]),
-    )
-
-
-def load_judge(folder: Path | str = JUDGE_DIR) -> tuple[Classifier, dict]:
-    """The judge stage's classifier: `judge.pt` + `judge.json` (image_size, channels, class_names, width)."""
-    return load_model(
-        folder, "judge", lambda m: Classifier(m["image_size"], m["channels"], len(m["class_names"]), m["width"])
-    )
+def load_judge(folder: Path | str) -> tuple[Classifier, ModelMeta]:
+    """The judge stage's classifier: `judge.pt` + `judge.json`."""
+    return load_model(folder, "judge", lambda m: Classifier(m.image_size, m.channels, len(m.class_names), m.width))

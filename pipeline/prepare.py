@@ -1,8 +1,10 @@
-"""Stage `prepare`: source -> data/prepared/{train,val,test}/<class>/*.png, manifest.csv, stats.json.
+"""Stage `prepare`: source -> data/prepared/{train,val,test}/<class>/*.png + manifest.csv, stats.json,
+skipped.csv; and data/holdout/ (the real train images that thinning removed, for the oracle arm only).
 
 Decodes every image once with PIL, converts it to the configured channels, fits it to a square of
-`data.image_size`, splits stratified with the seed, optionally thins train to a long-tail profile,
-and writes PNGs. Bad files are skipped with a reason (or, with `data.strict`, are an error).
+`data.image_size`, caps each class at `data.max_per_class`, splits stratified with the seed, thins
+train to a long-tail profile when asked (by default only the built-in demo sources), and writes PNGs.
+Bad files are skipped with a reason (or, with `data.strict`, are an error).
 """
 
 from __future__ import annotations
@@ -16,25 +18,29 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.config import ConfigError, DataParams, Params, params_to_dict
-from pipeline.io import (
-    MANIFEST_COLUMNS,
-    PREPARED_DIR,
-    SPLITS,
-    atomic_output,
-    class_folder_names,
-    encode_png,
-    natural_sort,
-    sha256_bytes,
-    write_json,
-    write_manifest,
-)
+from pipeline.config import DataParams, Params, params_to_dict
+from pipeline.contracts import MANIFEST_COLUMNS, SPLITS, ClassInfo, PreparedStats
+from pipeline.errors import InputError
+from pipeline.io import atomic_output, class_folder_names, encode_png, natural_sort, sha256_bytes, write_manifest
+from pipeline.paths import Paths
 from pipeline.sources import Source, SourceItem, open_source
 
 PROGRESS_MIN_ITEMS = 1000
+HOLDOUT = "holdout"  # the split name of the thinned-away train images in data/holdout
 
 
-# --- pure functions: split and imbalance ---------------------------------------------------------
+# --- pure functions: caps, splits and imbalance --------------------------------------------------
+
+
+def cap_per_class(labels: np.ndarray, groups: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    """A keep-mask that leaves at most `cap` random items of each (label, group) pair."""
+    keep = np.ones(len(labels), dtype=bool)
+    if cap is None:
+        return keep
+    for label, group in {(y, g) for y, g in zip(labels.tolist(), groups.tolist())}:
+        members = np.flatnonzero((labels == label) & (groups == group))
+        keep[rng.permutation(members)[cap:]] = False
+    return keep
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator,
@@ -45,13 +51,24 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
         members = np.flatnonzero(labels == label)
         n = len(members)
         if n < 2:
-            raise ConfigError(f"class {name!r} has {n} usable image(s); it needs at least 2 (one train, one test)")
+            raise InputError(f"class {name!r} has {n} usable image(s); it needs at least 2 (one train, one test)")
         n_test = min(n - 1, max(1, round(n * test_fraction)))
         n_val = min(n - n_test - 1, round(n * val_fraction))
         order = rng.permutation(members)
         splits[order[:n_test]] = "test"
         splits[order[n_test:n_test + n_val]] = "val"
         splits[order[n_test + n_val:]] = "train"
+    return splits
+
+
+def carve_val(splits: np.ndarray, labels: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """For a pre-split source without val: `val_fraction` of each class's train items become val
+    (every class keeps at least one train item)."""
+    splits = splits.copy()
+    for label in np.unique(labels):
+        members = np.flatnonzero((labels == label) & (splits == "train"))
+        n_val = min(len(members) - 1, round(len(members) * val_fraction))
+        splits[rng.permutation(members)[:max(0, n_val)]] = "val"
     return splits
 
 
@@ -70,6 +87,13 @@ def imbalance_counts(train_counts: list[int], profile: str, ratio: float) -> lis
     else:  # step: the second half of the classes is rare
         wanted = [base if k < (n_classes + 1) // 2 else base / ratio for k in range(n_classes)]
     return [max(1, min(count, round(w))) for count, w in zip(train_counts, wanted)]
+
+
+def thinning_profile(cfg: DataParams, source: Source) -> str:
+    """`auto` thins only the built-in demo sources: a user's data is kept as it is."""
+    if cfg.imbalance.profile != "auto":
+        return cfg.imbalance.profile
+    return "exponential" if source.builtin else "none"
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -102,7 +126,7 @@ def _open_checked(raw: bytes, origin: str, max_pixels: int) -> Image.Image:
                 raise Image.DecompressionBombError
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ConfigError(
+        raise InputError(
             f"{origin}: image is over data.max_image_pixels ({max_pixels}): refusing a possible decompression bomb"
         ) from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for corrupt or unknown files
@@ -118,52 +142,63 @@ def _is_colour(image: Image.Image) -> bool:
 # --- the stage -----------------------------------------------------------------------------------
 
 
-def run(params: Params) -> None:
+def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.data
-    source = open_source(cfg.source)
+    source = open_source(paths.source(cfg.source), cfg.source)
     images, kept, fingerprint, skipped = _decode_all(source, cfg)
-    class_names = natural_sort({item.class_name for item in kept})
+    found = {item.class_name for item in kept}
+    class_names = [n for n in source.class_order if n in found] if source.class_order else natural_sort(found)
     if len(class_names) < 2:
-        raise ConfigError(f"data.source {cfg.source}: found {len(class_names)} class(es); need at least 2")
+        raise InputError(f"data.source {cfg.source}: found {len(class_names)} class(es); need at least 2")
     label_of = {name: i for i, name in enumerate(class_names)}
     labels = np.array([label_of[item.class_name] for item in kept])
 
     rng = np.random.default_rng(params.seed)
+    given_splits = np.array([item.split or "" for item in kept], dtype=object)
+    capped = cap_per_class(labels, given_splits, cfg.max_per_class, rng)
+    splits = np.full(len(kept), None, dtype=object)
     if source.presplit:
-        splits = np.array([item.split for item in kept], dtype=object)
+        splits[capped] = given_splits[capped]
         for split in ("train", "test"):
             missing = [n for n, y in label_of.items() if not ((labels == y) & (splits == split)).any()]
             if missing:
-                raise ConfigError(f"class {missing[0]!r} has no usable image in {split}/ of {cfg.source}")
+                raise InputError(f"class {missing[0]!r} has no usable image in the {split} split of {cfg.source}")
+        if not (splits == "val").any():
+            splits = carve_val(splits, labels, cfg.val_fraction, rng)
     else:
-        splits = stratified_split(labels, cfg.val_fraction, cfg.test_fraction, rng, class_names)
-    splits = _thin_train(splits, labels, cfg, rng)
+        splits[capped] = stratified_split(labels[capped], cfg.val_fraction, cfg.test_fraction, rng, class_names)
+    profile = thinning_profile(cfg, source)
+    splits = _thin_train(splits, labels, profile, cfg.imbalance.ratio, rng)
 
     channels = 3 if cfg.channels == "rgb" or (cfg.channels == "auto" and any(c for _, c in images)) else 1
     folders = class_folder_names(class_names)
-    with atomic_output(PREPARED_DIR) as out:
-        rows = _write_images(out, images, kept, labels, splits, class_names, folders, channels)
-        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        write_manifest(manifest, out / "manifest.csv")
+    counts = {split: {name: int(((labels == y) & (splits == split)).sum()) for y, name in enumerate(class_names)}
+              for split in (*SPLITS, HOLDOUT)}
+    stats = PreparedStats(
+        image_size=cfg.image_size, channels=channels, mode="L" if channels == 1 else "RGB",
+        classes=[ClassInfo(i, n, f) for i, (n, f) in enumerate(zip(class_names, folders))],
+        counts={split: counts[split] for split in SPLITS}, holdout=counts[HOLDOUT], presplit=source.presplit,
+        skipped=len(skipped), source=cfg.source, source_fingerprint=fingerprint,
+        params={"seed": params.seed, "data": params_to_dict(cfg)},
+    )
+    with atomic_output(paths.prepared) as out:
+        _write_images(out, images, kept, labels, splits, SPLITS, class_names, folders, channels)
         pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False, lineterminator="\n")
-        stats = {
-            "image_size": cfg.image_size,
-            "channels": channels,
-            "mode": "L" if channels == 1 else "RGB",
-            "classes": [{"label": i, "class_name": n, "folder": f} for i, (n, f) in enumerate(zip(class_names, folders))],
-            "counts": {s: manifest[manifest.split == s].groupby("class_name").size().reindex(class_names, fill_value=0)
-                       .astype(int).to_dict() for s in SPLITS},
-            "presplit": source.presplit,
-            "skipped": len(skipped),
-            "source": cfg.source,
-            "source_fingerprint": fingerprint,
-            "params": {"seed": params.seed, "data": params_to_dict(cfg)},
-        }
-        write_json(out / "stats.json", stats)
-    counts = stats["counts"]
-    print(f"prepare: {len(manifest)} images of {len(class_names)} classes, {channels} channel(s), "
-          f"{cfg.image_size}x{cfg.image_size}; train {sum(counts['train'].values())}, "
-          f"val {sum(counts['val'].values())}, test {sum(counts['test'].values())}; skipped {len(skipped)}")
+        stats.write(out)
+    with atomic_output(paths.holdout) as out:
+        _write_images(out, images, kept, labels, splits, (HOLDOUT,), class_names, folders, channels)
+    _say(stats, profile, cfg.imbalance.ratio)
+
+
+def _say(stats: PreparedStats, profile: str, ratio: float) -> None:
+    train, val, test = (sum(stats.split_counts(s)) for s in SPLITS)
+    print(f"prepare: {train + val + test} images of {stats.num_classes} classes, {stats.channels} channel(s), "
+          f"{stats.image_size}x{stats.image_size}; train {train}, val {val}, test {test}; skipped {stats.skipped}")
+    if stats.thinned:
+        print(f"prepare: thinned the train split ({profile}, ratio {ratio:g}); kept per class "
+              "(the rest is in data/holdout, for the oracle arm only):")
+        for name, kept in zip(stats.class_names, stats.split_counts("train")):
+            print(f"  {name}: {kept} of {kept + stats.holdout[name]}")
 
 
 def _decode_all(source: Source, cfg: DataParams):
@@ -184,29 +219,30 @@ def _decode_all(source: Source, cfg: DataParams):
         fingerprint_lines.append(f"{item.class_name}\t{item.origin}\t{sha256_bytes(raw)}")
     if skipped and cfg.strict:
         origin, reason = skipped[0]
-        raise ConfigError(f"{origin}: {reason} (data.strict is true; {len(skipped)} bad file(s) in all)")
+        raise InputError(f"{origin}: {reason} (data.strict is true; {len(skipped)} bad file(s) in all)")
     for origin, reason in skipped:
         print(f"prepare: warning: skipped {origin}: {reason}", file=sys.stderr)
     if not kept:
-        raise ConfigError(f"data.source {cfg.source}: no readable images")
+        raise InputError(f"data.source {cfg.source}: no readable images")
     return images, kept, sha256_bytes("\n".join(sorted(fingerprint_lines)).encode()), skipped
 
 
-def _thin_train(splits: np.ndarray, labels: np.ndarray, cfg: DataParams, rng: np.random.Generator) -> np.ndarray:
-    """Drop train items to follow the imbalance profile; val and test are untouched."""
+def _thin_train(splits: np.ndarray, labels: np.ndarray, profile: str, ratio: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """Move train items to the holdout to follow the imbalance profile; val and test are untouched."""
     n_classes = labels.max() + 1
     train_members = [np.flatnonzero((labels == y) & (splits == "train")) for y in range(n_classes)]
-    keep = imbalance_counts([len(m) for m in train_members], cfg.imbalance.profile, cfg.imbalance.ratio)
+    keep = imbalance_counts([len(m) for m in train_members], profile, ratio)
     splits = splits.copy()
     for members, n_keep in zip(train_members, keep):
-        dropped = rng.permutation(members)[n_keep:]
-        splits[dropped] = None
+        splits[rng.permutation(members)[n_keep:]] = HOLDOUT
     return splits
 
 
-def _write_images(out, images, kept, labels, splits, class_names, folders, channels) -> list[list]:
+def _write_images(out, images, kept, labels, splits, which_splits, class_names, folders, channels) -> None:
+    """PNGs of the items of `which_splits` under out/<split>/<folder>/, and out/manifest.csv."""
     rows = []
-    for split in SPLITS:
+    for split in which_splits:
         for label, (name, folder) in enumerate(zip(class_names, folders)):
             members = np.flatnonzero((labels == label) & (splits == split))
             if len(members) == 0:
@@ -219,4 +255,4 @@ def _write_images(out, images, kept, labels, splits, class_names, folders, chann
                 rel = f"{split}/{folder}/{k:05d}.png"
                 (out / rel).write_bytes(png)
                 rows.append([rel, label, name, split, "real", kept[index].origin, "", sha256_bytes(png)])
-    return rows
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), out / "manifest.csv")

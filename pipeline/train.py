@@ -1,18 +1,21 @@
-"""Stage `train`: data/prepared/train -> models/gan/ (EMA generator + last checkpoint), reports/train/.
+"""Stage `train`: data/prepared/train -> models/gan/ (EMA generator + last checkpoint), reports/train/
+(DVCLive's log of the losses) and reports/samples/ (sample grids).
 
-Lightning runs the training (pipeline/gan.py): a progress bar, a CSV log of the losses, a
+Lightning runs the training (pipeline/gan.py): a progress bar, DVCLive's Lightning logger for the
+losses (reports/train/metrics.json and plots/, which `dvc exp show` and `dvc plots show` read), a
 checkpoint after every epoch and a sample grid every `train.sample_every_n_epochs` epochs.
 
 Resuming: the running training lives in models/gan-resume/ (declared `persist: true` in dvc.yaml,
-so DVC does not delete it before rerunning the stage): Lightning's `last.ckpt`, the CSV logs, the
+so DVC does not delete it before rerunning the stage): Lightning's `last.ckpt`, the DVCLive log, the
 grids so far and `fingerprint.json`, a hash of the seed, the train params and the prepared data.
 A rerun whose fingerprint matches resumes from `last.ckpt`; any other fingerprint starts fresh and
-says so. models/gan/ and reports/train/ are written only when the training has finished.
+says so. models/gan/ and reports/ are written only when the training has finished.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -20,19 +23,19 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 import torch
+from dvclive.lightning import DVCLiveLogger
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from pipeline.config import ConfigError, Params, TrainParams, params_to_dict
+from pipeline.config import Params, TrainParams, params_to_dict
+from pipeline.contracts import ModelMeta
+from pipeline.errors import ConfigError
 from pipeline.gan import ConditionalGAN, TrainImages, sample_grid
-from pipeline.io import PREPARED_DIR, atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
-from pipeline.nets import GAN_DIR, save_model
+from pipeline.io import atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
+from pipeline.nets import save_model
+from pipeline.paths import Paths
 
-RESUME_DIR = Path("models/gan-resume")
-REPORT_DIR = Path("reports/train")
 CHECKPOINT = "last.ckpt"
-LOSS_COLUMNS = ["step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "conditioning", "lecam", "gsr"]
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -57,28 +60,39 @@ def trainer_settings(cfg: TrainParams, gpu_count: int) -> dict:
     }
 
 
-def training_fingerprint(params: Params, prepared_dir: Path) -> str:
+def training_fingerprint(params: Params, data: TrainImages) -> str:
     """What a resumable checkpoint must have been made with: seed, train params and prepared data."""
-    stats = read_json(prepared_dir / "stats.json")
     made_with = {
         "seed": params.seed,
         "train": params_to_dict(params.train),
-        "source_fingerprint": stats["source_fingerprint"],
-        "manifest_sha256": sha256_file(prepared_dir / "manifest.csv"),
+        "source_fingerprint": data.stats.source_fingerprint,
+        "manifest_sha256": sha256_file(data.prepared_dir / "manifest.csv"),
     }
     return sha256_bytes(json.dumps(made_with, sort_keys=True).encode())
 
 
-def collect_losses(log_dir: Path) -> pd.DataFrame:
-    """The CSV logs of every (resumed) run in order, one row per logged batch; a batch logged twice
-    (by a run that was interrupted after its last checkpoint) keeps the later row."""
-    runs = sorted(log_dir.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    frame = pd.concat([pd.read_csv(p) for p in runs], ignore_index=True)
-    frame = frame.drop_duplicates("step", keep="last").sort_values("step")
-    return frame[[c for c in LOSS_COLUMNS if c in frame.columns]].reset_index(drop=True)
+def forget_steps_after(live_dir: Path, batches_done: int) -> None:
+    """Drop the DVCLive rows logged after the checkpoint a run resumes from: the resumed run logs
+    those batches again. Lightning logs a batch under its 0-based index, so a checkpoint taken after
+    `batches_done` batches holds the steps below `batches_done`, and step `batches_done` is the
+    first batch it does not hold."""
+    for tsv in sorted((live_dir / "plots").rglob("*.tsv")):
+        frame = pd.read_csv(tsv, sep="\t")
+        frame[frame["step"] < batches_done].to_csv(tsv, sep="\t", index=False, lineterminator="\n")
 
 
-# --- the stage -----------------------------------------------------------------------------------
+# --- callbacks -----------------------------------------------------------------------------------
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that keeps its own state out of the checkpoint: that state holds absolute
+    paths, which would make the same training give other bytes in another checkout."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
 
 
 class SampleGrids(pl.Callback):
@@ -94,29 +108,39 @@ class SampleGrids(pl.Callback):
             self.folder.mkdir(parents=True, exist_ok=True)
             grid = sample_grid(module.generator_ema.module, self.num_classes, self.per_class,
                                module.cfg.z_dim, self.seed)
-            _write_png(self.folder / f"epoch_{epoch:04d}.png", grid)
+            (self.folder / f"epoch_{epoch:04d}.png").write_bytes(encode_png_tensor(grid))
 
 
-def run(params: Params) -> None:
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.train
-    data = TrainImages(PREPARED_DIR, cfg.batch_size, cfg.balance, params.seed)
+    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed)
+    if data.batch_size < cfg.batch_size:
+        _say(f"note: train.batch_size {cfg.batch_size} is larger than the train split "
+             f"({sum(data.counts)} images); using {data.batch_size}")
     settings = trainer_settings(cfg, torch.cuda.device_count())
-    _check_transition_fits(cfg, len(data.labels) // (cfg.batch_size * settings["devices"] * cfg.num_nodes))
-    checkpoint = _resume_checkpoint(training_fingerprint(params, PREPARED_DIR))
+    batches_per_epoch = _batches_per_epoch(sum(data.counts), data.batch_size, settings["devices"] * cfg.num_nodes)
+    _check_transition_fits(cfg, batches_per_epoch)
+    resume_dir = paths.gan_resume
+    checkpoint = _resume_checkpoint(resume_dir, training_fingerprint(params, data))
 
     # The checkpoint folder is not empty on purpose: it is what a rerun resumes from.
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    module = ConditionalGAN(cfg, data.image_size, data.channels, data.num_classes)
+    module = ConditionalGAN(params_to_dict(cfg), data.image_size, data.channels, data.num_classes)
     trainer = pl.Trainer(
         **settings,
         max_epochs=cfg.max_epochs,
-        logger=CSVLogger(RESUME_DIR, name="logs"),
-        log_every_n_steps=5,
+        logger=DVCLiveLogger(dir=str(resume_dir / "live"), resume=checkpoint is not None, save_dvc_exp=False,
+                             dvcyaml=False),
+        # Every 5th batch, or every batch of a training shorter than 5: an empty log would leave
+        # reports/train/plots, a DVC output, missing.
+        log_every_n_steps=min(5, cfg.max_epochs * batches_per_epoch),
         callbacks=[
-            ModelCheckpoint(dirpath=RESUME_DIR, filename=CHECKPOINT.removesuffix(".ckpt"),
-                            enable_version_counter=False),
-            SampleGrids(RESUME_DIR / "grids", cfg.sample_every_n_epochs, data.num_classes, cfg.samples_per_class,
+            LastCheckpoint(dirpath=resume_dir, filename=CHECKPOINT.removesuffix(".ckpt"), enable_version_counter=False),
+            SampleGrids(resume_dir / "grids", cfg.sample_every_n_epochs, data.num_classes, cfg.samples_per_class,
                         params.seed),
         ],
         enable_progress_bar=True,
@@ -126,38 +150,37 @@ def run(params: Params) -> None:
         return
 
     ema_generator = module.generator_ema.module
-    meta = {
-        "image_size": data.image_size,
-        "channels": data.channels,
-        "class_names": data.class_names,
-        "z_dim": cfg.z_dim,
-        "width": cfg.g_width,
-        "train_counts": data.counts,
-        "epochs": trainer.current_epoch,
-        "batches": int(module.batches_seen),
-        "seed": params.seed,
-        "train": params_to_dict(cfg),
-    }
-    with atomic_output(GAN_DIR) as out:
+    meta = ModelMeta(data.image_size, data.channels, data.class_names, cfg.g_width, z_dim=cfg.z_dim, details={
+        "train_counts": data.counts, "epochs": trainer.current_epoch, "batches": int(module.batches_seen),
+        "batch_size": data.batch_size, "seed": params.seed, "train": params_to_dict(cfg)})
+    with atomic_output(paths.gan) as out:
         save_model(ema_generator, out, "generator_ema", meta)
-        shutil.copy2(RESUME_DIR / CHECKPOINT, out / CHECKPOINT)
-    with atomic_output(REPORT_DIR) as out:
-        collect_losses(RESUME_DIR / "logs").to_csv(out / "losses.csv", index=False, lineterminator="\n")
+        shutil.copy2(resume_dir / CHECKPOINT, out / CHECKPOINT)
+    with atomic_output(paths.train_report) as out:
+        shutil.copytree(resume_dir / "live", out, dirs_exist_ok=True)
+    with atomic_output(paths.samples) as out:
         grid = sample_grid(ema_generator, data.num_classes, cfg.samples_per_class, cfg.z_dim, params.seed)
-        _write_png(out / "samples.png", grid)
-        if (RESUME_DIR / "grids").is_dir():
-            shutil.copytree(RESUME_DIR / "grids", out / "grids")
-    _say(f"{meta['batches']} batches in {meta['epochs']} epochs; wrote {GAN_DIR}/generator_ema.pt "
-         f"and {REPORT_DIR}/samples.png")
-
-
-def _write_png(path: Path, grid: torch.Tensor) -> None:
-    path.write_bytes(encode_png_tensor(grid))
+        (out / "samples.png").write_bytes(encode_png_tensor(grid))
+        if (resume_dir / "grids").is_dir():
+            shutil.copytree(resume_dir / "grids", out / "grids")
+    _say(f"{meta.details['batches']} batches in {meta.details['epochs']} epochs; wrote {paths.gan}/generator_ema.pt "
+         f"and {paths.samples}/samples.png")
 
 
 @rank_zero_only
 def _say(message: str) -> None:
     print(f"train: {message}", flush=True)
+
+
+def _batches_per_epoch(images: int, batch_size: int, processes: int) -> int:
+    """Full batches each training process draws per epoch (DDP gives each ceil(images / processes))."""
+    batches = math.ceil(images / processes) // batch_size
+    if batches == 0:
+        raise ConfigError(
+            f"train.batch_size: a batch of {batch_size} leaves no full batch for each of the {processes} training "
+            f"processes (the train split has {images} images); lower train.batch_size"
+        )
+    return batches
 
 
 def _check_transition_fits(cfg: TrainParams, batches_per_epoch: int) -> None:
@@ -170,20 +193,23 @@ def _check_transition_fits(cfg: TrainParams, batches_per_epoch: int) -> None:
         )
 
 
-def _resume_checkpoint(fingerprint: str) -> Path | None:
-    """The checkpoint to resume from, or None after clearing models/gan-resume for a fresh start.
+def _resume_checkpoint(resume_dir: Path, fingerprint: str) -> Path | None:
+    """The checkpoint to resume from, or None after clearing the resume folder for a fresh start.
 
     Only the first process changes the folder: under DDP the others start inside `trainer.fit`,
     after it has decided, and reach the same decision from the same files.
     """
-    checkpoint, stamp = RESUME_DIR / CHECKPOINT, RESUME_DIR / "fingerprint.json"
+    checkpoint, stamp = resume_dir / CHECKPOINT, resume_dir / "fingerprint.json"
     if checkpoint.is_file() and stamp.is_file() and read_json(stamp)["fingerprint"] == fingerprint:
         _say(f"resuming from {checkpoint}")
+        if rank_zero_only.rank == 0:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            forget_steps_after(resume_dir / "live", int(state["state_dict"]["batches_seen"]))
         return checkpoint
     if rank_zero_only.rank == 0:
         if checkpoint.is_file():
             _say(f"{checkpoint} was made with other params or data; starting fresh")
-        shutil.rmtree(RESUME_DIR, ignore_errors=True)
-        RESUME_DIR.mkdir(parents=True)
+        shutil.rmtree(resume_dir, ignore_errors=True)
+        resume_dir.mkdir(parents=True)
         write_json(stamp, {"fingerprint": fingerprint})
     return None

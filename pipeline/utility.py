@@ -1,96 +1,155 @@
-"""The report's downstream classifier recipe: is a classifier better off with the synthetic images?
+"""Is a classifier better off with the synthetic images? The downstream arms and their protocol.
 
-One recipe (a small nets.Classifier, an albumentations augmentation, AdamW with a one-cycle schedule,
-the same number of updates) is trained on each arm, identical in everything but the training data
-and how it is drawn:
+Every arm trains the same recipe (pipeline/classifier.py: early-stopped on the real val split, best
+weights kept) and differs only in its training data and how it is drawn:
 - real: the imbalanced real train images, drawn uniformly;
-- classical: the same images with the rare classes randomly oversampled to the size of the largest;
-- augmented: the merged dataset drawn with its manifest's `weight` column (load_augmented's sampler);
-- synthetic_only: the synthetic images alone, drawn with their weights (the Classification
-  Accuracy Score; a class without synthetic images is never seen and scores a recall of 0).
-Every arm reads its images through pipeline.dataset.load_augmented, as a user would, and is scored
-on the real test split.
+- classical: the same images, each rare class randomly oversampled (repeats) to the largest;
+- classical_la: the real images drawn naturally, with the logit-adjusted loss (Menon et al., 2021);
+- augmented: the merged dataset (data/augmented) drawn with its manifest's `weight` column;
+- synthetic_only: the synthetic images alone, classes drawn equally (the Classification Accuracy Score);
+- oracle: the un-thinned real train split (the train images plus data/holdout), drawn uniformly. Only
+  when prepare thinned the source: the ceiling, what collecting real images would have given.
+Seeds are paired: with seed s every arm starts from the same weights and draws the same
+augmentation stream, so arm differences are measured seed by seed.
 """
 
 from __future__ import annotations
 
-import itertools
+import multiprocessing
 import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, RandomSampler, Subset
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
+from pipeline.classifier import TrainingSet, fit, predict
+from pipeline.config import EvaluateParams
+from pipeline.contracts import ARMS
+from pipeline.metrics import classification_scores, mean_std, paired_difference
+from pipeline.sampling import class_weights, oversample_to_balance
 
-from pipeline import nets  # noqa: E402
-from pipeline.config import ReportParams  # noqa: E402
-from pipeline.dataset import load_augmented  # noqa: E402
-from pipeline.judge import judge_outputs  # noqa: E402
-from pipeline.metrics import classification_scores  # noqa: E402
-
-ARMS = ("real", "classical", "augmented", "synthetic_only")
+CLASSICAL_ARMS = ("classical", "classical_la")
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")
 
 
-def augmentation(seed: int) -> A.Compose:
-    """Small shifts, zooms and rotations (no flips: they change the meaning of digits and text)."""
-    return A.Compose(
-        [A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-10, 10), p=1.0), ToTensorV2()],
-        seed=seed,
-    )
+@dataclass(frozen=True)
+class ArmInputs:
+    """Everything the arms are built from, decoded once (uint8 N x C x H x W images, int64 labels)."""
+
+    merged_images: torch.Tensor  # data/augmented, in manifest order
+    merged_labels: torch.Tensor
+    merged_synthetic: np.ndarray  # bool per merged image
+    merged_weights: np.ndarray  # the manifest's weight column
+    holdout_images: torch.Tensor  # data/holdout (empty when prepare thinned nothing)
+    holdout_labels: torch.Tensor
+    num_classes: int
 
 
-def oversample_to_balance(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices holding every item once plus random repeats of each smaller class up to the largest."""
-    counts = np.bincount(labels)
-    extra = [rng.choice(np.flatnonzero(labels == label), counts.max() - count, replace=True)
-             for label, count in enumerate(counts) if count > 0]
-    return np.concatenate([np.arange(len(labels)), *extra])
+def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, seed: int) -> dict[str, TrainingSet]:
+    """The training set of every arm that exists for these inputs (no oracle without a holdout)."""
+    real = ~inputs.merged_synthetic
+    real_images, real_labels = inputs.merged_images[real], inputs.merged_labels[real]
+    synthetic_images, synthetic_labels = inputs.merged_images[~real], inputs.merged_labels[~real]
+    oversampled = torch.from_numpy(oversample_to_balance(real_labels.numpy(), np.random.default_rng(seed)))
+    arms = {
+        "real": TrainingSet(real_images, real_labels),
+        "classical": TrainingSet(real_images[oversampled], real_labels[oversampled]),
+        "classical_la": TrainingSet(real_images, real_labels, logit_adjustment=logit_adjustment),
+        "augmented": TrainingSet(inputs.merged_images, inputs.merged_labels, inputs.merged_weights),
+    }
+    if len(synthetic_labels):
+        arms["synthetic_only"] = TrainingSet(synthetic_images, synthetic_labels,
+                                             class_weights(synthetic_labels.numpy(), inputs.num_classes))
+    if len(inputs.holdout_labels):
+        arms["oracle"] = TrainingSet(torch.cat([real_images, inputs.holdout_images]),
+                                     torch.cat([real_labels, inputs.holdout_labels]))
+    return arms
 
 
-def arm_data(arm: str, seed: int) -> tuple[torch.utils.data.Dataset, torch.utils.data.Sampler]:
-    """The training set of one arm and the sampler that draws it, seeded."""
-    generator = torch.Generator().manual_seed(seed)
-    transform = augmentation(seed)
-    origin = {"real": "real", "classical": "real", "augmented": None, "synthetic_only": "synthetic"}[arm]
-    dataset, manifest, sampler = load_augmented(origin=origin, transform=_albumentations(transform))
-    if arm == "real":
-        return dataset, RandomSampler(dataset, generator=generator)
-    if arm == "classical":
-        indices = oversample_to_balance(manifest["label"].to_numpy(), np.random.default_rng(seed))
-        subset = Subset(dataset, indices.tolist())
-        return subset, RandomSampler(subset, generator=generator)
-    sampler.generator = generator
-    return dataset, sampler
+def run_arms(inputs: ArmInputs, val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+             tail: list[int], cfg: EvaluateParams, first_seed: int) -> pd.DataFrame:
+    """Train every arm once per paired seed; one row per (arm, seed): val and test scores, per-class recall.
+
+    The runs are spread over `cfg.workers` processes (auto: one per CPU core), each training with one
+    thread, so the results are the same whatever the number of workers.
+    """
+    arms = arm_training_sets(inputs, cfg.logit_adjustment, first_seed).keys()
+    jobs = [(seed, arm) for seed in range(first_seed, first_seed + cfg.seeds) for arm in arms]
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers)
+    context = (inputs, val, test, tail, cfg)
+    rows = []
+    if workers == 1:
+        threads = torch.get_num_threads()
+        _start_worker(*context)
+        try:
+            rows = [_report(_run_job(job)) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                 initargs=context) as pool:
+            rows = [_report(row) for row in pool.map(_run_job, jobs)]
+    return pd.DataFrame(rows)
 
 
-def _albumentations(transform: A.Compose):
-    def apply(image) -> torch.Tensor:
-        array = np.asarray(image)
-        return transform(image=array[..., None] if array.ndim == 2 else array)["image"]
-
-    return apply
+_WORKER_CONTEXT: tuple = ()
 
 
-def train_and_score(arm: str, seed: int, test_images: torch.Tensor, test_labels: torch.Tensor,
-                    class_names: list[str], cfg: ReportParams) -> dict:
-    """Train the recipe on one arm with one seed; its scores on the real test split."""
-    torch.manual_seed(seed)
-    dataset, sampler = arm_data(arm, seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler)
-    model = nets.Classifier(test_images.shape[-1], test_images.shape[1], len(class_names), cfg.width)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
-    model.train()
-    endless_batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    for images, labels in itertools.islice(endless_batches, cfg.steps):
-        loss = F.cross_entropy(model(nets.to_unit_range(images)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    predicted = judge_outputs(model, test_images)[0].argmax(dim=1).numpy()
-    return classification_scores(test_labels.numpy(), predicted, len(class_names))
+def _start_worker(*context) -> None:
+    global _WORKER_CONTEXT
+    _WORKER_CONTEXT = context
+    torch.set_num_threads(1)
+
+
+def _run_job(job: tuple[int, str]) -> dict:
+    seed, arm = job
+    inputs, val, test, tail, cfg = _WORKER_CONTEXT
+    started = time.perf_counter()
+    data = arm_training_sets(inputs, cfg.logit_adjustment, seed)[arm]
+    model, history = fit(data, *val, inputs.num_classes, cfg.classifier, seed)
+    predicted = predict(model, test[0])[0].argmax(dim=1).numpy()
+    scores = classification_scores(test[1].numpy(), predicted, inputs.num_classes, tail)
+    return {"arm": arm, "seed": seed, "steps": history["steps"], "seconds": round(time.perf_counter() - started, 1),
+            "val_balanced_accuracy": history["best_val_balanced_accuracy"], **scores}
+
+
+def _report(row: dict) -> dict:
+    print(f"evaluate: {row['arm']:<14} seed {row['seed']}: test balanced accuracy {row['balanced_accuracy']:.3f}, "
+          f"{row['steps']} updates ({row['seconds']:.0f} s)", flush=True)
+    return row
+
+
+def best_classical(runs: pd.DataFrame) -> str:
+    """The classical arm with the higher mean val balanced accuracy (chosen on val, never on test)."""
+    val = runs[runs["arm"].isin(CLASSICAL_ARMS)].groupby("arm")["val_balanced_accuracy"].mean()
+    return str(val.idxmax()) if val.notna().any() else "classical"
+
+
+def summarise(runs: pd.DataFrame, class_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per arm: mean and std of each score; one row per class: mean and std of each arm's recall)."""
+    arms, recalls = [], {"class_name": class_names}
+    for arm, rows in runs.groupby("arm", sort=False):
+        row = {"arm": arm}
+        for name in (*SCORES, "val_balanced_accuracy", "steps"):
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(rows[name])
+        arms.append(row)
+        per_class = np.array(rows["recall"].tolist())  # seeds x classes
+        recalls[f"{arm}_mean"], recalls[f"{arm}_std"] = zip(*(mean_std(column) for column in per_class.T))
+    return pd.DataFrame(arms), pd.DataFrame(recalls)
+
+
+def gain(runs: pd.DataFrame, baseline: str) -> dict:
+    """Augmented minus `baseline`, paired by seed: balanced accuracy with its 95 % interval, and tail recall;
+    gap_closed when the oracle exists."""
+    by_arm = {arm: rows.sort_values("seed") for arm, rows in runs.groupby("arm")}
+    augmented, base = by_arm["augmented"], by_arm[baseline]
+    difference, low, high = paired_difference(augmented["balanced_accuracy"], base["balanced_accuracy"])
+    result = {"baseline": baseline, "balanced_accuracy": difference, "ci95_low": low, "ci95_high": high,
+              "tail_recall": paired_difference(augmented["tail_recall"], base["tail_recall"])[0]}
+    if "oracle" in by_arm:
+        headroom = by_arm["oracle"]["balanced_accuracy"].mean() - base["balanced_accuracy"].mean()
+        result["gap_closed"] = difference / headroom if headroom > 0 else float("nan")
+    return result

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny real datasets and a way to run stages in a scratch workspace.
 
-Stages read and write paths relative to the working directory (data/prepared, models/gan, ...), so a
-test runs them in a temporary folder of its own with its own params.
+Stages read and write below a root (`Paths(root)`: data/prepared, models/gan, ...), so a test runs
+them in a temporary folder of its own with its own params.
 """
 
 from __future__ import annotations
@@ -14,22 +14,26 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from pipeline.config import Params, params_from_dict  # noqa: E402
+from pipeline.config import Params, params_from_dict
+from pipeline.paths import Paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(REPO_ROOT / "data/builtin/digits.yaml")
 
-# A tiny but real config: sklearn's 8x8 digits fitted to 16x16, long-tailed train split.
+# A tiny but real config: sklearn's 8x8 digits fitted to 16x16, long-tailed train split, and
+# classifiers that stop after a few dozen updates.
+TINY_CLASSIFIER = {"width": 4, "eval_every": 10, "patience": 1, "max_steps": 30}
 TINY_PARAMS = {
     "seed": 0,
     "data": {
-        "source": "digits",
+        "source": DIGITS,
         "image_size": 16,
-        "imbalance": {"profile": "exponential", "ratio": 10},
+        "imbalance": {"profile": "auto", "ratio": 10},
         "val_fraction": 0.1,
         "test_fraction": 0.2,
     },
+    "judge": TINY_CLASSIFIER,
+    "evaluate": {"seeds": 2, "workers": 1, "classifier": TINY_CLASSIFIER, "kid_subsets": 2},
 }
 
 
@@ -57,7 +61,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     """`python -m pipeline <args>` in `cwd`, as DVC would call it; output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
 
 
@@ -67,12 +71,7 @@ def prepared_tiny(tmp_path_factory) -> Path:
     from pipeline import prepare
 
     root = tmp_path_factory.mktemp("prepared_tiny")
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        prepare.run(tiny_params())
-    finally:
-        os.chdir(cwd)
+    prepare.run(tiny_params(), Paths(root))
     return root
 
 
@@ -85,17 +84,16 @@ def copy_outputs(source: Path, dest: Path, folders=("data", "models")) -> Path:
 
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch, prepared_tiny) -> Path:
-    """A fresh scratch folder holding a copy of the tiny prepared data, set as the working directory."""
+def workspace(tmp_path, prepared_tiny) -> Paths:
+    """The paths of a fresh scratch folder holding a copy of the tiny prepared data."""
     copy_outputs(prepared_tiny, tmp_path)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return Paths(tmp_path)
 
 
 def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """The `dvc` CLI of this environment, with the venv's `python` first on PATH (dvc.yaml calls `python`)."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -106,7 +104,7 @@ def make_repo_copy(dest: Path, params_raw: dict) -> Path:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\n")
     for rel in filter(None, listed):
-        if rel.startswith(("data/", "models/", "reports/")) or rel == "dvc.lock" or not (REPO_ROOT / rel).is_file():
+        if rel.startswith(("models/", "reports/")) or rel == "dvc.lock" or not (REPO_ROOT / rel).is_file():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, dest / rel)
@@ -116,3 +114,80 @@ def make_repo_copy(dest: Path, params_raw: dict) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
     return dest
+
+
+# --- evaluate's inputs, with synthetic images of known quality ------------------------------------
+
+COPIED_CLASS, WRONG_CLASS = "5", "7"  # synthetic images: copies of its train images / images of class 0
+
+
+def write_synthetic(paths: Paths, images_by_label: dict) -> None:
+    """data/synthetic as generate writes it (accepted images, one rejected candidate, summary.json),
+    from images chosen by hand."""
+    import pandas as pd
+
+    from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
+    from pipeline.io import encode_png_tensor, sha256_bytes, write_manifest
+
+    stats = PreparedStats.read(paths.prepared)
+    rows = []
+    for label, images in images_by_label.items():
+        folder, name = stats.classes[label].folder, stats.classes[label].class_name
+        (paths.synthetic / folder).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            png = encode_png_tensor(image)
+            (paths.synthetic / folder / f"{i:05d}.png").write_bytes(png)
+            rows.append({"path": f"{folder}/{i:05d}.png", "label": label, "class_name": name, "split": "train",
+                         "origin": "synthetic", "source": "hand-made", "seed": i, "sha256": sha256_bytes(png),
+                         "accepted": True, "reject_reason": "", "judge_confidence": 1.0, "judge_prediction": label,
+                         "nn_distance": 1.0, "nearest_real": ""})
+    rows.append({**rows[0], "path": "", "sha256": "", "accepted": False, "reject_reason": "low_confidence"})
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS + GATE_COLUMNS), paths.synthetic / "manifest.csv")
+    SyntheticSummary("hand-made", "hand-made", stats.image_size, stats.channels, stats.class_names,
+                     generated=len(rows) - 1, candidates=len(rows), short=0, label_thresholds={}, copy_thresholds={},
+                     params={"generate": {}}).write(paths.synthetic)
+
+
+@pytest.fixture(scope="session")
+def evaluate_inputs(prepared_tiny, tmp_path_factory) -> Path:
+    """data/prepared, data/holdout, models/judge, data/synthetic and data/augmented of the tiny data
+    (read-only for tests: copy it). Synthetic images: exact copies of the train images of COPIED_CLASS,
+    images of class 0 labelled WRONG_CLASS, and for the other rare classes genuinely new real images
+    (held-out val images and their one-pixel shifts). Class 0, the largest, gets none."""
+    import torch
+
+    from pipeline import judge, merge
+    from pipeline.contracts import PreparedStats, load_split
+
+    paths = Paths(copy_outputs(prepared_tiny, tmp_path_factory.mktemp("evaluate_inputs")))
+    judge.run(tiny_params(), paths)
+    stats = PreparedStats.read(paths.prepared)
+    train_images, train_labels = load_split(paths.prepared, stats, "train")
+    val_images, val_labels = load_split(paths.prepared, stats, "val")
+    synthetic = {}
+    for label, name in enumerate(stats.class_names[1:], start=1):
+        if name == COPIED_CLASS:
+            synthetic[label] = train_images[train_labels == label].repeat(2, 1, 1, 1)
+        elif name == WRONG_CLASS:
+            synthetic[label] = val_images[val_labels == 0]
+        else:
+            new_images = val_images[val_labels == label]
+            synthetic[label] = torch.cat([new_images, torch.roll(new_images, shifts=1, dims=-1)])
+    write_synthetic(paths, synthetic)
+    merge.run(tiny_params(), paths)
+    return paths.root
+
+
+@pytest.fixture(scope="session")
+def evaluated(evaluate_inputs, tmp_path_factory) -> tuple[Path, str]:
+    """The evaluate stage run once on `evaluate_inputs`: (its folder, what it printed)."""
+    import contextlib
+    import io
+
+    from pipeline import evaluate
+
+    paths = Paths(copy_outputs(evaluate_inputs, tmp_path_factory.mktemp("evaluated")))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        evaluate.run(tiny_params(), paths)
+    return paths.root, printed.getvalue()

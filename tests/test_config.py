@@ -4,16 +4,21 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, TINY_PARAMS, run_cli, write_params
-from pipeline.config import ConfigError, Params, load_params, params_from_dict
+from pipeline.config import Params, load_params, params_from_dict, params_to_dict
+from pipeline.errors import ConfigError
 
 
-def test_repository_params_load_and_match_the_documented_defaults():
+def test_repository_params_load_and_are_the_code_defaults():
     params = load_params(REPO_ROOT / "params.yaml")
     assert isinstance(params, Params)
-    assert params.data.source == "mnist5k"
-    assert params.data.imbalance.profile == "exponential" and params.data.imbalance.ratio == 100
+    assert params.data.source == "data/builtin/mnist5k.yaml"
+    assert params.data.imbalance.profile == "auto" and params.data.imbalance.ratio == 100
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    assert list(raw) == ["seed", "data", "judge", "train", "generate", "merge", "report"]
+    assert list(raw) == ["seed", "data", "judge", "train", "generate", "merge", "evaluate", "report"]
+    # params.yaml spells out every default, so that what a user reads there is what runs
+    defaults = params_to_dict(Params())
+    assert {k: v for k, v in params_to_dict(params).items() if k != "judge"} == {
+        k: v for k, v in defaults.items() if k != "judge"}
 
 
 @pytest.mark.parametrize(
@@ -29,6 +34,11 @@ def test_repository_params_load_and_match_the_documented_defaults():
         ({"data": {"imbalance": {"ratio": 0.5}}}, "params.yaml: data.imbalance.ratio must be >= 1.0, got 0.5"),
         ({"data": {"imbalance": "long"}}, "params.yaml: data.imbalance must be a mapping, got 'long'"),
         ({"data": {"test_fraction": 1}}, "params.yaml: data.test_fraction must be < 1.0, got 1.0"),
+        ({"data": {"max_per_class": 1}}, "params.yaml: data.max_per_class must be >= 2, got 1"),
+        ({"evaluate": {"classifier": {"patience": 0}}}, "params.yaml: evaluate.classifier.patience must be >= 1, got 0"),
+        ({"evaluate": {"workers": "many"}}, "params.yaml: evaluate.workers must be auto or an integer, got 'many'"),
+        ({"generate": {"label_pass_rate": 0}}, "params.yaml: generate.label_pass_rate must be > 0.0, got 0.0"),
+        ({"report": {"seeds": 3}}, "params.yaml: report.seeds is not a known key"),
     ],
 )
 def test_bad_params_name_the_key(raw, message):
@@ -40,7 +50,7 @@ def test_bad_params_name_the_key(raw, message):
 def test_defaults_fill_missing_keys_and_values_are_converted():
     params = params_from_dict({"data": {"imbalance": {"ratio": 10}}})
     assert params.data.imbalance.ratio == 10.0 and isinstance(params.data.imbalance.ratio, float)
-    assert params.data.imbalance.profile == "exponential"
+    assert params.data.imbalance.profile == "auto"
     assert params.data.image_size == 32
 
 

@@ -1,6 +1,12 @@
-"""The whole pipeline: `dvc repro` of all six stages on the tiny config in a temporary copy of the
-repository. Every contract file of DESIGN.md is there and well-formed; then changing one `report`
-param reruns only `report`, and `dvc metrics diff` shows what changed.
+"""The whole pipeline through DVC on a user's own folder, in a temporary copy of the repository.
+
+The folder is what a user collects by hand: RGB images of mixed sizes, PNG and JPEG, an imbalanced
+set of classes down to one of 3 images, a corrupt file, a stray README and a hidden file. Only
+`data.source` is changed in the project's params.yaml, apart from the compute budget (short
+trainings, two seeds) that keeps the test fast: the data-related defaults (thinning, batch sizes,
+the gate) are the project's. Then: an untouched source is a no-op, a report param reruns only the
+report, `dvc exp run -S train.max_epochs=...` and `dvc exp show` list the training and utility
+metrics, and adding a file to the source makes `dvc status` name prepare and `dvc repro` rerun it.
 """
 
 import json
@@ -8,22 +14,41 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import yaml
-from conftest import REPO_ROOT, TINY_PARAMS, dvc, make_repo_copy, merge_dicts
+from conftest import REPO_ROOT, TINY_CLASSIFIER, dvc, make_repo_copy, merge_dicts
+from PIL import Image
+from sklearn.datasets import load_digits
 from torchvision.datasets import ImageFolder
 
-from pipeline.io import MANIFEST_COLUMNS, read_json, read_manifest, sha256_file
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
+from pipeline.io import read_json, read_manifest, sha256_file
 
-# the project's params.yaml, every section of it, with the tiny data and short trainings
-END_TO_END_PARAMS = merge_dicts(merge_dicts(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), TINY_PARAMS), {
-    "judge": {"max_epochs": 1, "width": 4},
-    "train": {"max_epochs": 1, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1,
+CLASSES = {"zero": 40, "one": 25, "two": 12, "three": 6, "four": 3}
+USABLE = sum(CLASSES.values())
+STAGES = {"prepare", "judge", "train", "generate", "merge", "evaluate", "report"}
+BUDGET = {  # compute only: short trainings and two seeds
+    "judge": TINY_CLASSIFIER,
+    "train": {"max_epochs": 3, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1,
               "samples_per_class": 2},
-    # a one-epoch judge and GAN: the label check must accept anything, or nothing would pass
-    "generate": {"target": 20, "min_confidence": 0.0, "allow_short": True},
-    "report": {"seeds": 1, "steps": 5, "width": 4, "kid_subset_size": 10, "kid_subsets": 2},
-})
-STAGES = {"prepare", "judge", "train", "generate", "merge", "report"}
+    "evaluate": {"seeds": 2, "workers": 1, "classifier": TINY_CLASSIFIER, "kid_subsets": 2},
+}
+
+
+def make_user_folder(root: Path) -> None:
+    """Real handwritten digits (sklearn's) as coloured images of mixed sizes and formats, plus junk."""
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for digit, (name, count) in enumerate(CLASSES.items()):
+        (root / name).mkdir(parents=True)
+        for i, index in enumerate(rng.choice(np.flatnonzero(digits.target == digit), count, replace=False)):
+            gray = (digits.images[index] * 15).astype(np.uint8)
+            colour = np.stack([gray, gray // 2, 255 - gray], axis=-1)
+            image = Image.fromarray(colour).resize((24 + 4 * (i % 5), 24 + 3 * (i % 4)))
+            image.save(root / name / (f"{i}.jpg" if i % 3 == 0 else f"{i}.png"))
+    (root / "zero" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "README.txt").write_text("my digits\n")
+    (root / "one" / ".hidden.png").write_bytes(b"x")
 
 
 def checked(result: subprocess.CompletedProcess) -> str:
@@ -35,42 +60,75 @@ def stages_run(repro_output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w@-]+)'", repro_output))
 
 
-def check_contracts(repo: Path) -> None:
-    stats = read_json(repo / "data/prepared/stats.json")
-    class_names = [c["class_name"] for c in stats["classes"]]
-    assert list(read_manifest(repo / "data/prepared/manifest.csv").columns) == MANIFEST_COLUMNS
-    for model in ("models/judge/judge", "models/gan/generator_ema"):
-        assert read_json(repo / f"{model}.json")["class_names"] == class_names
-        assert (repo / f"{model}.pt").is_file()
-
-    synthetic = read_manifest(repo / "data/synthetic/manifest.csv")
-    accepted = synthetic[synthetic["accepted"]]
-    assert len(accepted) > 0 and set(accepted["origin"]) == {"synthetic"}
-    assert all((repo / "data/synthetic" / path).is_file() for path in accepted["path"])
-
-    augmented = read_manifest(repo / "data/augmented/manifest.csv")
-    assert list(augmented.columns[:len(MANIFEST_COLUMNS) + 1]) == MANIFEST_COLUMNS + ["weight"]
-    card = read_json(repo / "data/augmented/dataset.json")
-    assert card["version"] == sha256_file(repo / "data/augmented/manifest.csv")
-    folder = ImageFolder(repo / "data/augmented/train")
-    assert len(folder) == len(augmented) and len(folder.classes) == len(class_names)
-
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    for arm in ("real", "classical", "augmented"):
-        assert set(metrics["utility"][arm]["balanced_accuracy"]) == {"mean", "std"}
-    assert (repo / "reports/report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-
-
-def test_dvc_repro_runs_every_stage_then_a_report_param_reruns_only_report(tmp_path):
-    repo = make_repo_copy(tmp_path / "repo", END_TO_END_PARAMS)
-    assert stages_run(checked(dvc("repro", cwd=repo))) == STAGES
-    check_contracts(repo)
+def commit(repo: Path, message: str) -> None:
     git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "first version"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", message], cwd=repo, check=True)
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["report"] |= {"seeds": 2, "kid_subsets": 3}  # other KID subsets: the KID values must change
+
+def only_experiment(shown: list) -> dict:
+    """The data of the one experiment in `dvc exp show --json` output."""
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    assert len(experiments) == 1, shown
+    return experiments[0]["revs"][0]["data"]
+
+
+def check_the_users_data_survived(repo: Path) -> None:
+    stats = PreparedStats.read(repo / "data/prepared")
+    assert sorted(stats.class_names) == sorted(CLASSES) and stats.mode == "RGB" and stats.image_size == 32
+    assert not stats.thinned  # a user's data is kept as it is
+    assert {n: sum(stats.counts[s][n] for s in ("train", "val", "test")) for n in CLASSES} == CLASSES
+    assert stats.skipped == 3
+
+    card = read_json(repo / "data/augmented/dataset.json")
+    assert card["mode"] == "RGB" and [c["class_name"] for c in card["classes"]] == stats.class_names
+    folder = ImageFolder(repo / "data/augmented/train")
+    assert len(folder) == card["counts"]["real"] + card["counts"]["synthetic"]
+    image, _ = folder[-1]
+    assert image.size == (32, 32) and image.mode == "RGB"
+    assert card["counts"]["synthetic"] > 0  # the gate let the rare classes through with the defaults
+    merged = read_manifest(repo / "data/augmented/manifest.csv", MANIFEST_COLUMNS)
+    assert set(merged["class_name"]) == set(CLASSES)
+    assert card["version"] == sha256_file(repo / "data/augmented/manifest.csv")
+
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert "oracle" not in metrics["utility"]  # nothing was thinned, so there is no ceiling to measure
+    page = (repo / "reports/report.html").read_text(encoding="utf-8")
+    assert all(name in page for name in CLASSES) and card["version"] in page
+
+
+def test_a_users_folder_through_dvc_repro_rerun_rules_and_experiments(tmp_path):
+    source = tmp_path / "my digits"
+    make_user_folder(source)
+    params = merge_dicts(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
+                         {"data": {"source": str(source)}, **BUDGET})
+    repo = make_repo_copy(tmp_path / "repo", params)
+
+    assert stages_run(checked(dvc("repro", cwd=repo))) == STAGES
+    check_the_users_data_survived(repo)
+    commit(repo, "first version")
+    assert stages_run(checked(dvc("repro", cwd=repo))) == set()  # an untouched source: nothing to do
+
+    # presentation only: a report param reruns the report and nothing else
+    params["report"]["images_per_class"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stages_run(checked(dvc("repro", cwd=repo))) == {"report"}
-    assert "quality_mean_over_classes.kid" in checked(dvc("metrics", "diff", cwd=repo))
+    commit(repo, "smaller grids")
+
+    # an experiment: DVC sees the GAN's DVCLive metrics and evaluate's utility metrics
+    checked(dvc("exp", "run", "-S", "train.max_epochs=2", cwd=repo))
+    experiment = only_experiment(json.loads(checked(dvc("exp", "show", "--json", cwd=repo))))
+    assert experiment["params"]["params.yaml"]["data"]["train"]["max_epochs"] == 2
+    metrics = experiment["metrics"]
+    assert {"loss_d", "loss_g"} <= set(metrics["reports/train/metrics.json"]["data"])
+    utility = metrics["reports/metrics.json"]["data"]
+    assert set(utility["utility"]["augmented"]) >= {"balanced_accuracy", "tail_recall"}
+    assert "ci95_low" in utility["augmented_gain"] and "val" in metrics["reports/judge/metrics.json"]["data"]
+
+    # the source is a dependency: a new image makes prepare stale, and repro rebuilds it
+    Image.fromarray(np.full((30, 30, 3), 200, dtype=np.uint8)).save(source / "four" / "new.png")
+    status = checked(dvc("status", "prepare", cwd=repo))
+    assert re.search(r"^prepare:\n\s+changed deps:\n\s+modified:\s+.*my digits", status, re.M), status
+    assert stages_run(checked(dvc("repro", "prepare", cwd=repo))) == {"prepare"}
+    stats = PreparedStats.read(repo / "data/prepared")
+    assert sum(stats.counts[s]["four"] for s in ("train", "val", "test")) == CLASSES["four"] + 1

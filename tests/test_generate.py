@@ -1,8 +1,9 @@
-"""The generate stage: the plan, per-class seeds, the quality gate, its failure modes and bad input.
+"""The generate stage: the plan, per-class seeds, the calibrated quality gate, the copy rule, its
+failure modes and bad input.
 
 Stage tests use an untrained generator and judge (made here, instantly): the judge then gives every
-class about the same probability, so the label check rejects everything unless it is switched off;
-that is exactly what the tests of the gate's failure modes need.
+class about the same probability, so a strict label check rejects everything; that is exactly what
+the tests of the gate's failure modes need.
 """
 
 import numpy as np
@@ -10,34 +11,40 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY_PARAMS, run_cli, tiny_params, write_params
-from sklearn.neighbors import NearestNeighbors
 
 from pipeline import generate, nets
-from pipeline.config import ConfigError
-from pipeline.io import read_json, read_manifest, sha256_file
+from pipeline.classifier import predict
+from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
+from pipeline.errors import ConfigError, GateError, InputError
+from pipeline.io import read_manifest, sha256_file
+from pipeline.metrics import closest_real_pair, copy_thresholds
+from pipeline.paths import Paths
 
 NO_LABEL_CHECK = {"check_label": False}
 
 
-def save_untrained_models(image_size=None, class_names=None) -> None:
-    """An untrained EMA generator and judge for the prepared data in the working directory (or for
-    another image size / other classes, to test the checks)."""
-    stats = read_json("data/prepared/stats.json")
-    image_size = image_size or stats["image_size"]
-    class_names = class_names or [c["class_name"] for c in stats["classes"]]
+def save_untrained_models(paths: Paths, image_size=None, class_names=None) -> None:
+    """An untrained EMA generator and judge for the prepared data of `paths` (or for another image
+    size / other classes, to test the checks)."""
+    stats = PreparedStats.read(paths.prepared)
+    image_size = image_size or stats.image_size
+    class_names = class_names or stats.class_names
     torch.manual_seed(0)
-    generator = nets.Generator(image_size, stats["channels"], len(class_names), z_dim=16, width=8)
-    meta = {"image_size": image_size, "channels": stats["channels"], "class_names": class_names}
-    nets.save_model(generator.eval(), nets.GAN_DIR, "generator_ema", {**meta, "z_dim": 16, "width": 8})
-    judge = nets.Classifier(stats["image_size"], stats["channels"], len(stats["classes"]), width=4)
-    nets.save_model(judge.eval(), nets.JUDGE_DIR, "judge", {
-        **meta, "image_size": stats["image_size"], "class_names": [c["class_name"] for c in stats["classes"]], "width": 4,
-    })
+    generator = nets.Generator(image_size, stats.channels, len(class_names), z_dim=16, width=8)
+    nets.save_model(generator.eval(), paths.gan, "generator_ema",
+                    ModelMeta(image_size, stats.channels, class_names, width=8, z_dim=16))
+    judge = nets.Classifier(stats.image_size, stats.channels, stats.num_classes, width=4)
+    nets.save_model(judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels,
+                                                                   stats.class_names, width=4))
 
 
-def class_files(folder: str) -> dict[str, str]:
+def class_files(paths: Paths, folder: str) -> dict[str, str]:
     """sha256 of every synthetic PNG of a class folder, by file name."""
-    return {p.name: sha256_file(p) for p in sorted((generate.SYNTHETIC_DIR / folder).glob("*.png"))}
+    return {p.name: sha256_file(p) for p in sorted((paths.synthetic / folder).glob("*.png"))}
+
+
+def plan_of(paths: Paths) -> pd.DataFrame:
+    return pd.read_csv(paths.synthetic / "plan.csv", dtype={"class_name": str}).set_index("class_name")
 
 
 # --- pure functions ------------------------------------------------------------------------------
@@ -78,22 +85,25 @@ def test_latents_are_seeded_per_image_and_truncation_bounds_them():
     assert truncated.abs().max() <= 0.5 and truncated.std() > 0.2
 
 
-def test_memorisation_threshold_is_a_quantile_of_real_nearest_neighbour_distances():
-    real = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])  # nearest-neighbour distances 1, 1, 2, 3, 4
-    index = NearestNeighbors(n_neighbors=1).fit(real)
-    assert generate.memorisation_threshold(index, 0.5) == 2.0
-    assert generate.memorisation_threshold(index, 0.25) == 1.0
+def test_label_thresholds_let_the_chosen_share_of_real_images_pass_per_class():
+    probability = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3, 0.99, 0.98])
+    labels = np.array([0] * 5 + [1] * 6 + [2] * 2)
+    thresholds = generate.label_thresholds(probability, labels, 3, pass_rate=0.8)
+    assert thresholds[0] == pytest.approx(np.quantile([0.9, 0.8, 0.7, 0.6, 0.5], 0.2))
+    assert np.mean(probability[labels == 0] >= thresholds[0]) == 0.8
+    assert thresholds[1] == pytest.approx(0.3)  # a hard class gets a low bar, not one no real image meets
+    assert thresholds[2] == pytest.approx(np.quantile(probability, 0.2))  # too few images: pooled
 
 
 def test_gate_verdicts_record_every_reason_and_respect_switches():
-    cfg = tiny_params(generate={"min_confidence": 0.5}).generate
+    cfg = tiny_params().generate
     confidence = np.array([0.9, 0.2, 0.9, 0.2])
     distance = np.array([5.0, 5.0, 0.1, 0.1])
-    accepted, reasons = generate.gate_verdicts(confidence, distance, cfg, threshold=1.0)
+    accepted, reasons = generate.gate_verdicts(confidence, distance, cfg, label_threshold=0.5, copy_threshold=1.0)
     assert accepted.tolist() == [True, False, False, False]
     assert reasons.tolist() == ["", "low_confidence", "too_close", "low_confidence;too_close"]
     off = tiny_params(generate={"check_label": False, "check_memorisation": False}).generate
-    assert generate.gate_verdicts(confidence, distance, off, threshold=1.0)[0].all()
+    assert generate.gate_verdicts(confidence, distance, off, 0.5, 1.0)[0].all()
 
 
 def test_keep_until_target_stops_at_the_last_needed_acceptance():
@@ -107,89 +117,134 @@ def test_keep_until_target_stops_at_the_last_needed_acceptance():
 
 
 def test_generate_balances_classes_and_records_verdicts(workspace):
-    save_untrained_models()
-    generate.run(tiny_params(generate=NO_LABEL_CHECK))
-    stats = read_json("data/prepared/stats.json")
-    plan = pd.read_csv("data/synthetic/plan.csv", dtype={"class_name": str})
-    real = [stats["counts"]["train"][name] for name in plan["class_name"]]
+    save_untrained_models(workspace)
+    generate.run(tiny_params(generate=NO_LABEL_CHECK), workspace)
+    stats = PreparedStats.read(workspace.prepared)
+    plan = plan_of(workspace)
+    real = [stats.counts["train"][name] for name in plan.index]
     assert (plan["real"] + plan["generated"]).tolist() == [max(real)] * len(real)
     assert plan["short"].eq(0).all()
 
-    manifest = read_manifest("data/synthetic/manifest.csv")
-    summary = read_json("data/synthetic/summary.json")
-    assert set(generate.GATE_COLUMNS) <= set(manifest.columns)
-    assert (manifest["origin"] == "synthetic").all() and (manifest["source"] == summary["generator_hash"]).all()
-    # the memorisation verdict follows the recorded distance and threshold
+    manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    summary = SyntheticSummary.read(workspace.synthetic)
+    assert (manifest["origin"] == "synthetic").all() and (manifest["source"] == summary.generator_hash).all()
+    # the memorisation verdict follows the recorded distance and the class's copy threshold
     too_close = manifest["reject_reason"].str.contains("too_close")
-    assert too_close.eq(manifest["nn_distance"] < summary["memorisation_threshold"]).all()
-    assert manifest["nearest_real"].str.startswith("train/").all()
+    threshold = manifest["class_name"].map(summary.copy_thresholds)
+    assert too_close.eq(manifest["nn_distance"] < threshold).all()
+    # the nearest real image is a train image of the candidate's own class
+    assert (manifest["nearest_real"].str.split("/").str[1] == manifest["class_name"]).all()
     accepted = manifest[manifest["accepted"]]
-    assert accepted.groupby("class_name").size().to_dict() == plan.set_index("class_name")["generated"][lambda s: s > 0].to_dict()
+    assert accepted.groupby("class_name").size().to_dict() == plan["generated"][lambda s: s > 0].to_dict()
     for row in accepted.itertuples():
-        assert sha256_file(f"data/synthetic/{row.path}") == row.sha256
+        assert sha256_file(workspace.synthetic / row.path) == row.sha256
     assert (manifest.loc[~manifest["accepted"], "path"] == "").all()  # rejected candidates keep no file
 
 
+def test_the_copy_rule_is_the_closest_pair_of_distinct_real_images_of_the_class(workspace):
+    save_untrained_models(workspace)
+    generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20}), workspace)
+    stats = PreparedStats.read(workspace.prepared)
+    judge, _ = nets.load_judge(workspace.judge)
+    train, val = load_split(workspace.prepared, stats, "train"), load_split(workspace.prepared, stats, "val")
+    train_features, val_features = predict(judge, train[0])[1], predict(judge, val[0])[1]
+    summary = SyntheticSummary.read(workspace.synthetic)
+    expected = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
+    assert list(summary.copy_thresholds.values()) == pytest.approx(expected, abs=1e-6)
+    for label, name in enumerate(stats.class_names):  # the tiny classes have enough images for their own pair
+        own = closest_real_pair(train_features[train[1] == label], val_features[val[1] == label])
+        assert summary.copy_thresholds[name] == pytest.approx(own, abs=1e-6)
+
+
+def test_a_copy_of_a_training_image_never_passes_the_gate(workspace):
+    """A 'generator' that returns training images: every candidate is a copy, so none may pass."""
+    save_untrained_models(workspace)
+    stats = PreparedStats.read(workspace.prepared)
+    train_images, train_labels = load_split(workspace.prepared, stats, "train")
+
+    class CopyingGenerator(nets.Generator):
+        def forward(self, z, y, conditioning=1.0):
+            picks = torch.stack([torch.nonzero(train_labels == label)[i % int((train_labels == label).sum())][0]
+                                 for i, label in enumerate(y.tolist())])
+            return nets.to_unit_range(train_images[picks])
+
+    original = nets.Generator
+    nets.Generator = CopyingGenerator
+    try:
+        generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20, "allow_short": True, "max_attempts": 1}),
+                     workspace)
+    finally:
+        nets.Generator = original
+    manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    assert len(manifest) > 0 and not manifest["accepted"].any()
+    assert (manifest["reject_reason"] == "too_close").all() and (manifest["nn_distance"] == 0).all()
+
+
 def test_changing_one_class_count_leaves_other_classes_unchanged_and_runs_are_byte_identical(workspace):
-    save_untrained_models()
+    save_untrained_models(workspace)
     to_40 = {**NO_LABEL_CHECK, "target": 40}
-    generate.run(tiny_params(generate=to_40))
-    before = {folder: class_files(folder) for folder in ("5", "8", "9")}
-    manifest_bytes = sha256_file("data/synthetic/manifest.csv")
-    generate.run(tiny_params(generate=to_40))
-    assert sha256_file("data/synthetic/manifest.csv") == manifest_bytes
-    assert {folder: class_files(folder) for folder in before} == before
+    generate.run(tiny_params(generate=to_40), workspace)
+    before = {folder: class_files(workspace, folder) for folder in ("5", "8", "9")}
+    manifest_bytes = sha256_file(workspace.synthetic / "manifest.csv")
+    generate.run(tiny_params(generate=to_40), workspace)
+    assert sha256_file(workspace.synthetic / "manifest.csv") == manifest_bytes
+    assert {folder: class_files(workspace, folder) for folder in before} == before
 
     # tiny train counts: class 9 has 12 images and needs 28, class 8 has 16 and needs 24, so a cap
     # of 2 synthetic images per real image changes class 9 only
-    generate.run(tiny_params(generate={**to_40, "max_synthetic_per_real": 2}))
-    plan = pd.read_csv("data/synthetic/plan.csv", dtype={"class_name": str}).set_index("class_name")
+    generate.run(tiny_params(generate={**to_40, "max_synthetic_per_real": 2}), workspace)
+    plan = plan_of(workspace)
     assert plan.loc["9", "generated"] == 24 and plan.loc["8", "generated"] == 24
-    assert class_files("5") == before["5"] and class_files("8") == before["8"]
-    after = class_files("9")
+    assert class_files(workspace, "5") == before["5"] and class_files(workspace, "8") == before["8"]
+    after = class_files(workspace, "9")
     assert len(after) == 24 and after == {name: before["9"][name] for name in after}
 
 
 def test_truncation_changes_the_images(workspace):
-    save_untrained_models()
-    generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20}))
-    plain = class_files("9")
-    generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20, "truncation": 0.5}))
-    truncated = class_files("9")
+    save_untrained_models(workspace)
+    generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20}), workspace)
+    plain = class_files(workspace, "9")
+    generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20, "truncation": 0.5}), workspace)
+    truncated = class_files(workspace, "9")
     assert len(truncated) == len(plain) == 8 and set(truncated.values()).isdisjoint(plain.values())
 
 
 def test_a_class_that_fails_the_gate_names_itself_and_its_acceptance_rate(workspace):
-    save_untrained_models()  # an untrained judge is never 90% sure of anything
-    strict = {"min_confidence": 0.9, "max_attempts": 2, "target": 20}
-    with pytest.raises(ConfigError, match=r"class '8': 0 of 4 images passed the gate after 8 candidates "
-                                          r"\(acceptance rate 0.0%.*generate.allow_short"):
-        generate.run(tiny_params(generate=strict))
+    save_untrained_models(workspace)
+    # pass rate 0.05: a candidate must be surer than 95 % of the real val images of its class, which
+    # an untrained generator's candidates rarely are
+    strict = {"label_pass_rate": 0.05, "max_attempts": 2, "target": 20, "check_memorisation": False}
+    with pytest.raises(GateError, match=r"class '\d': \d+ of \d+ images passed the gate after \d+ candidates "
+                                        r"\(acceptance rate \d+\.\d%.*generate.allow_short"):
+        generate.run(tiny_params(generate=strict), workspace)
 
-    generate.run(tiny_params(generate={**strict, "allow_short": True}))
-    plan = pd.read_csv("data/synthetic/plan.csv", dtype={"class_name": str}).set_index("class_name")
-    assert plan.loc["9", "short"] == 8 and plan.loc["9", "candidates"] == 16 and plan.loc["9", "acceptance_rate"] == 0
-    manifest = read_manifest("data/synthetic/manifest.csv")
-    assert len(manifest) == plan["candidates"].sum() and not manifest["accepted"].any()
-    assert manifest["reject_reason"].str.startswith("low_confidence").all()
+    generate.run(tiny_params(generate={**strict, "allow_short": True}), workspace)
+    plan = plan_of(workspace)
+    assert plan["short"].sum() > 0 and (plan["candidates"] == 2 * plan["planned"]).all()
+    manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    assert len(manifest) == plan["candidates"].sum()
+    rejected = manifest[~manifest["accepted"]]
+    assert (rejected["reject_reason"] == "low_confidence").all()
+    thresholds = rejected["class_name"].map(plan["label_threshold"])
+    assert (rejected["judge_confidence"] < thresholds + 1e-6).all()
 
 
 def test_generator_for_other_data_is_rejected(workspace):
-    save_untrained_models(image_size=32)
-    with pytest.raises(ConfigError, match=r"generator_ema.json: made for 32x32 images with 1 channel\(s\), but "
-                                          r"data/prepared holds 16x16"):
-        generate.run(tiny_params())
-    save_untrained_models(class_names=[str(i) for i in range(9)])
-    with pytest.raises(ConfigError, match=r"generator_ema.json: trained for other classes .*classes it lacks: \['9'\]"):
-        generate.run(tiny_params())
+    save_untrained_models(workspace, image_size=32)
+    with pytest.raises(InputError, match=r"generator_ema.json: made for 32x32 images with 1 channel\(s\), but "
+                                         r"data/prepared holds 16x16"):
+        generate.run(tiny_params(), workspace)
+    save_untrained_models(workspace, class_names=[str(i) for i in range(9)])
+    with pytest.raises(InputError, match=r"generator_ema.json: made for other classes .*classes it lacks: \['9'\]"):
+        generate.run(tiny_params(), workspace)
 
 
 def test_cli_errors_are_one_line_naming_the_culprit(workspace):
-    write_params(workspace, TINY_PARAMS)
-    missing = run_cli("generate", cwd=workspace)
+    write_params(workspace.root, TINY_PARAMS)
+    missing = run_cli("generate", cwd=workspace.root)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "models/gan/generator_ema.pt: not found" in missing.stderr
 
-    write_params(workspace, {**TINY_PARAMS, "generate": {"target": "most"}})
-    bad_target = run_cli("generate", cwd=workspace)
+    write_params(workspace.root, {**TINY_PARAMS, "generate": {"target": "most"}})
+    bad_target = run_cli("generate", cwd=workspace.root)
     assert bad_target.returncode == 2 and "generate.target must be max" in bad_target.stderr

@@ -1,7 +1,6 @@
 """The merge stage and pipeline.dataset: a balanced, versioned augmented dataset that ImageFolder loads."""
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,56 +11,63 @@ from test_generate import NO_LABEL_CHECK, save_untrained_models
 from torchvision.datasets import ImageFolder
 
 from pipeline import generate, merge
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
 from pipeline.dataset import load_augmented
 from pipeline.io import read_json, read_manifest, sha256_file
+from pipeline.paths import Paths
+from pipeline.sampling import class_weights
 
 
 @pytest.fixture(scope="module")
 def generated_tiny(prepared_tiny, tmp_path_factory) -> Path:
     """The tiny data after generate (untrained models, label check off: every class reaches the largest)."""
-    root = tmp_path_factory.mktemp("generated_tiny")
-    shutil.copytree(prepared_tiny / "data", root / "data")
-    cwd = Path.cwd()
-    os.chdir(root)
-    try:
-        save_untrained_models()
-        generate.run(tiny_params(generate=NO_LABEL_CHECK))
-    finally:
-        os.chdir(cwd)
-    return root
+    paths = Paths(copy_outputs(prepared_tiny, tmp_path_factory.mktemp("generated_tiny")))
+    save_untrained_models(paths)
+    generate.run(tiny_params(generate=NO_LABEL_CHECK), paths)
+    return paths.root
 
 
 @pytest.fixture
-def generated(generated_tiny, tmp_path, monkeypatch) -> Path:
-    """A scratch copy of `generated_tiny`, set as the working directory."""
-    copy_outputs(generated_tiny, tmp_path)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def generated(generated_tiny, tmp_path) -> Paths:
+    """The paths of a scratch copy of `generated_tiny`."""
+    return Paths(copy_outputs(generated_tiny, tmp_path))
 
 
-def test_sampling_weights_balance_classes_and_split_rare_classes_by_the_share():
+def read_merged(paths: Paths):
+    return read_manifest(paths.augmented / "manifest.csv", MANIFEST_COLUMNS + ["weight"])
+
+
+def test_class_weights_balance_classes_and_split_rare_classes_by_the_share():
     labels = np.array([0] * 8 + [1] * 2 + [1] * 6 + [2] * 4)
     synthetic = np.array([False] * 8 + [False] * 2 + [True] * 6 + [False] * 4)
-    weights = merge.sampling_weights(labels, synthetic, synthetic_share=0.25)
+    weights = class_weights(labels, 3, synthetic=synthetic, synthetic_share=0.25)
     class_mass = np.bincount(labels, weights=weights)
-    assert np.allclose(class_mass, class_mass[0]) and np.isclose(weights.mean(), 1.0)
+    assert np.allclose(class_mass, class_mass[0])
     assert np.isclose(weights[synthetic].sum(), 0.25 * class_mass[1])
     assert np.allclose(weights[labels == 1][~synthetic[labels == 1]], weights[8])  # equal within an origin
     assert np.allclose(weights[labels == 2], class_mass[2] / 4)
+    assert np.isclose(merge.merged_weights(labels, synthetic, 3, 0.25).mean(), 1.0)
+
+
+@pytest.mark.parametrize("balance, expected", [(0.0, [0.8, 0.2]), (1.0, [0.5, 0.5]), (0.5, [2 / 3, 1 / 3])])
+def test_class_weights_interpolate_between_natural_and_uniform_class_frequencies(balance, expected):
+    labels = np.array([0] * 16 + [1] * 4)
+    mass = np.bincount(labels, weights=class_weights(labels, 2, balance))
+    assert np.allclose(mass / mass.sum(), expected)
 
 
 def test_merge_writes_an_imagefolder_with_prepared_class_indices_and_a_weighted_manifest(generated):
-    merge.run(tiny_params())
-    stats = read_json("data/prepared/stats.json")
-    manifest = read_manifest("data/augmented/manifest.csv")
-    folder = ImageFolder("data/augmented/train")
-    assert folder.class_to_idx == {c["folder"]: c["label"] for c in stats["classes"]}
+    merge.run(tiny_params(), generated)
+    stats = PreparedStats.read(generated.prepared)
+    manifest = read_merged(generated)
+    folder = ImageFolder(generated.augmented / "train")
+    assert folder.class_to_idx == {c.folder: c.label for c in stats.classes}
     # manifest rows are in ImageFolder order, so its weights fit ImageFolder too
-    assert [os.path.relpath(path, "data/augmented") for path, _ in folder.samples] == manifest["path"].tolist()
+    assert [os.path.relpath(path, generated.augmented) for path, _ in folder.samples] == manifest["path"].tolist()
     assert folder.targets == manifest["label"].tolist()
 
     counts = manifest.groupby(["class_name", "origin"]).size().unstack(fill_value=0)
-    assert counts["real"].to_dict() == stats["counts"]["train"]
+    assert counts["real"].to_dict() == stats.counts["train"]
     assert counts.sum(axis=1).nunique() == 1  # balanced: every class as large as the largest
     mass = manifest.groupby("label")["weight"].sum()
     assert np.allclose(mass, mass.iloc[0])
@@ -69,23 +75,23 @@ def test_merge_writes_an_imagefolder_with_prepared_class_indices_and_a_weighted_
     assert np.isclose(rare.loc[rare["origin"] == "synthetic", "weight"].sum(), 0.5 * mass.iloc[0])
     assert rare.loc[rare["origin"] == "synthetic", "judge_confidence"].notna().all()  # the gate's values
 
-    card = read_json("data/augmented/dataset.json")
-    assert card["version"] == sha256_file("data/augmented/manifest.csv")
+    card = read_json(generated.augmented / "dataset.json")
+    assert card["version"] == sha256_file(generated.augmented / "manifest.csv")
     assert card["counts"] == {"real": int(counts["real"].sum()), "synthetic": int(counts["synthetic"].sum())}
-    assert card["generator_hash"] == read_json("data/synthetic/summary.json")["generator_hash"]
+    assert card["generator_hash"] == SyntheticSummary.read(generated.synthetic).generator_hash
     assert card["params"]["generate"]["check_label"] is False and card["params"]["merge"]["synthetic_share"] == 0.5
     for row in manifest.sample(20, random_state=0).itertuples():
-        assert sha256_file(f"data/augmented/{row.path}") == row.sha256
-    real_file = "data/augmented/" + manifest.loc[manifest["origin"] == "real", "path"].iloc[0]
+        assert sha256_file(generated.augmented / row.path) == row.sha256
+    real_file = generated.augmented / manifest.loc[manifest["origin"] == "real", "path"].iloc[0]
     assert os.stat(real_file).st_nlink == 2  # a hard link to the prepared image
 
 
 def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fails(generated, monkeypatch):
-    merge.run(tiny_params())
-    card_bytes, manifest_bytes = (sha256_file(f"data/augmented/{name}") for name in ("dataset.json", "manifest.csv"))
-    merge.run(tiny_params())
-    assert sha256_file("data/augmented/dataset.json") == card_bytes
-    assert sha256_file("data/augmented/manifest.csv") == manifest_bytes
+    merge.run(tiny_params(), generated)
+    card_bytes, manifest_bytes = (sha256_file(generated.augmented / name) for name in ("dataset.json", "manifest.csv"))
+    merge.run(tiny_params(), generated)
+    assert sha256_file(generated.augmented / "dataset.json") == card_bytes
+    assert sha256_file(generated.augmented / "manifest.csv") == manifest_bytes
 
     copies = []
 
@@ -97,14 +103,15 @@ def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fail
 
     monkeypatch.setattr(merge, "link_or_copy", fail_after_ten)
     with pytest.raises(OSError):
-        merge.run(tiny_params(merge={"synthetic_share": 0.3}))
-    assert sha256_file("data/augmented/dataset.json") == card_bytes  # the previous version stays whole
-    assert sorted(os.listdir("data")) == ["augmented", "prepared", "synthetic"]  # no half-written sibling
+        merge.run(tiny_params(merge={"synthetic_share": 0.3}), generated)
+    assert sha256_file(generated.augmented / "dataset.json") == card_bytes  # the previous version stays whole
+    assert sorted(os.listdir(generated.root / "data")) == ["augmented", "holdout", "prepared", "synthetic"]
 
 
 def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
-    merge.run(tiny_params())
-    dataset, manifest, sampler = load_augmented(transform=lambda image: torch.from_numpy(np.asarray(image)))
+    merge.run(tiny_params(), generated)
+    dataset, manifest, sampler = load_augmented(generated.augmented,
+                                                transform=lambda image: torch.from_numpy(np.array(image)))
     assert len(dataset) == len(manifest) == sampler.num_samples
     image, label = dataset[len(dataset) - 1]
     assert image.shape == (16, 16) and label == manifest["label"].iloc[-1]
@@ -115,12 +122,12 @@ def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
     rare = drawn[drawn["class_name"] == "9"]
     assert 0.45 < (rare["origin"] == "synthetic").mean() < 0.55  # merge.synthetic_share
 
-    real, real_manifest, real_sampler = load_augmented(origin="real")
+    real, real_manifest, real_sampler = load_augmented(generated.augmented, origin="real")
     assert (real_manifest["origin"] == "real").all() and len(real) == (manifest["origin"] == "real").sum()
     real_sampler.generator, real_sampler.num_samples = torch.Generator().manual_seed(0), 20_000
     counts = real_manifest.iloc[list(real_sampler)]["label"].value_counts(normalize=True)
     assert counts.between(0.09, 0.11).all()  # still class-balanced over the real images alone
-    _, synthetic_manifest, _ = load_augmented(origin="synthetic")
+    _, synthetic_manifest, _ = load_augmented(generated.augmented, origin="synthetic")
     assert set(synthetic_manifest["origin"]) == {"synthetic"} and "0" not in set(synthetic_manifest["class_name"])
     confident = synthetic_manifest[synthetic_manifest["judge_confidence"] > 0.5]  # gate values are numbers
     assert len(confident) < len(synthetic_manifest) and real_manifest["judge_confidence"].isna().all()

@@ -8,7 +8,12 @@ import torch
 from scipy import linalg
 
 from pipeline.metrics import (
+    balanced_accuracy,
     classification_scores,
+    closest_real_pair,
+    copy_thresholds,
+    paired_difference,
+    tail_classes,
     frechet_distance,
     kernel_distance,
     mean_std,
@@ -104,29 +109,71 @@ def test_precision_recall_shrink_k_for_a_tiny_class():
         precision_recall_density_coverage(real[:1], fake)
 
 
-def test_nearest_neighbours_and_memorised_share():
+def test_nearest_neighbours_in_chunks_and_the_share_of_copies():
     train = gaussian(100, 8, seed=18)
     test = gaussian(40, 8, seed=19)
     copies = train[[3, 7, 7, 50]]
-    like_test_images = test[:16]  # as close to train as real held-out images: not copies
-    synthetic = torch.cat([copies, like_test_images])
+    synthetic = torch.cat([copies, test[:16]])  # as close to train as real held-out images: not copies
 
-    distances, indices = nearest_neighbours(synthetic, train)
-    test_distances, _ = nearest_neighbours(test, train)
-
+    distances, indices = nearest_neighbours(synthetic, train, chunk=3)
     assert indices[:4].tolist() == [3, 7, 7, 50] and distances[:4].tolist() == [0.0] * 4
-    assert memorised_share(distances, test_distances) == pytest.approx(4 / 20)
-    assert memorised_share(test_distances, test_distances) == 0.0  # nothing is closer than the closest
+    assert torch.equal(distances, nearest_neighbours(synthetic, train)[0])  # chunking changes nothing
+    threshold = closest_real_pair(train, test)
+    assert memorised_share(distances, threshold) == pytest.approx(4 / 20)
+    assert memorised_share(nearest_neighbours(test, train)[0], threshold) == 0.0  # nothing is closer than the closest
+
+
+def test_closest_real_pair_is_the_smallest_distance_between_distinct_real_images():
+    train = torch.tensor([[0.0], [10.0], [10.0], [13.0]])  # 10.0 twice: identical, not distinct
+    assert closest_real_pair(train, torch.tensor([[20.0]])) == 3.0  # 10 -> 13
+    assert closest_real_pair(train, torch.tensor([[11.5]])) == 1.5  # a held-out image nearer still
+    assert closest_real_pair(train[:1], torch.tensor([[2.0]])) == 2.0  # one train image and one held out
+    assert closest_real_pair(train[:1], torch.empty(0, 1)) is None  # a single image has no pair
+    assert closest_real_pair(train[1:3], torch.empty(0, 1)) is None  # two identical images are not a pair
+
+
+def test_copy_thresholds_are_per_class_and_a_class_of_few_images_borrows_the_median():
+    # class 0: five images 1 apart; class 1: five images 3 apart; class 2: two images 10 apart; class 3: one image
+    train = torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0], [103.0], [106.0], [109.0], [200.0], [210.0], [300.0]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3])
+    held_out, held_out_labels = torch.tensor([[4.0], [112.0]]), torch.tensor([0, 1])
+    assert copy_thresholds(train, labels, held_out, held_out_labels, 4) == [1.0, 3.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="no class has two distinct real images"):
+        copy_thresholds(train[-1:], labels[-1:], held_out[:0], held_out_labels[:0], 4)
+
+
+def test_balanced_accuracy_counts_only_classes_present_in_the_truth():
+    assert balanced_accuracy(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])) == pytest.approx((0.5 + 1.0) / 2)
+    assert np.isnan(balanced_accuracy(np.array([], dtype=int), np.array([], dtype=int)))
+
+
+def test_tail_classes_are_the_rarest_third():
+    assert tail_classes([350, 210, 126, 75, 45, 27, 16, 10, 6, 4]) == [7, 8, 9]
+    assert tail_classes([5, 1, 5]) == [1]
+    assert tail_classes([3, 3, 3]) == [0]  # ties broken by label
 
 
 def test_classification_scores_known_answer():
-    scores = classification_scores(np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 0]), num_classes=3)
+    scores = classification_scores(np.array([0, 0, 0, 1, 2]), np.array([0, 0, 1, 1, 0]), num_classes=3, tail=[1, 2])
     assert scores["accuracy"] == pytest.approx(3 / 5)
     assert scores["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert scores["recall"] == pytest.approx([2 / 3, 1.0, 0.0])
+    assert scores["tail_recall"] == pytest.approx((1.0 + 0.0) / 2)
     f1_class0 = 2 * (2 / 3) * (2 / 3) / (4 / 3)  # precision 2/3, recall 2/3
     f1_class1 = 2 * 0.5 * 1.0 / 1.5  # precision 1/2, recall 1
     assert scores["macro_f1"] == pytest.approx((f1_class0 + f1_class1 + 0.0) / 3)
+
+
+def test_paired_difference_is_the_mean_difference_with_a_student_t_interval():
+    a, b = [0.90, 0.92, 0.91, 0.95, 0.93], [0.88, 0.91, 0.90, 0.92, 0.90]
+    mean, low, high = paired_difference(a, b)
+    differences = np.subtract(a, b)
+    half = 2.7764451 * differences.std(ddof=1) / np.sqrt(5)  # t(0.975, 4 degrees of freedom)
+    assert mean == pytest.approx(0.02) and (low, high) == pytest.approx((0.02 - half, 0.02 + half))
+    assert low > 0  # every seed gained: the interval excludes zero
+    # pairing matters: the same values unpaired would not give an interval above zero
+    assert paired_difference([0.90, 0.80], [0.89, 0.79])[1] > 0 > paired_difference([0.90, 0.80], [0.79, 0.89])[1]
+    assert paired_difference([0.9], [0.8])[1:] == (float("-inf"), float("inf"))
 
 
 def test_mean_std_over_seeds():

@@ -1,8 +1,8 @@
 """The prepare stage on real small data: every source, bad files, bad input, and its output contract."""
 
+import gzip
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
-from pipeline import prepare
-from pipeline.config import ConfigError
-from pipeline.io import MANIFEST_COLUMNS, class_folder_names, read_manifest, sha256_file
-from pipeline.prepare import imbalance_counts, stratified_split
-
-PREPARED = Path("data/prepared")
+from conftest import REPO_ROOT, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
+from pipeline import prepare, sources
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
+from pipeline.errors import InputError
+from pipeline.io import class_folder_names, read_manifest, sha256_file
+from pipeline.paths import Paths
+from pipeline.prepare import cap_per_class, carve_val, imbalance_counts, stratified_split
 
 
 # --- pure functions ------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def test_stratified_split_keeps_one_train_and_one_test_image_per_class():
 
 
 def test_stratified_split_rejects_a_class_too_small_by_name():
-    with pytest.raises(ConfigError, match="class 'rare' has 1 usable image"):
+    with pytest.raises(InputError, match="class 'rare' has 1 usable image"):
         stratified_split(np.array([0, 0, 0, 1]), 0.1, 0.2, np.random.default_rng(0), ["common", "rare"])
 
 
@@ -45,6 +45,22 @@ def test_imbalance_profiles():
     assert imbalance_counts(counts, "step", 10) == [340, 340, 34, 34]
     assert imbalance_counts(counts, "none", 100) == counts
     assert imbalance_counts([5, 5], "exponential", 1000) == [5, 1]  # never below one image
+
+
+def test_cap_per_class_keeps_at_most_the_cap_of_each_class_in_each_source_split():
+    labels = np.array([0] * 10 + [1] * 3 + [0] * 4)
+    groups = np.array(["train"] * 13 + ["test"] * 4)
+    keep = cap_per_class(labels, groups, 5, np.random.default_rng(0))
+    assert keep[:10].sum() == 5 and keep[10:13].all() and keep[13:].sum() == 4
+    assert cap_per_class(labels, groups, None, np.random.default_rng(0)).all()
+
+
+def test_carve_val_takes_a_share_of_each_class_and_leaves_one_train_image():
+    labels = np.array([0] * 20 + [1] * 2)
+    splits = np.array(["train"] * 22, dtype=object)
+    carved = carve_val(splits, labels, 0.25, np.random.default_rng(0))
+    assert (carved[labels == 0] == "val").sum() == 5
+    assert (carved[labels == 1] == "train").sum() >= 1
 
 
 def test_class_folder_names_are_safe_and_keep_the_label_order():
@@ -62,49 +78,148 @@ def test_class_folder_names_are_safe_and_keep_the_label_order():
 # --- built-in sources ----------------------------------------------------------------------------
 
 
-def _check_contract(root: Path = PREPARED):
-    manifest = read_manifest(root / "manifest.csv")
-    stats = json.loads((root / "stats.json").read_text())
+def _check_contract(root: Path):
+    """The prepared folder's files agree with each other; returns (manifest, stats)."""
+    manifest = read_manifest(root / "manifest.csv", MANIFEST_COLUMNS)
+    stats = PreparedStats.read(root)
     assert list(manifest.columns) == MANIFEST_COLUMNS
     assert (manifest.origin == "real").all()
     for row in manifest.itertuples():
-        path = root / row.path
-        assert sha256_file(path) == row.sha256
-        assert stats["classes"][row.label]["class_name"] == row.class_name
-        assert row.path.startswith(f"{row.split}/{stats['classes'][row.label]['folder']}/")
+        assert sha256_file(root / row.path) == row.sha256
+        assert stats.classes[row.label].class_name == row.class_name
+        assert row.path.startswith(f"{row.split}/{stats.classes[row.label].folder}/")
     with Image.open(root / manifest.path[0]) as image:
-        assert image.size == (stats["image_size"],) * 2 and image.mode == stats["mode"]
-    for split, counts in stats["counts"].items():
+        assert image.size == (stats.image_size,) * 2 and image.mode == stats.mode
+    for split, counts in stats.counts.items():
         assert sum(counts.values()) == (manifest.split == split).sum()
     return manifest, stats
 
 
-def test_digits_source_is_split_thinned_and_reproducible(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    prepare.run(tiny_params())
-    manifest, stats = _check_contract()
-    train = [stats["counts"]["train"][str(d)] for d in range(10)]
-    test = [stats["counts"]["test"][str(d)] for d in range(10)]
+def test_digits_source_is_split_thinned_into_the_holdout_and_reproducible(tmp_path, capsys):
+    paths = Paths(tmp_path)
+    prepare.run(tiny_params(), paths)
+    manifest, stats = _check_contract(paths.prepared)
+    train, test = stats.split_counts("train"), stats.split_counts("test")
     assert train == sorted(train, reverse=True) and round(train[0] / train[-1]) == 10  # long tail in train only
     per_class = np.bincount(load_digits().target)
     assert test == [round(0.2 * n) for n in per_class]  # the test split is not thinned
-    assert stats["channels"] == 1 and stats["image_size"] == 16
-    first = (PREPARED / "manifest.csv").read_bytes()
-    prepare.run(tiny_params())
-    assert (PREPARED / "manifest.csv").read_bytes() == first  # same seed, same bytes
-    prepare.run(tiny_params(seed=1))
-    assert (PREPARED / "manifest.csv").read_bytes() != first
+    assert stats.channels == 1 and stats.image_size == 16 and stats.thinned
+    # every thinned-away train image is in data/holdout, and only there
+    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
+    assert set(holdout.split) == {"holdout"} and holdout.groupby("class_name").size().to_dict() == {
+        name: count for name, count in stats.holdout.items() if count}
+    assert not set(holdout.source) & set(manifest.source)
+    assert [sum(c) for c in zip(train, [stats.holdout[n] for n in stats.class_names])] == [
+        n - round(0.2 * n) - round(0.1 * n) for n in per_class]
+    printed = capsys.readouterr().out
+    assert "prepare: thinned the train split (exponential, ratio 10)" in printed
+    assert f"  9: {train[9]} of {train[9] + stats.holdout['9']}" in printed
+
+    first = (paths.prepared / "manifest.csv").read_bytes()
+    prepare.run(tiny_params(), paths)
+    assert (paths.prepared / "manifest.csv").read_bytes() == first  # same seed, same bytes
+    prepare.run(tiny_params(seed=1), paths)
+    assert (paths.prepared / "manifest.csv").read_bytes() != first
 
 
-def test_mnist5k_default_source(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    prepare.run(tiny_params(data={"source": "mnist5k", "image_size": 32, "imbalance": {"ratio": 100}}))
-    manifest, stats = _check_contract()
-    assert len(manifest[manifest.split == "test"]) == 1000 and stats["image_size"] == 32
-    train = stats["counts"]["train"]
+def test_mnist5k_default_source(tmp_path):
+    paths = Paths(tmp_path)
+    prepare.run(tiny_params(data={"source": str(REPO_ROOT / "data/builtin/mnist5k.yaml"), "image_size": 32,
+                                  "imbalance": {"ratio": 100}}), paths)
+    manifest, stats = _check_contract(paths.prepared)
+    assert len(manifest[manifest.split == "test"]) == 1000 and stats.image_size == 32
+    train = stats.counts["train"]
     assert 80 <= train["0"] / train["9"] <= 100
-    with Image.open(PREPARED / manifest.path[0]) as image:
+    with Image.open(paths.prepared / manifest.path[0]) as image:
         assert np.asarray(image).max() > 200  # real ink, not an empty canvas
+
+
+# --- IDX files (MNIST, KMNIST, Fashion-MNIST) ----------------------------------------------------
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes, gzipped when the name ends in .gz (as torchvision downloads them)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def _make_idx_folder(folder: Path, per_class: dict[str, int], gz: bool = True) -> None:
+    """The four IDX files of a tiny MNIST-like dataset: real sklearn digits, 28x28, labels 0..9."""
+    folder.mkdir(parents=True)
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        count = per_class[split]
+        picks = np.concatenate([rng.choice(np.flatnonzero(digits.target == d), count) for d in range(10)])
+        images = np.array([np.asarray(Image.fromarray((digits.images[i] * 16).astype(np.uint8)).resize((28, 28)))
+                           for i in picks])
+        suffix = ".gz" if gz else ""
+        _write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", images)
+        _write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", digits.target[picks])
+
+
+def test_read_idx_reads_what_was_written_and_rejects_other_files(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a-idx3-ubyte.gz", array)
+    assert (sources.read_idx(tmp_path / "a-idx3-ubyte.gz") == array).all()
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01abcd")
+    with pytest.raises(InputError, match="not an IDX file of unsigned bytes"):
+        sources.read_idx(tmp_path / "bad")
+
+
+def test_torchvision_style_idx_folder_keeps_the_official_test_split_and_class_names(tmp_path):
+    source = tmp_path / "FashionMNIST"  # torchvision's folder name: its class names apply
+    _make_idx_folder(source / "raw", {"train": 30, "test": 6})
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(source), "imbalance": {"profile": "none"}}), paths)
+    manifest, stats = _check_contract(paths.prepared)
+    assert stats.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot"]  # the dataset's own label order, not sorted names
+    assert stats.presplit and set(stats.counts["test"].values()) == {6}
+    assert set(manifest.loc[manifest.split == "test", "source"].str.split(":").str[0]) == {"t10k-images-idx3-ubyte"}
+    assert {stats.counts["train"][n] + stats.counts["val"][n] for n in stats.class_names} == {30}
+    assert set(stats.counts["val"].values()) == {3}  # val carved from train: the test split stays official
+
+
+def test_idx_folder_without_known_names_uses_classes_txt_or_the_labels(tmp_path):
+    plain = tmp_path / "plain"
+    _make_idx_folder(plain, {"train": 8, "test": 2}, gz=False)
+    paths = Paths(tmp_path / "a")
+    prepare.run(tiny_params(data={"source": str(plain), "imbalance": {"profile": "none"}}), paths)
+    assert PreparedStats.read(paths.prepared).class_names == [str(d) for d in range(10)]
+    (plain / "classes.txt").write_text("\n".join(f"digit {d}" for d in range(10)) + "\n")
+    prepare.run(tiny_params(data={"source": str(plain), "imbalance": {"profile": "none"}}), paths)
+    assert PreparedStats.read(paths.prepared).class_names[3] == "digit 3"
+
+
+def test_max_per_class_caps_each_class_before_thinning(tmp_path):
+    source = tmp_path / "idx"
+    _make_idx_folder(source, {"train": 40, "test": 10})
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(source), "max_per_class": 20, "imbalance": {"profile": "exponential",
+                                                                                           "ratio": 10}}), paths)
+    stats = PreparedStats.read(paths.prepared)
+    kept = [stats.counts["train"][n] + stats.counts["val"][n] + stats.holdout[n] for n in stats.class_names]
+    assert kept == [20] * 10  # the cap, then val carved, then thinning moved train images to the holdout
+    assert set(stats.counts["test"].values()) == {10}  # under the cap
+    assert stats.split_counts("train")[0] / stats.split_counts("train")[-1] == pytest.approx(10, rel=0.3)
+
+
+def test_fashion_mnist_without_the_debian_package_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    with pytest.raises(InputError, match="apt-get install dataset-fashion-mnist"):
+        prepare.run(tiny_params(data={"source": str(REPO_ROOT / "data/builtin/fashion-mnist.yaml")}), Paths(tmp_path))
+
+
+def test_fashion_mnist_built_in_source_reads_the_debian_files(tmp_path, monkeypatch):
+    fake = tmp_path / "fashion"
+    _make_idx_folder(fake, {"train": 12, "test": 3})
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", fake)
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(REPO_ROOT / "data/builtin/fashion-mnist.yaml")}), paths)
+    stats = PreparedStats.read(paths.prepared)
+    assert stats.class_names[0] == "T-shirt/top" and stats.thinned  # built in: auto thins it
 
 
 # --- user folders --------------------------------------------------------------------------------
@@ -138,50 +253,60 @@ def _tree_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
-def test_image_folder_with_mixed_and_bad_files(tmp_path, monkeypatch):
+def test_a_users_folder_is_kept_as_it_is_by_default(tmp_path, capsys):
+    source = tmp_path / "photos"
+    _make_image_folder(source, {"many": 40, "some": 12, "few": 5})
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(source), "imbalance": {"profile": "auto", "ratio": 100}}), paths)
+    stats = PreparedStats.read(paths.prepared)
+    assert not stats.thinned and "thinned" not in capsys.readouterr().out
+    assert {n: sum(stats.counts[s][n] for s in ("train", "val", "test")) for n in stats.class_names} == {
+        "few": 5, "many": 40, "some": 12}
+
+
+def test_image_folder_with_mixed_and_bad_files(tmp_path):
     source = tmp_path / "photos"
     _make_image_folder(source, {"black cat": 6, "Ünïcode dög": 5, "zebra": 7})
     (source / "black cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (source / "zebra" / "notes.txt").write_text("not an image")
     (source / "zebra" / ".DS_Store").write_bytes(b"\0\0")
     before = _tree_hash(source)
-    monkeypatch.chdir(tmp_path)
-    prepare.run(tiny_params(data={"source": str(source), "imbalance": {"profile": "none"}}))
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(source)}), paths)
 
-    manifest, stats = _check_contract()
-    assert [c["class_name"] for c in stats["classes"]] == ["black cat", "zebra", "Ünïcode dög"]
-    assert stats["channels"] == 3 and stats["mode"] == "RGB"  # auto: some images have colour
+    manifest, stats = _check_contract(paths.prepared)
+    assert stats.class_names == ["black cat", "zebra", "Ünïcode dög"]
+    assert stats.channels == 3 and stats.mode == "RGB"  # auto: some images have colour
     assert manifest.groupby("class_name").size().to_dict() == {"black cat": 6, "zebra": 7, "Ünïcode dög": 5}
-    skipped = pd.read_csv(PREPARED / "skipped.csv")
+    skipped = pd.read_csv(paths.prepared / "skipped.csv")
     reasons = dict(zip(skipped.path, skipped.reason))
     assert reasons["black cat/broken.png"].startswith("cannot decode")
     assert reasons["zebra/notes.txt"] == "not an image file"
     assert reasons["zebra/.DS_Store"] == "hidden file"
-    assert stats["skipped"] == 3
+    assert stats.skipped == 3
     assert _tree_hash(source) == before  # the source is never modified
 
 
-def test_grayscale_is_forced_when_asked(tmp_path, monkeypatch):
+def test_grayscale_is_forced_when_asked(tmp_path):
     source = tmp_path / "photos"
     _make_image_folder(source, {"a": 4, "b": 4})
-    monkeypatch.chdir(tmp_path)
-    prepare.run(tiny_params(data={"source": str(source), "channels": "grayscale", "imbalance": {"profile": "none"}}))
-    _, stats = _check_contract()
-    assert stats["channels"] == 1
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(source), "channels": "grayscale"}), paths)
+    assert _check_contract(paths.prepared)[1].channels == 1
 
 
-def test_presplit_folder_keeps_the_given_splits(tmp_path, monkeypatch):
+def test_presplit_folder_keeps_the_given_splits_and_carves_val_from_train(tmp_path):
     source = tmp_path / "presplit"
-    _make_image_folder(source / "train", {"a": 5, "b": 4})
+    _make_image_folder(source / "train", {"a": 10, "b": 4})
     _make_image_folder(source / "test", {"a": 2, "b": 3})
-    monkeypatch.chdir(tmp_path)
-    prepare.run(tiny_params(data={"source": str(source), "imbalance": {"profile": "none"}}))
-    _, stats = _check_contract()
-    assert stats["presplit"] is True
-    assert stats["counts"] == {"train": {"a": 5, "b": 4}, "val": {"a": 0, "b": 0}, "test": {"a": 2, "b": 3}}
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(source), "val_fraction": 0.2}), paths)
+    stats = _check_contract(paths.prepared)[1]
+    assert stats.presplit is True
+    assert stats.counts == {"train": {"a": 8, "b": 3}, "val": {"a": 2, "b": 1}, "test": {"a": 2, "b": 3}}
 
 
-def test_csv_manifest_source(tmp_path, monkeypatch):
+def test_csv_manifest_source(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     rows = []
@@ -189,10 +314,10 @@ def test_csv_manifest_source(tmp_path, monkeypatch):
         (images / f"{i}.png").write_bytes(_png((9, 9), "L", i))
         rows.append({"path": f"images/{i}.png", "label": i % 3})
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
-    monkeypatch.chdir(tmp_path)
-    prepare.run(tiny_params(data={"source": str(tmp_path / "labels.csv"), "imbalance": {"profile": "none"}}))
-    manifest, stats = _check_contract()
-    assert [c["class_name"] for c in stats["classes"]] == ["0", "1", "2"]
+    paths = Paths(tmp_path / "work")
+    prepare.run(tiny_params(data={"source": str(tmp_path / "labels.csv")}), paths)
+    manifest, stats = _check_contract(paths.prepared)
+    assert stats.class_names == ["0", "1", "2"]
     assert set(manifest.source) == {f"images/{i}.png" for i in range(12)}
 
 
@@ -209,7 +334,8 @@ def _run_prepare(tmp_path, data_overrides) -> tuple[int, str]:
 def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path):
     write_params(tmp_path, TINY_PARAMS)
     assert run_cli("prepare", cwd=tmp_path).returncode == 0
-    previous = (tmp_path / PREPARED / "manifest.csv").read_bytes()
+    prepared = Paths(tmp_path).prepared
+    previous = (prepared / "manifest.csv").read_bytes()
 
     (tmp_path / "empty").mkdir()
     one_class = tmp_path / "one"
@@ -222,9 +348,12 @@ def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path):
     bomb = tmp_path / "bomb"
     _make_image_folder(bomb, {"a": 3, "b": 3})
     (bomb / "a" / "huge.png").write_bytes(_png((400, 300)))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("builtin: cifar\n")
 
     cases = [
-        ({"source": "nowhere"}, "data.source 'nowhere' is neither mnist5k, digits nor an existing path"),
+        ({"source": "nowhere"}, "data.source nowhere: no such file or folder"),
+        ({"source": str(unknown)}, "names built-in source 'cifar'; known: mnist5k, digits, fashion-mnist"),
         ({"source": str(tmp_path / "empty")}, "no images found"),
         ({"source": str(one_class)}, "found 1 class(es); need at least 2"),
         ({"source": str(tiny_class)}, "class 'lonely' has 1 usable image(s)"),
@@ -234,5 +363,5 @@ def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path):
     for overrides, message in cases:
         code, line = _run_prepare(tmp_path, overrides)
         assert code == 2 and line.startswith("error: ") and message in line, (overrides, line)
-        assert (tmp_path / PREPARED / "manifest.csv").read_bytes() == previous
+        assert (prepared / "manifest.csv").read_bytes() == previous
         assert not list(tmp_path.glob("data/prepared.tmp-*"))

@@ -2,9 +2,10 @@
 
 One tiny `dvc repro merge` (digits at 16x16, one epoch of everything) makes version v1, pushed to a
 local-folder remote. Then: a fresh clone, with no outputs and no cache, pulls v1 back file for file;
-and changing only `generate.min_confidence` reruns generate and merge but not prepare, judge or
-train, after which `git checkout v1 && dvc checkout` brings the v1 dataset back. The report stage
-is left out (`merge` as the target) to keep the test short; it sits after merge and follows the same rules.
+and changing only `generate.label_pass_rate` reruns generate and merge but not prepare, judge or
+train, after which `git checkout v1 && dvc checkout` brings the v1 dataset back. The evaluate and
+report stages are left out (`merge` as the target) to keep the test short; they sit after merge and
+follow the same rules.
 """
 
 import hashlib
@@ -17,12 +18,11 @@ import yaml
 from conftest import TINY_PARAMS, dvc, make_repo_copy, merge_dicts
 
 VERSIONING_PARAMS = merge_dicts(TINY_PARAMS, {
-    "judge": {"max_epochs": 1, "width": 4},
+    "data": {"source": "data/builtin/digits.yaml"},  # inside the repository, as a user's clone has it
     "train": {"max_epochs": 1, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1, "samples_per_class": 2},
-    # a one-epoch judge and GAN: the label check must accept anything, or nothing would pass
-    "generate": {"target": 20, "min_confidence": 0.0, "allow_short": True},
+    # a one-epoch judge and GAN: the label check must accept nearly anything, or nothing would pass
+    "generate": {"target": 20, "label_pass_rate": 1.0, "allow_short": True},
     "merge": {"synthetic_share": 0.5},
-    "report": {"seeds": 1, "steps": 5, "width": 4, "kid_subset_size": 10, "kid_subsets": 2},
 })
 OUTPUTS = ("data", "models")
 
@@ -39,7 +39,8 @@ def checked(result: subprocess.CompletedProcess) -> str:
 def file_hashes(repo: Path, folder: str) -> dict[str, str]:
     """sha256 of every file under `folder`, by path relative to the repository."""
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((repo / folder).rglob("*")) if p.is_file() and p.name != ".gitignore"}
+            for p in sorted((repo / folder).rglob("*"))
+            if p.is_file() and p.name != ".gitignore" and "builtin" not in p.parts}
 
 
 def stages_run(repro_output: str) -> set[str]:
@@ -75,10 +76,10 @@ def test_a_fresh_clone_pulls_the_same_files_from_the_remote(versioned_repo, tmp_
     assert "up to date" in checked(dvc("status", "merge", cwd=clone))
 
 
-def test_min_confidence_reruns_generate_and_merge_only_and_checkout_restores_v1(versioned_repo, tmp_path):
+def test_a_gate_param_reruns_generate_and_merge_only_and_checkout_restores_v1(versioned_repo, tmp_path):
     repo, _, v1 = versioned_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["generate"]["min_confidence"] = 0.05
+    params["generate"]["label_pass_rate"] = 0.9
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     status = checked(dvc("status", cwd=repo))
@@ -89,7 +90,7 @@ def test_min_confidence_reruns_generate_and_merge_only_and_checkout_restores_v1(
     for stage in ("prepare", "judge", "train"):
         assert f"Stage '{stage}' didn't change, skipping" in output
     v2_card = (repo / "data/augmented/dataset.json").read_text()
-    assert yaml.safe_load(v2_card)["params"]["generate"]["min_confidence"] == 0.05
+    assert yaml.safe_load(v2_card)["params"]["generate"]["label_pass_rate"] == 0.9
     git("commit", "-qam", "dataset v2", cwd=repo)
     git("tag", "v2", cwd=repo)
 

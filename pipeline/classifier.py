@@ -1,0 +1,160 @@
+"""The one classifier recipe: the judge, and every downstream arm of evaluate, are trained by `fit`.
+
+A small CNN (nets.Classifier) learns from uint8 images held in memory, each drawn image augmented by
+albumentations (`classifier_augmentation`), with AdamW, under Lightning's Trainer. Every
+`eval_every` updates it is scored on the real val split; training stops when the val balanced
+accuracy has not improved for `patience` scorings (or at `max_steps`), and the best-on-val weights
+are kept. Without val images it trains for `max_steps` and keeps the last weights.
+
+Seeding makes runs paired: two calls with the same seed start from the same weights and draw the
+same augmentation stream, whatever their training data.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+import albumentations as A
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
+
+from pipeline import nets
+from pipeline.config import ClassifierParams
+from pipeline.metrics import balanced_accuracy
+
+MONITOR = "val_balanced_accuracy"
+# Evaluate trains dozens of these: Lightning's start-up notes (GPU available, tips) would bury the results.
+logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+
+
+def classifier_augmentation(seed: int) -> A.Compose:
+    """Small shifts, zooms and rotations of an H x W x C uint8 array (no flips: they change the
+    meaning of digits and text). Seeded: the same seed gives the same stream of random parameters."""
+    return A.Compose(
+        [A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=0, p=1.0)],
+        seed=seed, strict=False,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What one classifier learns from: images, labels, and how often each image is drawn."""
+
+    images: torch.Tensor  # uint8 N x C x H x W
+    labels: torch.Tensor  # int64 N
+    weights: np.ndarray | None = None  # per-image sampling weights; None: every image equally often
+    logit_adjustment: float = 0.0  # tau of the logit-adjusted loss (Menon et al., 2021); 0: plain cross-entropy
+
+
+class AugmentedImages(Dataset):
+    """uint8 images, each augmented by albumentations when drawn; gives (uint8 C x H x W tensor, label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int):
+        self.images = images.permute(0, 2, 3, 1).numpy()  # albumentations works on H x W x C arrays
+        self.labels = labels
+        self.transform = classifier_augmentation(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.transform(image=self.images[index])["image"]
+        return torch.from_numpy(image).permute(2, 0, 1), self.labels[index]
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(self, image_size: int, channels: int, num_classes: int, recipe: ClassifierParams,
+                 log_prior: torch.Tensor | None = None):
+        super().__init__()
+        self.net = nets.Classifier(image_size, channels, num_classes, recipe.width)
+        self.recipe = recipe
+        self.register_buffer("log_prior", log_prior if log_prior is not None else torch.zeros(num_classes))
+        self.val_predictions, self.val_labels = [], []
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self.net(channels_last(images)) + self.log_prior  # zero unless logit-adjusted
+        loss = F.cross_entropy(logits, labels)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.val_predictions.append(self.net(channels_last(images)).argmax(dim=1))
+        self.val_labels.append(labels)
+
+    def on_validation_epoch_end(self):
+        score = balanced_accuracy(torch.cat(self.val_labels).numpy(), torch.cat(self.val_predictions).numpy())
+        self.log(MONITOR, score)
+        self.val_predictions, self.val_labels = [], []
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
+
+
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the network's input, in the channels-last layout (about three times faster on the CPU)."""
+    return nets.to_unit_range(images).contiguous(memory_format=torch.channels_last)
+
+
+def log_prior(labels: torch.Tensor, weights: np.ndarray | None, num_classes: int, tau: float) -> torch.Tensor:
+    """tau * log of the class frequencies the sampler draws (the logit adjustment of the training loss)."""
+    draws = np.ones(len(labels)) if weights is None else weights
+    mass = np.bincount(labels.numpy(), weights=draws, minlength=num_classes)
+    return torch.tensor(tau * np.log(np.maximum(mass / mass.sum(), 1e-12)), dtype=torch.float32)
+
+
+def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, num_classes: int,
+        recipe: ClassifierParams, seed: int, logger=False) -> tuple[nets.Classifier, dict]:
+    """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went."""
+    pl.seed_everything(seed, verbose=False)
+    prior = log_prior(data.labels, data.weights, num_classes, data.logit_adjustment) if data.logit_adjustment else None
+    module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior)
+    module.to(memory_format=torch.channels_last)
+    dataset = AugmentedImages(data.images, data.labels, seed)
+    draws, generator = recipe.eval_every * recipe.batch_size, torch.Generator().manual_seed(seed)
+    if data.weights is None:
+        sampler = RandomSampler(dataset, replacement=True, num_samples=draws, generator=generator)
+    else:
+        sampler = WeightedRandomSampler(torch.tensor(data.weights, dtype=torch.double), draws, generator=generator)
+    train_loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler)  # an epoch: eval_every updates
+    validate = len(val_labels) > 0
+    val_loader = DataLoader(TensorDataset(val_images, val_labels), batch_size=500) if validate else None
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the images are in memory
+        warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")  # no val split: no early stopping
+        best = ModelCheckpoint(dirpath=scratch, monitor=MONITOR, mode="max", save_weights_only=True,
+                               enable_version_counter=False)
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_epochs=max(1, recipe.max_steps // recipe.eval_every), logger=logger,
+            log_every_n_steps=min(50, recipe.eval_every), enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, enable_checkpointing=validate, limit_val_batches=None if validate else 0,
+            callbacks=[best, EarlyStopping(MONITOR, mode="max", patience=recipe.patience)] if validate else [],
+        )
+        trainer.fit(module, train_loader, val_loader)
+        if validate:
+            module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
+    history = {"steps": trainer.global_step,
+               "best_val_balanced_accuracy": float(best.best_model_score) if validate else None}
+    return module.net.eval(), history
+
+
+@torch.inference_mode()
+def predict(model: nets.Classifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities, penultimate features) of uint8 images, computed in batches."""
+    model.eval()
+    probabilities, features = [], []
+    for batch in images.split(batch_size):
+        batch_features = model.features(nets.to_unit_range(batch))
+        probabilities.append(model.head(batch_features).softmax(dim=1))
+        features.append(batch_features)
+    if not probabilities:
+        return torch.empty(0, model.head[-1].out_features), torch.empty(0, model.feature_dim)
+    return torch.cat(probabilities), torch.cat(features)

@@ -1,0 +1,172 @@
+"""The files between stages, as typed objects: what each stage may rely on in another's output.
+
+- data/prepared/stats.json  -> PreparedStats (image size and mode, classes, counts per split)
+- models/*/<name>.json      -> ModelMeta (what a saved network is and the data it was made for)
+- data/synthetic/summary.json -> SyntheticSummary
+- manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged)
+- reports/metrics.json and reports/tables/*.csv name the arms (ARMS) and verdicts (VERDICTS, NO_SYNTHETIC)
+
+`check_made_for` is the one "was this made for this data?" check every consumer runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.errors import InputError
+from pipeline.io import load_images, read_json, read_manifest, write_json
+
+SPLITS = ("train", "val", "test")
+# what evaluate measures and report presents (reports/metrics.json, reports/tables/*.csv)
+ARMS = ("real", "classical", "classical_la", "augmented", "synthetic_only", "oracle")
+VERDICTS = ("use", "use with care", "do not use")
+NO_SYNTHETIC = "no synthetic images"
+MANIFEST_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "seed", "sha256"]
+GATE_COLUMNS = ["accepted", "reject_reason", "judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    label: int
+    class_name: str
+    folder: str  # safe folder name on disk; ImageFolder's class index of this folder equals `label`
+
+
+@dataclass(frozen=True)
+class PreparedStats:
+    """data/prepared/stats.json: written by prepare, read by every later stage."""
+
+    image_size: int
+    channels: int
+    mode: str  # "L" or "RGB"
+    classes: list[ClassInfo]
+    counts: dict[str, dict[str, int]]  # split -> class name -> images
+    holdout: dict[str, int]  # class name -> real train images thinning removed (data/holdout)
+    presplit: bool
+    skipped: int
+    source: str
+    source_fingerprint: str
+    params: dict
+
+    FILE = "stats.json"
+
+    @classmethod
+    def read(cls, folder: Path) -> "PreparedStats":
+        raw = read_json(Path(folder) / cls.FILE)
+        raw["classes"] = [ClassInfo(**c) for c in raw["classes"]]
+        return cls(**raw)
+
+    def write(self, folder: Path) -> None:
+        write_json(Path(folder) / self.FILE, dataclasses.asdict(self))
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.class_name for c in self.classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_counts(self, split: str) -> list[int]:
+        """Images per class of one split, in label order."""
+        return [self.counts[split].get(name, 0) for name in self.class_names]
+
+    @property
+    def thinned(self) -> bool:
+        return sum(self.holdout.values()) > 0
+
+
+def load_split(prepared: Path, stats: PreparedStats, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of the prepared data as (uint8 NxCxHxW images, int64 labels); empty tensors for an empty split."""
+    manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        size = stats.image_size
+        return torch.empty((0, stats.channels, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return load_images(prepared, rows, stats.channels)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """`<name>.json` beside a saved network `<name>.pt`: how to rebuild it and what data it was made for."""
+
+    image_size: int
+    channels: int
+    class_names: list[str]
+    width: int
+    z_dim: int | None = None  # generators only
+    details: dict = field(default_factory=dict)  # what the stage records besides: params, scores, counts
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelMeta":
+        return cls(**read_json(path))
+
+    def write(self, path: Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class SyntheticSummary:
+    """data/synthetic/summary.json: written by generate, read by merge and evaluate."""
+
+    generator_hash: str
+    judge_hash: str
+    image_size: int
+    channels: int
+    class_names: list[str]
+    generated: int
+    candidates: int
+    short: int
+    label_thresholds: dict[str, float]  # class name -> minimum judge probability of the intended class
+    copy_thresholds: dict[str, float]  # class name -> judge-feature distance below which an image is a copy
+    params: dict
+
+    FILE = "summary.json"
+
+    @classmethod
+    def read(cls, folder: Path) -> "SyntheticSummary":
+        return cls(**read_json(Path(folder) / cls.FILE))
+
+    def write(self, folder: Path) -> None:
+        write_json(Path(folder) / self.FILE, dataclasses.asdict(self))
+
+
+def check_made_for(image_size: int, channels: int, class_names: list[str], stats: PreparedStats, what: str) -> None:
+    """An upstream output must have been made for the prepared data's image size, channels and classes."""
+    if (image_size, channels) != (stats.image_size, stats.channels):
+        raise InputError(
+            f"{what}: made for {image_size}x{image_size} images with {channels} channel(s), but data/prepared holds "
+            f"{stats.image_size}x{stats.image_size} with {stats.channels}; rerun the stage that makes it"
+        )
+    if list(class_names) != stats.class_names:
+        extra = [n for n in class_names if n not in stats.class_names]
+        missing = [n for n in stats.class_names if n not in class_names]
+        detail = "; ".join(filter(None, [f"classes not in data/prepared: {extra}" if extra else "",
+                                         f"classes it lacks: {missing}" if missing else ""]))
+        raise InputError(f"{what}: made for other classes than data/prepared ({detail or 'same classes, other order'}); "
+                         "rerun the stage that makes it")
+
+
+def check_manifest_classes(manifest: pd.DataFrame, stats: PreparedStats, what: str) -> None:
+    """Every (label, class_name) pair of a manifest must be a class of data/prepared."""
+    pairs = manifest[["label", "class_name"]].drop_duplicates()
+    names = stats.class_names
+    unknown = [f"{row.class_name!r} (label {row.label})" for row in pairs.itertuples()
+               if not 0 <= row.label < len(names) or names[row.label] != row.class_name]
+    if unknown:
+        raise InputError(f"{what}: classes that data/prepared does not have: {', '.join(unknown)}; "
+                         "rerun the stage that makes it")
+
+
+def read_accepted_synthetic(folder: Path, stats: PreparedStats) -> pd.DataFrame:
+    """The rows of data/synthetic/manifest.csv that passed the gate (may be empty), checked against stats."""
+    path = Path(folder) / "manifest.csv"
+    manifest = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS)
+    accepted = manifest[manifest["accepted"].astype(bool)].reset_index(drop=True)
+    check_manifest_classes(accepted, stats, str(path))
+    return accepted

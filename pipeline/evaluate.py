@@ -1,0 +1,149 @@
+"""Stage `evaluate`: are the synthetic images worth using? Computes; the report stage presents.
+
+Reads data/prepared (real train, val and test), data/holdout (the oracle's images), models/judge
+(the feature extractor), data/synthetic (the accepted images) and data/augmented (the merged
+dataset); writes reports/metrics.json (the headline numbers, for `dvc metrics` and `dvc exp show`)
+and reports/tables/*.csv (per arm, per seed, per class and per synthetic image; DVC plots).
+
+1. Quality of each class's synthetic images against its real test images, in the judge's feature
+   space (pipeline/quality.py): Fréchet distance and KID beside their real-vs-real floors, precision,
+   recall, density, coverage, label agreement, and the share of copies by the copy rule.
+2. Downstream utility (pipeline/utility.py): every arm over `evaluate.seeds` paired seeds; the gain of
+   augmented over the best classical arm (chosen on val) with its paired 95 % interval.
+3. A verdict per class, and one summary line. The test split is read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from pipeline import nets
+from pipeline.classifier import predict
+from pipeline.config import Params
+from pipeline.contracts import (ARMS, MANIFEST_COLUMNS, NO_SYNTHETIC, VERDICTS, PreparedStats, SyntheticSummary, check_made_for,
+                                check_manifest_classes, load_split, read_accepted_synthetic)
+from pipeline.errors import InputError
+from pipeline.io import atomic_output, json_text, load_images, read_json, read_manifest, write_atomically
+from pipeline.metrics import copy_thresholds, tail_classes
+from pipeline.paths import Paths
+from pipeline.quality import add_verdicts, class_quality, nearest_real_table
+from pipeline.utility import ArmInputs, best_classical, gain, run_arms, summarise
+
+HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy")
+
+
+def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(accepted synthetic rows, augmented manifest), checked against each other and data/prepared."""
+    synthetic = read_accepted_synthetic(paths.synthetic, stats)
+    if synthetic.empty:
+        raise InputError(f"{paths.synthetic}/manifest.csv: no synthetic images passed the gate, so there is nothing "
+                         "to evaluate (see data/synthetic/plan.csv; generate.target may ask for none)")
+    summary = SyntheticSummary.read(paths.synthetic)
+    check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
+    path = paths.augmented / "manifest.csv"
+    merged = read_manifest(path, MANIFEST_COLUMNS + ["weight"])
+    check_manifest_classes(merged, stats, str(path))
+    if sorted(merged.loc[merged["origin"] == "synthetic", "sha256"]) != sorted(synthetic["sha256"]):
+        raise InputError(f"{path}: its synthetic images are not those of {paths.synthetic}; rerun merge")
+    card = read_json(paths.augmented / "dataset.json")
+    if [c["class_name"] for c in card["classes"]] != stats.class_names:
+        raise InputError(f"{paths.augmented}/dataset.json: its classes are not those of data/prepared; rerun merge")
+    return synthetic, merged
+
+
+def run(params: Params, paths: Paths = Paths()) -> None:
+    cfg = params.evaluate
+    stats = PreparedStats.read(paths.prepared)
+    judge, judge_meta = nets.load_judge(paths.judge)
+    check_made_for(judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats, f"{paths.judge}/judge.json")
+    synthetic_rows, merged_rows = read_inputs(paths, stats)
+    prepared_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
+
+    train, val, test = (load_split(paths.prepared, stats, split) for split in ("train", "val", "test"))
+    synthetic = load_images(paths.synthetic, synthetic_rows, stats.channels)
+    holdout_rows = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
+    holdout = (load_images(paths.holdout, holdout_rows, stats.channels) if len(holdout_rows)
+               else (train[0][:0], train[1][:0]))
+    merged_images, merged_labels = load_images(paths.augmented, merged_rows, stats.channels)
+
+    # 1. quality, per class, in judge features
+    train_features, val_features = predict(judge, train[0])[1], predict(judge, val[0])[1]
+    test_probabilities, test_features = predict(judge, test[0])
+    synthetic_probabilities, synthetic_features = predict(judge, synthetic[0])
+    copy_bars = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
+    quality = pd.DataFrame([
+        {"class_name": name} | class_quality(
+            y, train_features[train[1] == y], test_features[test[1] == y], synthetic_features[synthetic[1] == y],
+            test_probabilities.argmax(dim=1)[test[1] == y], synthetic_probabilities.argmax(dim=1)[synthetic[1] == y],
+            copy_bars[y], cfg, params.seed)
+        for y, name in enumerate(stats.class_names)
+    ])
+    nearest = nearest_real_table(synthetic_features, synthetic[1], synthetic_rows["path"].to_numpy(), train_features,
+                                 train[1], prepared_rows.loc[prepared_rows["split"] == "train", "path"].to_numpy(),
+                                 copy_bars)
+
+    # 2. downstream utility over paired seeds
+    inputs = ArmInputs(merged_images, merged_labels, (merged_rows["origin"] == "synthetic").to_numpy(),
+                       merged_rows["weight"].to_numpy(), *holdout, stats.num_classes)
+    tail = tail_classes(stats.split_counts("train"))
+    runs = run_arms(inputs, val, test, tail, cfg, params.seed)
+    arms, recalls = summarise(runs, stats.class_names)
+    baseline = best_classical(runs)
+    augmented_gain = gain(runs, baseline)
+
+    # 3. verdicts
+    quality = add_verdicts(quality, (recalls["augmented_mean"] - recalls[f"{baseline}_mean"]).to_numpy(), cfg.verdict)
+    metrics = metrics_document(arms, augmented_gain, quality, tail, stats.class_names)
+    with atomic_output(paths.tables) as tables:
+        for name, table in (("utility.csv", arms), ("utility_runs.csv", runs.drop(columns=["recall", "seconds"])),
+                            ("recall.csv", recalls), ("quality.csv", quality), ("nearest_real.csv", nearest)):
+            table.to_csv(tables / name, index=False, lineterminator="\n", float_format="%.6f")
+    write_atomically(paths.metrics, json_text(metrics))
+    print(summary_line(metrics))
+
+
+def metrics_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataFrame, tail: list[int],
+                     class_names: list[str]) -> dict:
+    """reports/metrics.json: the headline numbers only (per-class detail is in reports/tables)."""
+    def number(value):
+        return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
+
+    utility = {row["arm"]: {name: {"mean": number(row[f"{name}_mean"]), "std": number(row[f"{name}_std"])}
+                            for name in HEADLINE} for _, row in arms.iterrows()}
+    document = {
+        "utility": {arm: utility[arm] for arm in ARMS if arm in utility},
+        "best_classical": augmented_gain["baseline"],
+        "augmented_gain": {key: number(augmented_gain[key])
+                           for key in ("balanced_accuracy", "ci95_low", "ci95_high", "tail_recall")},
+        "tail_classes": [class_names[label] for label in tail],
+        "quality_mean_over_classes": {
+            key: number(value) for key, value in
+            quality[quality["synthetic"] > 0].drop(columns=["class_name", "verdict", "reason", "real_train",
+                                                            "real_test", "synthetic"]).mean().items()
+            if pd.notna(value)},
+        "verdicts": {verdict.replace(" ", "_"): int((quality["verdict"] == verdict).sum())
+                     for verdict in (*VERDICTS, NO_SYNTHETIC)},
+    }
+    if "gap_closed" in augmented_gain:
+        document["gap_closed"] = number(augmented_gain["gap_closed"])
+    return document
+
+
+def summary_line(metrics: dict) -> str:
+    gain_ = metrics["augmented_gain"]
+    baseline = metrics["best_classical"]
+    line = (f"evaluate: balanced accuracy of augmented {metrics['utility']['augmented']['balanced_accuracy']['mean']:.3f} "
+            f"vs {baseline} {metrics['utility'][baseline]['balanced_accuracy']['mean']:.3f}: gain "
+            f"{gain_['balanced_accuracy']:+.3f} (95 % interval {_bound(gain_['ci95_low'])} to {_bound(gain_['ci95_high'])}), "
+            f"tail recall {gain_['tail_recall']:+.3f}")
+    if "gap_closed" in metrics and metrics["gap_closed"] is not None:
+        line += f", gap to the oracle closed {metrics['gap_closed']:.0%}"
+    verdicts = metrics["verdicts"]
+    return line + "; classes: " + ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in verdicts.items()
+                                           if count or name != "no_synthetic_images")
+
+
+def _bound(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:+.3f}"

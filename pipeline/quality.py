@@ -1,0 +1,102 @@
+"""Are one class's synthetic images faithful, diverse and new? Per-class quality in judge features,
+and the verdict that combines it with the downstream recall (used by the evaluate stage).
+
+Everything here takes feature tensors and numbers; nothing reads or writes files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.config import EvaluateParams, VerdictParams
+from pipeline.contracts import NO_SYNTHETIC
+from pipeline.metrics import (frechet_distance, kernel_distance, memorised_share, nearest_neighbours,
+                              precision_recall_density_coverage)
+
+def subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    """At most `limit` random rows (all of them when there are fewer), the same rows for the same seed."""
+    if len(features) <= limit:
+        return features
+    return features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:limit]]
+
+
+def class_quality(label: int, train: torch.Tensor, test: torch.Tensor, synthetic: torch.Tensor,
+                  test_predictions: torch.Tensor, synthetic_predictions: torch.Tensor, copy_threshold: float,
+                  cfg: EvaluateParams, seed: int) -> dict:
+    """Fidelity, diversity and memorisation of one class's synthetic features (absent: no value).
+
+    `*_predictions` are the judge's labels for the class's real test and synthetic images;
+    `copy_threshold` is the class's copy rule (metrics.copy_thresholds). Distribution metrics run on
+    at most `cfg.max_images_per_class` images of each set; nearest-neighbour distances use them all.
+    """
+    row = {"real_train": len(train), "real_test": len(test), "synthetic": len(synthetic),
+           "judge_real_recall": float((test_predictions == label).double().mean()) if len(test) else float("nan"),
+           "copy_threshold": copy_threshold}
+    if len(synthetic) == 0:
+        return row
+    row["label_agreement"] = float((synthetic_predictions == label).double().mean())
+    synthetic_to_train, _ = nearest_neighbours(synthetic, train)
+    row["synthetic_to_train_median"] = float(synthetic_to_train.median())
+    if len(test):
+        row["test_to_train_median"] = float(nearest_neighbours(test, train)[0].median())
+    row["memorised_share"] = memorised_share(synthetic_to_train, copy_threshold)
+    limit = cfg.max_images_per_class
+    train, test, synthetic = (subsample(f, limit, seed) for f in (train, test, synthetic))
+    if len(synthetic) >= 2 and len(test) >= 2:
+        row["frechet"] = frechet_distance(synthetic, test)
+        row["kid"] = kernel_distance(synthetic, test, cfg.kid_subset_size, cfg.kid_subsets, seed)[0]
+        row |= precision_recall_density_coverage(test, synthetic, cfg.k)
+    if len(train) >= 2 and len(test) >= 2:
+        row["frechet_floor"] = frechet_distance(train, test)
+        row["kid_floor"] = kernel_distance(train, test, cfg.kid_subset_size, cfg.kid_subsets, seed)[0]
+    return row
+
+
+def nearest_real_table(synthetic: torch.Tensor, synthetic_labels: torch.Tensor, synthetic_paths: np.ndarray,
+                       train: torch.Tensor, train_labels: torch.Tensor, train_paths: np.ndarray,
+                       copy_thresholds: list[float]) -> pd.DataFrame:
+    """Per synthetic image: its nearest real train image of its class, the distance, and that distance
+    relative to the class's copy threshold (below 1: a copy by the copy rule). Closest first."""
+    tables = []
+    for label in synthetic_labels.unique().tolist():
+        synthetic_rows = torch.nonzero(synthetic_labels == label).squeeze(1)
+        train_rows = torch.nonzero(train_labels == label).squeeze(1)
+        distances, nearest = nearest_neighbours(synthetic[synthetic_rows], train[train_rows])
+        tables.append(pd.DataFrame({
+            "label": label, "synthetic_path": synthetic_paths[synthetic_rows.numpy()],
+            "train_path": train_paths[train_rows[nearest].numpy()], "distance": distances.numpy(),
+            "relative_distance": (distances / copy_thresholds[label]).numpy()}))
+    return pd.concat(tables).sort_values(["relative_distance", "synthetic_path"]).reset_index(drop=True)
+
+
+def class_verdict(label_agreement: float, judge_real_recall: float, memorised: float, recall_change: float,
+                  rules: VerdictParams) -> tuple[str, str]:
+    """(verdict, reason) for one class's synthetic images; see VerdictParams for the rules."""
+    failures = []
+    if label_agreement < rules.min_relative_label_agreement * judge_real_recall:
+        failures.append(f"the judge recognises {label_agreement:.0%} of them, against {judge_real_recall:.0%} "
+                        f"of the real test images (< {rules.min_relative_label_agreement:.0%} of that)")
+    if memorised > rules.max_memorised_share:
+        failures.append(f"{memorised:.1%} are copies (> {rules.max_memorised_share:.1%})")
+    if recall_change < -rules.max_recall_drop:
+        failures.append(f"they cost {-recall_change:.3f} recall against the best classical arm "
+                        f"(> {rules.max_recall_drop:.3f})")
+    if failures:
+        return "do not use", "; ".join(failures)
+    if recall_change < 0:
+        return "use with care", f"faithful, but recall {recall_change:+.3f} against the best classical arm"
+    return "use", f"faithful, and recall {recall_change:+.3f} against the best classical arm"
+
+
+def add_verdicts(quality: pd.DataFrame, recall_change: np.ndarray, rules: VerdictParams) -> pd.DataFrame:
+    """`quality` with the columns recall_change, verdict and reason."""
+    quality = quality.assign(recall_change=recall_change)
+    verdicts = [
+        class_verdict(row.label_agreement, row.judge_real_recall, row.memorised_share, row.recall_change, rules)
+        if row.synthetic > 0 else (NO_SYNTHETIC, "the class is at or above the target")
+        for row in quality.itertuples()
+    ]
+    quality["verdict"], quality["reason"] = zip(*verdicts)
+    return quality

@@ -1,0 +1,214 @@
+"""The evaluate stage on the tiny data with synthetic images of known quality (see conftest's
+`evaluate_inputs`): the paired protocol, the arms and the oracle's isolation, the gain and its
+interval, per-class quality and verdicts, metrics.json for DVC, and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import COPIED_CLASS, TINY_PARAMS, WRONG_CLASS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
+
+from pipeline import evaluate
+from pipeline.classifier import AugmentedImages, TrainingSet, fit
+from pipeline.config import ClassifierParams
+from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
+from pipeline.errors import InputError
+from pipeline.io import load_images, read_manifest, write_manifest
+from pipeline.paths import Paths
+from pipeline.contracts import ARMS
+from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, run_arms
+
+
+@pytest.fixture
+def inputs_copy(evaluate_inputs, tmp_path) -> Paths:
+    return Paths(copy_outputs(evaluate_inputs, tmp_path))
+
+
+def image_hashes(images: torch.Tensor) -> set[str]:
+    return {hashlib.sha256(image.numpy().tobytes()).hexdigest() for image in images}
+
+
+def arm_inputs(paths: Paths) -> ArmInputs:
+    stats = PreparedStats.read(paths.prepared)
+    merged = read_manifest(paths.augmented / "manifest.csv", MANIFEST_COLUMNS + ["weight"])
+    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
+    return ArmInputs(*load_images(paths.augmented, merged, stats.channels), (merged["origin"] == "synthetic").to_numpy(),
+                     merged["weight"].to_numpy(), *load_images(paths.holdout, holdout, stats.channels),
+                     stats.num_classes)
+
+
+# --- the protocol --------------------------------------------------------------------------------
+
+
+def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation_stream(prepared_tiny):
+    paths = Paths(prepared_tiny)
+    stats = PreparedStats.read(paths.prepared)
+    images, labels = load_split(paths.prepared, stats, "train")
+    frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
+    one, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=3)
+    other, _ = fit(TrainingSet(images[labels == 0], labels[labels == 0]), images[:0], labels[:0], stats.num_classes,
+                   frozen, seed=3)
+    third, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=4)
+    assert torch.equal(one.body[0].weight, other.body[0].weight)
+    assert not torch.equal(one.body[0].weight, third.body[0].weight)
+
+    # the k-th drawn image is augmented with the k-th parameters of the seed's stream, whatever the data
+    reversed_order = AugmentedImages(images.flip(0), labels.flip(0), seed=3)
+    in_order = AugmentedImages(images, labels, seed=3)
+    drawn = [in_order[i][0] for i in range(5)]
+    assert all(torch.equal(drawn[k], reversed_order[len(images) - 1 - k][0]) for k in range(5))
+    assert not torch.equal(drawn[0], images[0])  # it is augmented
+
+
+def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
+    paths = Paths(prepared_tiny)
+    stats = PreparedStats.read(paths.prepared)
+    train, val = load_split(paths.prepared, stats, "train"), load_split(paths.prepared, stats, "val")
+    recipe = ClassifierParams(width=4, eval_every=10, patience=2, max_steps=400)
+    model, history = fit(TrainingSet(*train), *val, stats.num_classes, recipe, seed=0)
+    assert history["steps"] < 400  # it stopped early
+    from pipeline.classifier import predict
+    from pipeline.metrics import balanced_accuracy
+    predicted = predict(model, val[0])[0].argmax(dim=1).numpy()
+    assert balanced_accuracy(val[1].numpy(), predicted) == pytest.approx(history["best_val_balanced_accuracy"])
+
+
+def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate_inputs):
+    inputs = arm_inputs(Paths(evaluate_inputs))
+    arms = arm_training_sets(inputs, logit_adjustment=1.0, seed=0)
+    assert set(arms) == set(ARMS)
+    holdout = image_hashes(inputs.holdout_images)
+    assert holdout and all(not holdout & image_hashes(data.images) for arm, data in arms.items() if arm != "oracle")
+    assert holdout <= image_hashes(arms["oracle"].images)
+
+    real = ~inputs.merged_synthetic
+    assert torch.equal(arms["real"].images, inputs.merged_images[real]) and arms["real"].weights is None
+    counts = torch.bincount(arms["classical"].labels)
+    assert counts.min() == counts.max()  # oversampled to balance
+    assert arms["classical_la"].logit_adjustment == 1.0 and arms["classical_la"].weights is None
+    assert np.array_equal(arms["augmented"].weights, inputs.merged_weights)
+    assert image_hashes(arms["synthetic_only"].images) == image_hashes(inputs.merged_images[~real])
+
+
+def test_best_classical_is_chosen_on_val_and_the_gain_is_paired_by_seed():
+    runs = pd.DataFrame([
+        {"arm": arm, "seed": seed, "val_balanced_accuracy": val, "balanced_accuracy": test, "tail_recall": tail}
+        for arm, seed, val, test, tail in [
+            ("classical", 0, 0.80, 0.90, 0.5), ("classical", 1, 0.81, 0.80, 0.4),
+            ("classical_la", 0, 0.85, 0.70, 0.6), ("classical_la", 1, 0.86, 0.72, 0.6),  # better on val, worse on test
+            ("augmented", 0, 0.84, 0.75, 0.7), ("augmented", 1, 0.84, 0.76, 0.8),
+            ("oracle", 0, 0.95, 0.95, 0.9), ("oracle", 1, 0.95, 0.95, 0.9)]])
+    assert best_classical(runs) == "classical_la"  # never chosen on test
+    result = gain(runs, "classical_la")
+    assert result["balanced_accuracy"] == pytest.approx(0.045) and result["tail_recall"] == pytest.approx(0.15)
+    assert result["ci95_low"] < 0.045 < result["ci95_high"]
+    assert result["gap_closed"] == pytest.approx(0.045 / (0.95 - 0.71))
+
+
+def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs):
+    paths = Paths(evaluate_inputs)
+    stats = PreparedStats.read(paths.prepared)
+    val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")
+    cfg = tiny_params(evaluate={"seeds": 1, "workers": 1}).evaluate
+    inputs = arm_inputs(paths)
+    alone = run_arms(inputs, val, test, [9], cfg, 0).drop(columns="seconds")
+    in_two = run_arms(inputs, val, test, [9], tiny_params(evaluate={"seeds": 1, "workers": 2}).evaluate, 0)
+    pd.testing.assert_frame_equal(alone, in_two.drop(columns="seconds"))
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def test_metrics_json_has_the_headline_keys_and_no_per_class_detail(evaluated):
+    root, _ = evaluated
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert set(metrics["utility"]) == set(ARMS)  # the tiny source was thinned, so the oracle exists
+    for arm in ARMS:
+        for score in ("balanced_accuracy", "tail_recall"):
+            assert set(metrics["utility"][arm][score]) == {"mean", "std"}
+            assert 0.0 <= metrics["utility"][arm][score]["mean"] <= 1.0
+    assert metrics["best_classical"] in ("classical", "classical_la")
+    assert set(metrics["augmented_gain"]) == {"balanced_accuracy", "ci95_low", "ci95_high", "tail_recall"}
+    best = metrics["utility"][metrics["best_classical"]]["balanced_accuracy"]["mean"]
+    assert metrics["augmented_gain"]["balanced_accuracy"] == pytest.approx(
+        metrics["utility"]["augmented"]["balanced_accuracy"]["mean"] - best, abs=1e-5)
+    assert metrics["gap_closed"] == pytest.approx(metrics["augmented_gain"]["balanced_accuracy"] / (
+        metrics["utility"]["oracle"]["balanced_accuracy"]["mean"] - best), abs=1e-4)
+    assert metrics["tail_classes"] == ["7", "8", "9"]
+    assert "recall" not in json.dumps(metrics["utility"]).replace("tail_recall", "")  # per class: in the tables
+
+
+def test_tables_hold_every_run_and_class(evaluated):
+    root, _ = evaluated
+    runs = pd.read_csv(root / "reports/tables/utility_runs.csv")
+    assert sorted(runs.groupby("arm").size().to_dict().items()) == sorted((arm, 2) for arm in ARMS)  # 2 seeds each
+    assert "seconds" not in runs  # no timings: the table is reproducible byte for byte
+    recall = pd.read_csv(root / "reports/tables/recall.csv", dtype={"class_name": str})
+    assert recall["class_name"].tolist() == [str(d) for d in range(10)]
+    nearest = pd.read_csv(root / "reports/tables/nearest_real.csv")
+    assert nearest["relative_distance"].is_monotonic_increasing and len(nearest) > 0
+
+
+def test_quality_and_verdicts_name_their_cause(evaluated):
+    root, printed = evaluated
+    quality = pd.read_csv(root / "reports/tables/quality.csv", dtype={"class_name": str}).set_index("class_name")
+    assert quality.loc[COPIED_CLASS, "memorised_share"] == 1.0
+    assert quality.loc[COPIED_CLASS, "verdict"] == "do not use" and "copies" in quality.loc[COPIED_CLASS, "reason"]
+    assert quality.loc[WRONG_CLASS, "label_agreement"] < 0.5
+    assert quality.loc[WRONG_CLASS, "verdict"] == "do not use" and "recognises" in quality.loc[WRONG_CLASS, "reason"]
+    genuine = quality.loc[list("1234689")]  # held-out real images: new, not copies
+    assert genuine["memorised_share"].mean() < 0.2
+    assert genuine[["frechet", "frechet_floor", "kid", "kid_floor", "precision", "recall", "density", "coverage"]].notna().all().all()
+    assert quality.loc[WRONG_CLASS, "frechet"] > 5 * genuine["frechet"].max()  # another class is far
+    assert quality.loc["0", "verdict"] == "no synthetic images"
+
+    last_line = printed.strip().splitlines()[-1]
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert re.fullmatch(r"evaluate: balanced accuracy of augmented \d\.\d{3} vs classical(_la)? \d\.\d{3}: gain "
+                        r"[+-]\d\.\d{3} \(95 % interval [+-]\d\.\d{3} to [+-]\d\.\d{3}\), tail recall [+-]\d\.\d{3}, "
+                        r"gap to the oracle closed -?\d+%; classes: .*no synthetic images 1", last_line), last_line
+    assert f"do not use {metrics['verdicts']['do_not_use']}" in last_line
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_no_synthetic_images_is_an_error_naming_the_manifest(inputs_copy):
+    manifest = read_manifest(inputs_copy.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    write_manifest(manifest.assign(accepted=False), inputs_copy.synthetic / "manifest.csv")
+    write_params(inputs_copy.root, merge_dicts(TINY_PARAMS, {}))
+    result = run_cli("evaluate", cwd=inputs_copy.root)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: data/synthetic/manifest.csv: no synthetic images passed the gate")
+    assert not inputs_copy.reports.exists()
+
+
+def test_a_judge_of_other_classes_is_an_error_naming_it(inputs_copy):
+    meta = ModelMeta.read(inputs_copy.judge / "judge.json")
+    ModelMeta(meta.image_size, meta.channels, [*meta.class_names[:-1], "ten"], meta.width).write(
+        inputs_copy.judge / "judge.json")
+    with pytest.raises(InputError, match=r"models/judge/judge.json: made for other classes"):
+        evaluate.run(tiny_params(), inputs_copy)
+
+
+def test_synthetic_images_of_an_unknown_class_are_an_error_naming_the_class(inputs_copy):
+    manifest = read_manifest(inputs_copy.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    manifest.loc[manifest["class_name"] == "9", "class_name"] = "nine"
+    write_manifest(manifest, inputs_copy.synthetic / "manifest.csv")
+    with pytest.raises(InputError, match=r"data/synthetic/manifest.csv: classes that data/prepared does not have: "
+                                         r"'nine' \(label 9\)"):
+        evaluate.run(tiny_params(), inputs_copy)
+
+
+def test_an_augmented_dataset_of_other_synthetic_images_is_an_error(inputs_copy):
+    manifest = read_manifest(inputs_copy.augmented / "manifest.csv", MANIFEST_COLUMNS + ["weight"])
+    write_manifest(manifest[~((manifest["origin"] == "synthetic") & (manifest["class_name"] == "9"))],
+                   inputs_copy.augmented / "manifest.csv")
+    with pytest.raises(InputError, match=r"data/augmented/manifest.csv: its synthetic images are not those"):
+        evaluate.run(tiny_params(), inputs_copy)
