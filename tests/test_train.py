@@ -1,17 +1,20 @@
-"""The train stage: GAN maths, limited-data techniques, the Lightning module, resume, DDP and bad input."""
+"""The train stage: GAN maths, limited-data techniques, the Lightning module, the stage's outputs
+(DVCLive log, checkpoint, grids), resume, reproducibility in another folder, DDP and bad input."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from dvc.fs import LocalFileSystem
+from dvc.repo.plots import parse as dvc_parse_plot
 from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -19,34 +22,55 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import train
 from pipeline.augment import AUGMENTATIONS, diff_augment
+from pipeline.config import params_to_dict
+from pipeline.contracts import ModelMeta, PreparedStats, load_split
+from pipeline.errors import ConfigError, InputError
 from pipeline.gan import (
     ConditionalGAN,
     TrainImages,
-    class_balanced_weights,
     conditioning_strength,
     discriminator_loss,
     generator_loss,
     group_spectral_norm,
     lecam_penalty,
 )
-from pipeline.io import PREPARED_DIR, load_prepared_split
 from pipeline.nets import load_generator, weights_hash
+from pipeline.paths import Paths
+from pipeline.sampling import class_weights
 
-# Small networks and two short epochs: a full stage run takes a few seconds on two CPU cores.
+# Small networks and short epochs: a stage run takes a few seconds on two CPU cores.
 FAST = {"max_epochs": 2, "batch_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "sample_every_n_epochs": 1,
         "samples_per_class": 4}
+TRAIN_IMAGES = 498  # the tiny train split
+BATCHES_PER_EPOCH = TRAIN_IMAGES // 32
+LOGGED = {"loss_d", "loss_g", "d_real", "d_fake", "conditioning", "gsr", "epoch"}  # default switches: no lecam
 
 
 def fast_params(**train_overrides):
     return tiny_params(train={**FAST, **train_overrides})
 
 
-def train_checkpoint_state() -> dict:
-    return torch.load(train.RESUME_DIR / train.CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
+def checkpoint_state(paths: Paths) -> dict:
+    return torch.load(paths.gan_resume / train.CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def prefixed(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def metric_tsvs(live_dir: Path) -> list[Path]:
+    return sorted((live_dir / "plots/metrics").rglob("*.tsv"))
+
+
+def read_live_log(live_dir: Path) -> pd.DataFrame:
+    """DVCLive's per-metric TSVs joined on step: one row per logged batch, one column per metric."""
+    return pd.concat([pd.read_csv(tsv, sep="\t").set_index("step") for tsv in metric_tsvs(live_dir)],
+                     axis=1).reset_index()
+
+
+def files_under(root: Path, folders: tuple[str, ...]) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes()
+            for folder in folders for path in sorted((root / folder).rglob("*")) if path.is_file()}
 
 
 # --- pure functions ------------------------------------------------------------------------------
@@ -85,10 +109,10 @@ def test_conditioning_strength_ramps_from_unconditional_to_conditional():
 
 
 @pytest.mark.parametrize("balance, expected", [(0.0, [0.8, 0.2]), (0.5, [2 / 3, 1 / 3]), (1.0, [0.5, 0.5])])
-def test_class_balanced_weights_interpolate_between_natural_and_uniform(balance, expected):
-    labels = torch.tensor([0] * 16 + [1] * 4)
-    weights = class_balanced_weights(labels, 2, balance)
-    class_mass = torch.stack([weights[labels == c].sum() for c in (0, 1)])
+def test_class_weights_interpolate_between_natural_and_uniform(balance, expected):
+    labels = np.array([0] * 16 + [1] * 4)
+    weights = class_weights(labels, 2, balance)
+    class_mass = np.array([weights[labels == c].sum() for c in (0, 1)])
     assert (class_mass / class_mass.sum()).tolist() == pytest.approx(expected)
 
 
@@ -120,11 +144,12 @@ def test_translation_shifts_and_cutout_blanks_a_square():
 
 @pytest.mark.parametrize("size, channels", [(16, 1), (16, 3), (32, 1), (32, 3), (64, 1), (64, 3)])
 def test_one_training_step_at_each_size_and_channel_count(prepared_tiny, size, channels):
-    images, labels = load_prepared_split("train", prepared_tiny / PREPARED_DIR)
+    prepared = Paths(prepared_tiny).prepared
+    images, labels = load_split(prepared, PreparedStats.read(prepared), "train")
     images = F.interpolate(images[:16].float(), size=size).round().to(torch.uint8).repeat(1, channels, 1, 1)
     cfg = fast_params(g_width=4, d_width=4).train
     pl.seed_everything(0, verbose=False)
-    module = ConditionalGAN(cfg, size, channels, num_classes=10)
+    module = ConditionalGAN(params_to_dict(cfg), size, channels, num_classes=10)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
@@ -141,17 +166,15 @@ def test_one_training_step_at_each_size_and_channel_count(prepared_tiny, size, c
 
 # --- the stage -----------------------------------------------------------------------------------
 
-BATCHES_PER_EPOCH = 498 // 32  # the tiny train split has 498 images
-
 
 @dataclass
 class Run:
-    """What one stage run in a fresh workspace left behind."""
+    """What one stage run in a fresh folder left behind."""
 
-    folder: Path
+    paths: Paths
     generator_hash: str
     state: dict  # the state_dict of Lightning's last checkpoint
-    losses: pd.DataFrame
+    log: pd.DataFrame  # reports/train's TSVs joined on step
 
     def class_tables(self) -> list[torch.Tensor]:
         """The generator's class-conditional norm tables (gains and biases)."""
@@ -160,16 +183,12 @@ class Run:
 
 
 def train_fresh(prepared_tiny: Path, folder: Path, seed: int = 0, **train_overrides) -> Run:
+    """One epoch of the stage in `folder`, on a copy of the tiny prepared data."""
     shutil.copytree(prepared_tiny / "data", folder / "data")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        train.run(tiny_params(seed=seed, train={**FAST, "max_epochs": 1, **train_overrides}))
-        checkpoint = torch.load(train.RESUME_DIR / train.CHECKPOINT, map_location="cpu", weights_only=True)
-        return Run(folder, weights_hash(load_generator()[0]), checkpoint["state_dict"],
-                   pd.read_csv("reports/train/losses.csv"))
-    finally:
-        os.chdir(cwd)
+    paths = Paths(folder)
+    train.run(tiny_params(seed=seed, train={**FAST, "max_epochs": 1, **train_overrides}), paths)
+    return Run(paths, weights_hash(load_generator(paths.gan)[0]), checkpoint_state(paths),
+               read_live_log(paths.train_report))
 
 
 @pytest.fixture(scope="module")
@@ -178,36 +197,86 @@ def default_run(prepared_tiny, tmp_path_factory) -> Run:
     return train_fresh(prepared_tiny, tmp_path_factory.mktemp("default_run"))
 
 
-def test_stage_writes_the_generator_checkpoint_losses_and_grids(default_run):
-    folder = default_run.folder
-    generator, meta = load_generator(folder / "models/gan")
-    assert meta["class_names"] == [str(d) for d in range(10)]
-    assert (meta["image_size"], meta["channels"], meta["z_dim"], meta["width"]) == (16, 1, 16, 8)
+def test_stage_writes_the_generator_checkpoint_and_grids(default_run):
+    paths = default_run.paths
+    generator, meta = load_generator(paths.gan)
+    assert meta.class_names == [str(d) for d in range(10)]
+    assert (meta.image_size, meta.channels, meta.z_dim, meta.width) == (16, 1, 16, 8)
+    assert (meta.details["epochs"], meta.details["batches"]) == (1, BATCHES_PER_EPOCH)
     with torch.no_grad():
         images = generator(torch.randn(10, 16), torch.arange(10))
     assert images.shape == (10, 1, 16, 16) and images.abs().max() <= 1
 
-    state = torch.load(folder / "models/gan/generator_ema.pt", weights_only=True)
-    checkpoint = torch.load(folder / "models/gan/last.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(paths.gan / "generator_ema.pt", weights_only=True)
+    checkpoint = torch.load(paths.gan / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 0 and int(checkpoint["state_dict"]["batches_seen"]) == BATCHES_PER_EPOCH
     ema_in_checkpoint = prefixed(checkpoint["state_dict"], "generator_ema.module.")
     assert all(torch.equal(ema_in_checkpoint[k], v) for k, v in state.items())
+    # the checkpoint alone rebuilds the module: its hyperparameters are saved in it
+    module = ConditionalGAN.load_from_checkpoint(paths.gan / "last.ckpt", map_location="cpu")
+    assert weights_hash(module.generator_ema.module) == default_run.generator_hash
 
-    losses = default_run.losses
-    assert {"step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "conditioning"} <= set(losses.columns)
-    assert losses["step"].is_monotonic_increasing and losses["loss_d"].notna().all() and len(losses) >= 2
-    assert [p.name for p in (folder / "reports/train/grids").iterdir()] == ["epoch_0001.png"]
-    with Image.open(folder / "reports/train/samples.png") as grid:  # 10 rows of 4 images of 16 px, 2 px padding
+    assert [p.name for p in (paths.samples / "grids").iterdir()] == ["epoch_0001.png"]
+    with Image.open(paths.samples / "samples.png") as grid:  # 10 rows of 4 images of 16 px, 2 px padding
         assert grid.size == (4 * 18 + 2, 10 * 18 + 2)
 
 
-def test_two_runs_with_the_same_seed_give_identical_weights(default_run, prepared_tiny, tmp_path):
-    assert train_fresh(prepared_tiny, tmp_path / "same").generator_hash == default_run.generator_hash
-    assert train_fresh(prepared_tiny, tmp_path / "other", seed=1).generator_hash != default_run.generator_hash
+def test_train_report_is_dvclive_metrics_and_one_plain_tsv_per_metric(default_run):
+    report = default_run.paths.train_report
+    metrics = json.loads((report / "metrics.json").read_text())
+    tsvs = metric_tsvs(report)
+    assert {tsv.name for tsv in tsvs} == {f"{name}.tsv" for name in LOGGED}
+    assert [tsv.parent for tsv in tsvs] == [report / "plots/metrics"] * len(tsvs)
+    for tsv in tsvs:
+        rows = dvc_parse_plot(LocalFileSystem(), str(tsv))["data"]  # DVC's own reader of `dvc plots show`
+        assert list(rows[0]) == ["step", tsv.stem]
+        steps = [int(row["step"]) for row in rows]
+        assert len(steps) >= 2 and steps == sorted(set(steps))
+        # metrics.json (what `dvc metrics show` and `dvc exp show` read) holds the last logged values
+        assert metrics[tsv.stem] == pytest.approx(float(rows[-1][tsv.stem]))
+        assert metrics["step"] == steps[-1]
+    assert {"loss_d", "loss_g"} <= metrics.keys()
+    assert np.isfinite([metrics["loss_d"], metrics["loss_g"]]).all()
+    assert default_run.log["conditioning"].eq(1).all()  # no transition: fully conditional throughout
+
+
+def test_outputs_are_byte_identical_in_another_folder_and_hold_no_absolute_path(default_run, prepared_tiny,
+                                                                                 tmp_path):
+    # dvc.lock hashes these folders: a fresh clone elsewhere must reproduce them bit for bit. (This also
+    # is the determinism test: the same seed and params give the same bytes.)
+    other = train_fresh(prepared_tiny, tmp_path / "elsewhere")
+    outputs = ("models/gan", "models/gan-resume", "reports/train", "reports/samples")
+    here, there = files_under(default_run.paths.root, outputs), files_under(other.paths.root, outputs)
+    assert {"models/gan/last.ckpt", "models/gan-resume/last.ckpt", "reports/train/metrics.json"} <= here.keys()
+    assert sorted(here) == sorted(there)
+    assert [name for name in here if here[name] != there[name]] == []
+    for root in (default_run.paths.root, other.paths.root):
+        for needle in {str(root).encode(), str(root.resolve()).encode()}:
+            assert [name for name, content in here.items() if needle in content] == []
+            assert [name for name, content in there.items() if needle in content] == []
+
+
+def test_another_seed_gives_other_weights(default_run, prepared_tiny, tmp_path):
+    assert train_fresh(prepared_tiny, tmp_path, seed=1).generator_hash != default_run.generator_hash
+
+
+def test_a_batch_size_larger_than_the_train_split_is_reduced_with_a_note(workspace, capsys):
+    train.run(fast_params(batch_size=1000), workspace)
+    assert (f"train: note: train.batch_size 1000 is larger than the train split ({TRAIN_IMAGES} images); "
+            f"using {TRAIN_IMAGES}") in capsys.readouterr().out
+    details = ModelMeta.read(workspace.gan / "generator_ema.json").details
+    assert details["batch_size"] == TRAIN_IMAGES
+    assert details["batches"] == FAST["max_epochs"]  # one batch of the whole split per epoch
+    # fewer batches than the usual log interval still log: reports/train/plots is a DVC output
+    assert {"loss_d", "loss_g"} <= json.loads((workspace.train_report / "metrics.json").read_text()).keys()
+    assert (workspace.train_report / "plots/metrics/loss_d.tsv").is_file()
 
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypatch, capsys):
-    params = fast_params(max_epochs=2)
+    # 14 batches per epoch: Lightning logs every 5th batch under its 0-based index, so the crashed epoch
+    # logs step 14, the first batch after the checkpoint, which the resumed run logs again.
+    params = fast_params(max_epochs=2, batch_size=35)
+    per_epoch = TRAIN_IMAGES // 35
     steps_run = []
     original_step = ConditionalGAN.training_step
 
@@ -222,23 +291,32 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypa
     monkeypatch.setattr(ConditionalGAN, "training_step", counting_step)
     monkeypatch.setattr(ConditionalGAN, "on_train_epoch_end", crash_at_end_of_second_epoch, raising=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train.run(params)
-    assert not (workspace / "models/gan").exists()  # an unfinished run publishes nothing
-    assert torch.load(train.RESUME_DIR / train.CHECKPOINT, weights_only=True)["epoch"] == 0
+        train.run(params, workspace)
+    assert not workspace.gan.exists() and not workspace.train_report.exists()  # an unfinished run publishes nothing
+    assert torch.load(workspace.gan_resume / train.CHECKPOINT, weights_only=True)["epoch"] == 0
+    crashed_log = pd.read_csv(workspace.gan_resume / "live/plots/metrics/loss_d.tsv", sep="\t")
+    assert per_epoch in crashed_log["step"].values
 
     monkeypatch.delattr(ConditionalGAN, "on_train_epoch_end")
     steps_run.clear()
-    train.run(params)
-    assert "train: resuming from models/gan-resume/last.ckpt" in capsys.readouterr().out
-    assert len(steps_run) == BATCHES_PER_EPOCH  # the second epoch only
-    assert int(train_checkpoint_state()["batches_seen"]) == 2 * BATCHES_PER_EPOCH
-    assert json.loads((workspace / "models/gan/generator_ema.json").read_text())["epochs"] == 2
-    assert set(pd.read_csv("reports/train/losses.csv")["epoch"]) == {0, 1}  # the logs of both runs
+    train.run(params, workspace)
+    assert f"train: resuming from {workspace.gan_resume / train.CHECKPOINT}" in capsys.readouterr().out
+    assert len(steps_run) == per_epoch  # the second epoch only
+    assert int(checkpoint_state(workspace)["batches_seen"]) == 2 * per_epoch
+    assert ModelMeta.read(workspace.gan / "generator_ema.json").details["epochs"] == 2
+    for tsv in metric_tsvs(workspace.train_report):
+        steps = pd.read_csv(tsv, sep="\t")["step"].tolist()
+        assert steps == sorted(set(steps)), f"{tsv.name}: a step logged twice"
+        assert steps[0] < per_epoch <= steps[-1]  # the logs of both runs
+    log = read_live_log(workspace.train_report)
+    first_epoch = crashed_log[crashed_log["step"] < per_epoch]
+    assert log["loss_d"][:len(first_epoch)].tolist() == first_epoch["loss_d"].tolist()  # kept from the first run
+    assert set(log["epoch"]) == {0, 1}
 
     steps_run.clear()
-    train.run(fast_params(max_epochs=2, lr_g=5e-4))
+    train.run(fast_params(max_epochs=2, batch_size=35, lr_g=5e-4), workspace)
     assert "was made with other params or data; starting fresh" in capsys.readouterr().out
-    assert len(steps_run) == 2 * BATCHES_PER_EPOCH
+    assert len(steps_run) == 2 * per_epoch
 
 
 # --- each limited-data technique is switchable and has an effect ---------------------------------
@@ -246,11 +324,12 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypa
 
 def test_class_balanced_sampling_draws_rare_classes_more_often(workspace):
     def rare_share(balance: float) -> float:
-        data = TrainImages(PREPARED_DIR, 32, balance, seed=0)
+        data = TrainImages(workspace.prepared, 32, balance, seed=0)
+        data.setup("fit")
         labels = torch.cat([y for _, y in data.train_dataloader()] * 5)
         return (labels == 9).float().mean().item()
 
-    counts = TrainImages(PREPARED_DIR, 32, 0.0, seed=0).counts
+    counts = TrainImages(workspace.prepared, 32, 0.0, seed=0).counts
     natural, uniform = rare_share(0.0), rare_share(1.0)
     assert natural == pytest.approx(counts[9] / sum(counts), abs=0.02)
     assert uniform == pytest.approx(0.1, abs=0.03)
@@ -271,7 +350,7 @@ def test_ema_on_saves_an_average_and_off_the_generator_itself(default_run, prepa
 def test_diffaugment_lecam_and_loss_switches_change_the_training(default_run, prepared_tiny, tmp_path, switch):
     run = train_fresh(prepared_tiny, tmp_path, **switch)
     assert run.generator_hash != default_run.generator_hash
-    assert ("lecam" in run.losses.columns) == ("lecam_weight" in switch)
+    assert ("lecam" in run.log.columns) == ("lecam_weight" in switch)
 
 
 def test_transitional_conditioning_keeps_the_generator_unconditional_until_it_starts(default_run, prepared_tiny,
@@ -280,7 +359,7 @@ def test_transitional_conditioning_keeps_the_generator_unconditional_until_it_st
     # GSR off: its (sub)gradient would move the tables even while the class conditioning is off
     run = train_fresh(prepared_tiny, tmp_path, transition_start=BATCHES_PER_EPOCH, gsr_weight=0.0)
     assert all((table == 0).all() for table in run.class_tables())  # no class information reached G yet
-    assert run.losses["conditioning"].eq(0).all()
+    assert run.log["conditioning"].eq(0).all()
 
 
 def test_group_spectral_regularisation_lowers_the_class_tables_spectral_norms(prepared_tiny, tmp_path):
@@ -290,63 +369,96 @@ def test_group_spectral_regularisation_lowers_the_class_tables_spectral_norms(pr
     off = train_fresh(prepared_tiny, tmp_path / "off", gsr_weight=0.0)
     strong = train_fresh(prepared_tiny, tmp_path / "strong", gsr_weight=10.0)
     assert total_spectral_norm(strong) < 0.5 * total_spectral_norm(off)
-    assert strong.losses["gsr"].notna().all() and "gsr" not in off.losses.columns
+    assert strong.log["gsr"].notna().all() and "gsr" not in off.log.columns
 
 
 # --- DDP and the command line --------------------------------------------------------------------
 
 
-def stage_folder(workspace, **train_overrides):
-    write_params(workspace, merge_dicts(TINY_PARAMS, {"train": {**FAST, **train_overrides}}))
-    return workspace
+def stage_folder(paths: Paths, **train_overrides) -> Path:
+    write_params(paths.root, merge_dicts(TINY_PARAMS, {"train": {**FAST, **train_overrides}}))
+    return paths.root
 
 
 def test_ddp_on_two_cpu_processes_trains_one_epoch(workspace):
-    stage_folder(workspace, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
-    result = run_cli("train", cwd=workspace)
+    folder = stage_folder(workspace, max_epochs=1, accelerator="cpu", devices=2, strategy="ddp")
+    result = run_cli("train", cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
-    generator, meta = load_generator()
+    generator, meta = load_generator(workspace.gan)
     with torch.no_grad():
-        images = generator(torch.randn(10, meta["z_dim"]), torch.arange(10))
+        images = generator(torch.randn(10, meta.z_dim), torch.arange(10))
     assert images.shape == (10, 1, 16, 16) and torch.isfinite(images).all()
-    assert meta["batches"] == 498 // (32 * 2)  # each process trains on half of every epoch
+    assert meta.details["batches"] == TRAIN_IMAGES // (32 * 2)  # each process trains on half of every epoch
+    assert "loss_d" in json.loads((workspace.train_report / "metrics.json").read_text())
 
 
-def _one_class_left(workspace):
-    manifest = pd.read_csv(PREPARED_DIR / "manifest.csv")
-    manifest[manifest.label == 0].to_csv(PREPARED_DIR / "manifest.csv", index=False)
-    stats = json.loads((PREPARED_DIR / "stats.json").read_text())
+@pytest.fixture
+def no_training(monkeypatch):
+    """Bad input must be rejected before a Trainer exists (a DDP one would start processes)."""
+
+    def trainer(*args, **kwargs):
+        raise AssertionError("the training started")
+
+    monkeypatch.setattr(pl, "Trainer", trainer)
+
+
+def _one_class_left(paths: Paths):
+    manifest = pd.read_csv(paths.prepared / "manifest.csv")
+    manifest[manifest.label == 0].to_csv(paths.prepared / "manifest.csv", index=False)
+    stats = json.loads((paths.prepared / "stats.json").read_text())
     stats["classes"] = stats["classes"][:1]
-    (PREPARED_DIR / "stats.json").write_text(json.dumps(stats))
+    (paths.prepared / "stats.json").write_text(json.dumps(stats))
 
 
-def _no_train_image_for_class_3(workspace):
-    manifest = pd.read_csv(PREPARED_DIR / "manifest.csv")
-    manifest[~((manifest.label == 3) & (manifest.split == "train"))].to_csv(PREPARED_DIR / "manifest.csv", index=False)
+def _no_train_image_for_class_3(paths: Paths):
+    manifest = pd.read_csv(paths.prepared / "manifest.csv")
+    manifest[~((manifest.label == 3) & (manifest.split == "train"))].to_csv(paths.prepared / "manifest.csv",
+                                                                             index=False)
+    stats = json.loads((paths.prepared / "stats.json").read_text())
+    stats["counts"]["train"]["3"] = 0
+    (paths.prepared / "stats.json").write_text(json.dumps(stats))
 
 
-def _image_size_24(workspace):
-    stats = json.loads((PREPARED_DIR / "stats.json").read_text())
+def _image_size_24(paths: Paths):
+    stats = json.loads((paths.prepared / "stats.json").read_text())
     stats["image_size"] = 24
-    (PREPARED_DIR / "stats.json").write_text(json.dumps(stats))
+    (paths.prepared / "stats.json").write_text(json.dumps(stats))
 
 
-@pytest.mark.parametrize("damage, overrides, message", [
-    (lambda w: shutil.rmtree(w / "data"), {}, "data/prepared/stats.json: not found"),
-    (_one_class_left, {}, "1 class(es); a conditional GAN needs at least 2"),
-    (_no_train_image_for_class_3, {}, "class '3' has no training image"),
-    (_image_size_24, {}, "image size 24 is not supported"),
-    (None, {"batch_size": 1000}, "train.batch_size 1000 is larger than the training set (498 images"),
-    (None, {"loss": "wgan"}, "train.loss must be one of hinge, nonsaturating, got 'wgan'"),
-    (None, {"diffaugment": ["color", "flip"]}, "train.diffaugment[1] must be one of color, translation, cutout"),
-    (None, {"transition_start": 100}, "train.transition_start + train.transition_steps (100 batches) is longer"),
+@pytest.mark.parametrize("damage, error, message", [
+    (lambda paths: shutil.rmtree(paths.root / "data"), InputError, "data/prepared/stats.json: not found"),
+    (_one_class_left, InputError, "1 class(es); a conditional GAN needs at least 2"),
+    (_no_train_image_for_class_3, InputError, "class '3' has no training image"),
+    (_image_size_24, ConfigError, "image size 24 is not supported"),
 ])
-def test_bad_input_is_one_line_naming_the_culprit(workspace, damage, overrides, message):
-    stage_folder(workspace, **overrides)
-    if damage:
-        damage(workspace)
-    result = run_cli("train", cwd=workspace)
+def test_bad_input_fails_before_training_with_one_line_naming_the_culprit(workspace, no_training, damage, error,
+                                                                         message):
+    damage(workspace)
+    with pytest.raises(error) as caught:
+        train.run(fast_params(), workspace)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not workspace.gan_resume.exists()  # rejected before the training started
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss": "wgan"}, "train.loss must be one of hinge, nonsaturating, got 'wgan'"),
+    ({"diffaugment": ["color", "flip"]}, "train.diffaugment[1] must be one of color, translation, cutout"),
+    ({"transition_start": 100}, "train.transition_start + train.transition_steps (100 batches) is longer"),
+    # two processes draw 249 images each per epoch
+    ({"batch_size": 300, "accelerator": "cpu", "devices": 2}, "a batch of 300 leaves no full batch for each of the 2"),
+])
+def test_bad_train_params_fail_with_one_line_naming_the_key(workspace, no_training, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        train.run(fast_params(**overrides), workspace)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not workspace.gan_resume.exists()
+
+
+def test_command_line_prints_bad_input_as_one_error_line_and_exits_2(workspace):
+    folder = stage_folder(workspace)
+    _one_class_left(workspace)
+    result = run_cli("train", cwd=folder)
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: ") and message in last_line
+    assert last_line.startswith("error: ") and "a conditional GAN needs at least 2" in last_line
     assert "Traceback" not in result.stderr
