@@ -3,7 +3,7 @@
     python benchmarks/generate_throughput.py            # on all CPU cores torch sees
     taskset -c 0,1 python benchmarks/generate_throughput.py
 
-Runs in a temporary folder: prepares the default dataset (mnist5k, 32x32; not timed), saves an
+Runs in a temporary folder: prepares the default dataset (params.yaml's source; not timed), saves an
 untrained generator and judge of the default sizes (speed does not depend on the weights), and
 times `generate.run` with the gate on. An untrained judge is sure of nothing, so the label check
 is computed and recorded for every image but not applied (`check_label: false`); the memorisation
@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 from pipeline import generate, nets, prepare  # noqa: E402
-from pipeline.config import JudgeParams, TrainParams, params_from_dict  # noqa: E402
-from pipeline.io import read_json  # noqa: E402
+from pipeline.config import load_params, params_from_dict  # noqa: E402
+from pipeline.contracts import ModelMeta, PreparedStats, SyntheticSummary  # noqa: E402
+from pipeline.paths import Paths  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -35,30 +36,29 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000, help="synthetic images to make (about)")
     args = parser.parse_args()
 
+    defaults = load_params(REPO_ROOT / "params.yaml")
     with tempfile.TemporaryDirectory() as folder:
-        os.chdir(folder)
-        prepare.run(params_from_dict({"seed": 0}))
-        stats = read_json("data/prepared/stats.json")
-        class_names = [c["class_name"] for c in stats["classes"]]
-        real = [stats["counts"]["train"][name] for name in class_names]
+        paths = Paths(Path(folder))
+        source = str(REPO_ROOT / defaults.data.source)
+        prepare.run(params_from_dict({"seed": 0, "data": {"source": source}}), paths)
+        stats = PreparedStats.read(paths.prepared)
+        real = stats.split_counts("train")
         target = math.ceil((args.images + sum(real)) / len(real))  # every class raised to this count
 
-        train, judge = TrainParams(), JudgeParams()
-        size, channels = stats["image_size"], stats["channels"]
-        generator = nets.Generator(size, channels, len(class_names), train.z_dim, train.g_width)
-        nets.save_model(generator.eval(), nets.GAN_DIR, "generator_ema", {
-            "image_size": size, "channels": channels, "class_names": class_names, "z_dim": train.z_dim, "width": train.g_width,
-        })
-        classifier = nets.Classifier(size, channels, len(class_names), judge.width)
-        nets.save_model(classifier.eval(), nets.JUDGE_DIR, "judge", {
-            "image_size": size, "channels": channels, "class_names": class_names, "width": judge.width,
-        })
+        train, judge = defaults.train, defaults.judge
+        size, channels = stats.image_size, stats.channels
+        generator = nets.Generator(size, channels, stats.num_classes, train.z_dim, train.g_width)
+        nets.save_model(generator.eval(), paths.gan, "generator_ema",
+                        ModelMeta(size, channels, stats.class_names, train.g_width, z_dim=train.z_dim))
+        classifier = nets.Classifier(size, channels, stats.num_classes, judge.width)
+        nets.save_model(classifier.eval(), paths.judge, "judge", ModelMeta(size, channels, stats.class_names, judge.width))
 
-        params = params_from_dict({"seed": 0, "generate": {"target": target, "check_label": False}})
+        params = params_from_dict({"seed": 0, "data": {"source": source},
+                                   "generate": {"target": target, "check_label": False}})
         start, start_cpu = time.perf_counter(), time.process_time()
-        generate.run(params)
+        generate.run(params, paths)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-        made = read_json("data/synthetic/summary.json")["generated"]
+        made = SyntheticSummary.read(paths.synthetic).generated
         # CPU time next to wall time: on a machine shared with other jobs the wall time says little
         print(f"\n{made} images of {size}x{size} generated, gated and written in {seconds:.1f} s "
               f"({cpu_seconds:.1f} s of CPU) on {torch.get_num_threads()} thread(s): {made / seconds:.0f} images/s "

@@ -3,12 +3,12 @@ versus a plain PyTorch loop doing the same work.
 
 Both train the same generator and discriminator (the `train:` params of params.yaml), on the same
 prepared data and data loader, with the same batch size and number of batches: one discriminator
-step and one generator step per batch, DiffAugment, the EMA update. They alternate in one process
-for several rounds after an untimed warm-up of each. The raw loop logs nothing; Lightning logs
-the losses (CSVLogger) as the stage does. Run from the repository root after
-`python -m pipeline prepare`:
+step and one generator step per batch, DiffAugment, the EMA update (the raw loop covers the default
+switches: no mode seeking). They alternate in one process for several rounds after an untimed
+warm-up of each. The raw loop logs nothing; Lightning logs the losses to a CSV file. Run from the
+repository root after `python -m pipeline prepare`:
 
-    python benchmarks/train_throughput.py [--batches 30] [--rounds 3]
+    python benchmarks/train_throughput.py [--batches 30] [--rounds 3] [--accelerator cpu|gpu]
 
 The last line printed is `lightning_vs_raw_throughput_ratio=<x>` (total Lightning images/second over
 total raw images/second).
@@ -17,6 +17,7 @@ total raw images/second).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.optim.swa_utils import AveragedModel
 
 from pipeline.augment import diff_augment
-from pipeline.config import TrainParams, load_params
+from pipeline.config import TrainParams, load_params, params_to_dict
 from pipeline.gan import (
     ConditionalGAN,
     TrainImages,
@@ -38,13 +39,13 @@ from pipeline.gan import (
     group_spectral_norm,
     lecam_penalty,
 )
-from pipeline.io import PREPARED_DIR
+from pipeline.paths import Paths
 from pipeline.nets import Discriminator, Generator, to_unit_range
 from pipeline.train import trainer_settings
 
 
 def lightning_seconds(cfg: TrainParams, data: TrainImages, batches: int, settings: dict, log_dir: str) -> float:
-    module = ConditionalGAN(cfg, data.image_size, data.channels, data.num_classes)
+    module = ConditionalGAN(params_to_dict(cfg), data.image_size, data.channels, data.num_classes)
     trainer = pl.Trainer(**settings, max_steps=2 * batches,  # two optimiser steps per batch
                          logger=CSVLogger(log_dir), log_every_n_steps=5, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
@@ -110,11 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=30, help="batches per timed run (default 30)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (default 3)")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="auto: the GPU (bf16-mixed) when there is one, else the CPU")
     args = parser.parse_args()
 
     params = load_params()
-    cfg = params.train
-    data = TrainImages(PREPARED_DIR, cfg.batch_size, cfg.balance, params.seed)
+    cfg = dataclasses.replace(params.train, accelerator=args.accelerator)
+    data = TrainImages(Paths().prepared, cfg.batch_size, cfg.balance, params.seed)
+    data.setup("fit")
     settings = {**trainer_settings(cfg, torch.cuda.device_count()), "devices": 1, "strategy": "auto"}
     device = torch.device("cuda" if settings["accelerator"] == "gpu" else "cpu")
     bf16 = settings["precision"] == "bf16-mixed"

@@ -4,7 +4,8 @@ A small CNN (nets.Classifier) learns from uint8 images held in memory, each draw
 albumentations (`classifier_augmentation`), with AdamW, under Lightning's Trainer. Every
 `eval_every` updates it is scored on the real val split; training stops when the val balanced
 accuracy has not improved for `patience` scorings (or at `max_steps`), and the best-on-val weights
-are kept. Without val images it trains for `max_steps` and keeps the last weights.
+are kept; the learning rate is cut by 5 whenever the score has not risen for two scorings. Without
+val images it trains for `max_steps` at a constant rate and keeps the last weights.
 
 Seeding makes runs paired: two calls with the same seed start from the same weights and draw the
 same augmentation stream, whatever their training data.
@@ -71,10 +72,10 @@ class AugmentedImages(Dataset):
 
 class ClassifierModule(pl.LightningModule):
     def __init__(self, image_size: int, channels: int, num_classes: int, recipe: ClassifierParams,
-                 log_prior: torch.Tensor | None = None):
+                 log_prior: torch.Tensor | None = None, validated: bool = True):
         super().__init__()
         self.net = nets.Classifier(image_size, channels, num_classes, recipe.width)
-        self.recipe = recipe
+        self.recipe, self.validated = recipe, validated
         self.register_buffer("log_prior", log_prior if log_prior is not None else torch.zeros(num_classes))
         self.val_predictions, self.val_labels = [], []
 
@@ -96,7 +97,12 @@ class ClassifierModule(pl.LightningModule):
         self.val_predictions, self.val_labels = [], []
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.net.parameters(), lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.recipe.lr, weight_decay=self.recipe.weight_decay)
+        if not self.validated:
+            return optimizer
+        # the val score is noisy at a constant learning rate: cut it when the score stops rising (two scorings)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.2, patience=1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": MONITOR}}
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -116,7 +122,8 @@ def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, n
     """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went."""
     pl.seed_everything(seed, verbose=False)
     prior = log_prior(data.labels, data.weights, num_classes, data.logit_adjustment) if data.logit_adjustment else None
-    module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior)
+    validate = len(val_labels) > 0
+    module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
     module.to(memory_format=torch.channels_last)
     dataset = AugmentedImages(data.images, data.labels, seed)
     draws, generator = recipe.eval_every * recipe.batch_size, torch.Generator().manual_seed(seed)
@@ -125,7 +132,6 @@ def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, n
     else:
         sampler = WeightedRandomSampler(torch.tensor(data.weights, dtype=torch.double), draws, generator=generator)
     train_loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler)  # an epoch: eval_every updates
-    validate = len(val_labels) > 0
     val_loader = DataLoader(TensorDataset(val_images, val_labels), batch_size=500) if validate else None
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the images are in memory

@@ -48,7 +48,7 @@ class DataParams:
     # a built-in source (data/builtin/<name>.yaml) or a path to an ImageFolder, a pre-split folder,
     # a folder of MNIST-style IDX files, or a CSV manifest (path,label)
     source: str = "data/builtin/mnist5k.yaml"
-    image_size: int = bounded(32, ge=8, le=1024)
+    image_size: int = bounded(32, choices=(16, 32, 64, 128))  # the sizes the GAN's networks are built for
     channels: Literal["auto", "grayscale", "rgb"] = "auto"
     max_per_class: Optional[int] = bounded(None, ge=2)  # at most this many images of a class per source split
     imbalance: ImbalanceParams = field(default_factory=ImbalanceParams)
@@ -94,6 +94,7 @@ class TrainParams:
     transition_start: int = bounded(0, ge=0)  # batches trained unconditionally first
     transition_steps: int = bounded(0, ge=0)  # batches over which the class conditioning is blended in
     gsr_weight: float = bounded(0.2, ge=0.0)  # group spectral regularisation of the class norms; 0: off
+    mode_seeking_weight: float = bounded(0.0, ge=0.0)  # mode seeking regularisation against collapse; 0: off
     # hardware: "auto" picks the GPU (bf16-mixed) when there is one, else the CPU (32-true)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Union[Literal["auto"], int] = bounded("auto", ge=1)
@@ -121,6 +122,11 @@ class GenerateParams:
     # gate check 2, memorisation: reject a candidate closer (judge features) to a real train image of
     # its class than the class's closest pair of distinct real images (the evaluate stage's copy rule)
     check_memorisation: bool = True
+    # first: keep the first candidates that pass; diverse: let `pool` times as many pass and keep a
+    # spread-out subset (farthest from the class's real images and from each other, in judge features);
+    # informative: of `pool` times as many, keep those the judge is least sure of
+    selection: Literal["first", "diverse", "informative"] = "first"
+    pool: int = bounded(4, ge=1)
     # a class may draw max_attempts candidates per image it needs before it counts as failed
     max_attempts: int = bounded(20, ge=1)
     allow_short: bool = False  # true: a failed class keeps what it has instead of stopping the stage
@@ -138,6 +144,10 @@ class GenerateParams:
 @dataclass(frozen=True)
 class MergeParams:
     synthetic_share: float = bounded(0.5, ge=0.0, le=1.0)  # of a rare class's sampling mass, on its synthetic images
+    # imagefolder: one PNG per image (train/<folder>/*.png); shards: WebDataset tar files of `shard_size`
+    # images each (shards/train-NNNNNN.tar), a few files for DVC instead of one per image; both
+    format: Literal["imagefolder", "shards", "both"] = "imagefolder"
+    shard_size: int = bounded(5000, ge=1)
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,16 @@
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=sampler)
 
 `dataset[i]` is (image, label) for row i of `manifest`, like torchvision's ImageFolder: a PIL image
-in the dataset's mode ("L" or "RGB"), or whatever `transform` makes of it. The sampler draws with the
+in the dataset's mode ("L" or "RGB"), or whatever `transform` makes of it. The images are read from
+the ImageFolder form or, when merge published only shards (`merge.format`), from the tar shards by
+seeking to each one: the same items in the same order either way. The sampler draws with the
 manifest's `weight` column: every class equally often, with `merge.synthetic_share` of each rare
 class's draws on its synthetic images.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,28 +25,41 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from pipeline.contracts import MANIFEST_COLUMNS
 from pipeline.errors import InputError
-from pipeline.io import read_json, read_manifest
+from pipeline.io import read_json, read_manifest, read_span, tar_spans
 from pipeline.sampling import class_weights
 
 GATE_NUMBERS = ["judge_confidence", "judge_prediction", "nn_distance"]
 
 
 class ManifestDataset(Dataset):
-    """The images of a manifest, read from `root`, with their labels."""
+    """The images of a manifest, read from `root` (its files, or its tar shards), with their labels."""
 
-    def __init__(self, root: Path, manifest: pd.DataFrame, mode: str, transform: Optional[Callable] = None):
-        self.paths = [root / path for path in manifest["path"]]
+    def __init__(self, root: Path, manifest: pd.DataFrame, mode: str, transform: Optional[Callable] = None,
+                 from_shards: bool = False):
+        # where each image's bytes are: (file, offset, size); a whole file is (file, 0, -1)
+        self.spans = shard_spans(root, manifest) if from_shards else [(root / path, 0, -1) for path in manifest["path"]]
         self.targets = manifest["label"].tolist()
         self.mode = mode
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.spans)
 
     def __getitem__(self, index: int):
-        with Image.open(self.paths[index]) as image:
+        with Image.open(io.BytesIO(read_span(*self.spans[index]))) as image:
             image = image.convert(self.mode)
         return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+def shard_spans(root: Path, manifest: pd.DataFrame) -> list[tuple[Path, int, int]]:
+    """(shard file, offset, size) of each row's PNG, from the headers of the shards the manifest names."""
+    in_shard = {shard: tar_spans(root / shard) for shard in manifest["shard"].unique()}
+    spans = []
+    for shard, key in zip(manifest["shard"], manifest["key"]):
+        if f"{key}.png" not in in_shard[shard]:
+            raise InputError(f"{root / shard}: has no {key}.png, which manifest.csv lists; the dataset is incomplete")
+        spans.append((root / shard, *in_shard[shard][f"{key}.png"]))
+    return spans
 
 
 def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = None,
@@ -67,6 +83,7 @@ def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = 
         if manifest.empty:
             raise InputError(f"{root}/manifest.csv: no {origin} images")
         weights = class_weights(manifest["label"].to_numpy(), len(card["classes"]))
-    dataset = ManifestDataset(root, manifest, card["mode"], transform)
+    from_shards = card.get("format") == "shards"  # cards made before merge.format have none: ImageFolder
+    dataset = ManifestDataset(root, manifest, card["mode"], transform, from_shards)
     sampler = WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), num_samples=len(manifest))
     return dataset, manifest, sampler

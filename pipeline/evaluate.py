@@ -29,7 +29,7 @@ from pipeline.io import atomic_output, json_text, load_images, read_json, read_m
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts, class_quality, nearest_real_table
-from pipeline.utility import ArmInputs, best_classical, gain, run_arms, summarise
+from pipeline.utility import best_classical, gain, read_arm_inputs, run_arms, summarise
 
 HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy")
 
@@ -63,10 +63,6 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
     train, val, test = (load_split(paths.prepared, stats, split) for split in ("train", "val", "test"))
     synthetic = load_images(paths.synthetic, synthetic_rows, stats.channels)
-    holdout_rows = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
-    holdout = (load_images(paths.holdout, holdout_rows, stats.channels) if len(holdout_rows)
-               else (train[0][:0], train[1][:0]))
-    merged_images, merged_labels = load_images(paths.augmented, merged_rows, stats.channels)
 
     # 1. quality, per class, in judge features
     train_features, val_features = predict(judge, train[0])[1], predict(judge, val[0])[1]
@@ -85,10 +81,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
                                  copy_bars)
 
     # 2. downstream utility over paired seeds
-    inputs = ArmInputs(merged_images, merged_labels, (merged_rows["origin"] == "synthetic").to_numpy(),
-                       merged_rows["weight"].to_numpy(), *holdout, stats.num_classes)
     tail = tail_classes(stats.split_counts("train"))
-    runs = run_arms(inputs, val, test, tail, cfg, params.seed)
+    runs = run_arms(read_arm_inputs(paths, stats), val, test, tail, cfg, params.seed)
     arms, recalls = summarise(runs, stats.class_names)
     baseline = best_classical(runs)
     augmented_gain = gain(runs, baseline)

@@ -60,6 +60,17 @@ def group_spectral_norm(class_params: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(class_params.float().view(num_classes, rows, -1), ord=2).mean()
 
 
+def mode_seeking_penalty(images: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode seeking (Mao et al., "Mode Seeking GANs", CVPR 2019): the first and second halves of the
+    batch are two latents under the same labels; the penalty is 1 / (mean image distance / mean latent
+    distance), so the generator is pushed to make different latents give different images instead of
+    collapsing each class onto a few modes."""
+    half = images.shape[0] // 2
+    image_distance = (images[:half] - images[half:2 * half]).abs().mean()
+    noise_distance = (noise[:half] - noise[half:2 * half]).abs().mean()
+    return 1.0 / (image_distance / noise_distance + eps)
+
+
 def conditioning_strength(batches_seen: int, start: int, steps: int) -> float:
     """Transitional conditioning (Shahbazi et al., ICLR 2022): 0 (unconditional) for the first
     `start` batches, then a linear ramp to 1 (fully class-conditional) over `steps` batches."""
@@ -192,9 +203,16 @@ class ConditionalGAN(pl.LightningModule):
             opt_d.step()
 
         with self.toggled_optimizer(opt_g):
-            fake = self.generator(self.noise(n), labels, strength)
+            if cfg.mode_seeking_weight > 0:  # pairs of latents under one label: the second half repeats the first's
+                labels = torch.cat([labels[: n // 2], labels[: n // 2], labels[2 * (n // 2):]])
+            noise = self.noise(n)
+            fake = self.generator(noise, labels, strength)
             fake_logits_g = self.discriminator(diff_augment(fake, cfg.diffaugment), labels, strength).float()
             loss_g = generator_loss(cfg.loss, fake_logits_g)
+            if cfg.mode_seeking_weight > 0:
+                seeking = mode_seeking_penalty(fake, noise)
+                loss_g = loss_g + cfg.mode_seeking_weight * seeking
+                self.log("mode_seeking", seeking)
             if cfg.gsr_weight > 0:
                 gsr = sum(group_spectral_norm(table.weight) for norm in self.generator.conditional_norms()
                           for table in (norm.gain, norm.bias))

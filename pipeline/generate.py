@@ -14,6 +14,11 @@
    Candidates are drawn until the class's target is met, or until it has drawn `max_attempts`
    candidates per image it needs; then the stage fails naming the class, or with `allow_short`
    keeps what it has.
+4. Select: `selection: first` keeps the first candidates that pass; `diverse` lets `pool` times as
+   many pass and keeps a spread-out subset of them (farthest-point sampling in judge features, away
+   from the class's real images and from each other), so that the synthetic images add what the
+   few real ones do not show; `informative` keeps the passing candidates the judge is least sure
+   of (the hard cases near the class boundary rather than the easy ones oversampling already gives).
 
 The manifest holds one row per candidate judged, accepted or not, with the gate's verdict; rejected
 rows have no file (`path` is empty) but keep their seed, so they can be regenerated and inspected.
@@ -109,6 +114,22 @@ def gate_verdicts(confidence: np.ndarray, nn_distance: np.ndarray, cfg: Generate
     return ~(low_confidence | too_close), reasons
 
 
+def farthest_point_selection(candidates: np.ndarray, distance_to_anchors: np.ndarray, count: int) -> np.ndarray:
+    """Indices of `count` candidates (rows of features), chosen one at a time as the candidate farthest
+    from the anchors (`distance_to_anchors`: each candidate's distance to its nearest anchor) and from
+    the candidates chosen before it (k-center greedy; ties: the lowest index)."""
+    if count >= len(candidates):
+        return np.arange(len(candidates))
+    nearest = distance_to_anchors.astype(np.float64)
+    chosen = []
+    for _ in range(count):
+        pick = int(np.argmax(nearest))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(candidates - candidates[pick], axis=1))
+        nearest[pick] = -1.0
+    return np.sort(np.array(chosen))
+
+
 def keep_until_target(accepted: np.ndarray, still_needed: int) -> int:
     """How many candidates of a batch, in order, it takes to accept `still_needed` (all if it never does)."""
     positions = np.flatnonzero(accepted)
@@ -130,8 +151,8 @@ class ClassGate:
     copy_threshold: float
     cfg: GenerateParams
 
-    def __call__(self, images: torch.Tensor) -> pd.DataFrame:
-        """The gate's columns (GATE_COLUMNS) for a batch of uint8 candidates of this class."""
+    def __call__(self, images: torch.Tensor) -> tuple[pd.DataFrame, np.ndarray]:
+        """The gate's columns (GATE_COLUMNS) for a batch of uint8 candidates of this class, and their features."""
         probabilities, features = predict(self.judge, images, batch_size=len(images))
         distances, nearest = self.real_index.kneighbors(features.numpy())
         confidence = probabilities[:, self.label].numpy()
@@ -144,7 +165,7 @@ class ClassGate:
             "judge_prediction": probabilities.argmax(dim=1).numpy(),
             "nn_distance": distances[:, 0].round(6),
             "nearest_real": self.real_paths[nearest[:, 0]],
-        })
+        }), features.numpy()
 
 
 def build_gates(judge: nets.Classifier, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
@@ -238,30 +259,49 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
 @torch.inference_mode()
 def sample_class(plan_row, generator: nets.Generator, z_dim: int, gate: ClassGate, seed: int, out: Path) -> pd.DataFrame:
-    """Draw and gate candidates of one class until its planned count is accepted or its budget is spent.
+    """Draw and gate candidates of one class until enough pass (the planned count, times `pool` for the
+    diverse selection) or its budget is spent; select; write the selected images to `out/<folder>/`.
 
-    Accepted images are written to `out/<folder>/`; returns one manifest row per candidate judged.
+    Returns one manifest row per candidate judged; `accepted` marks the selected ones.
     """
     cfg, label, planned = gate.cfg, plan_row.label, plan_row.planned
+    wanted = planned * (1 if cfg.selection == "first" else cfg.pool)
     seeds = candidate_seeds(seed, label, planned * cfg.max_attempts)
-    batches, accepted_count, drawn = [], 0, 0
-    while accepted_count < planned and drawn < len(seeds):
-        # Batches follow the acceptance rate so far, so that a class draws little more than it needs.
-        rate = max(accepted_count / drawn if drawn else 1.0, 1.0 / cfg.max_attempts)
-        size = min(cfg.batch_size, len(seeds) - drawn, math.ceil((planned - accepted_count) / rate))
+    verdicts, images, features, passed, drawn = [], [], [], 0, 0
+    while passed < wanted and drawn < len(seeds):
+        # Batches follow the pass rate so far, so that a class draws little more than it needs.
+        rate = max(passed / drawn if drawn else 1.0, 1.0 / cfg.max_attempts)
+        size = min(cfg.batch_size, len(seeds) - drawn, math.ceil((wanted - passed) / rate))
         batch_seeds = seeds[drawn:drawn + size]
         drawn += size
-        images = nets.to_uint8(generator(latents(batch_seeds, z_dim, cfg.truncation), torch.full((size,), label)))
-        verdicts = gate(images)
-        kept = keep_until_target(verdicts["accepted"].to_numpy(), planned - accepted_count)
-        verdicts = verdicts.iloc[:kept]
-        paths, hashes = [""] * kept, [""] * kept
-        (out / plan_row.folder).mkdir(exist_ok=True)
-        for i in np.flatnonzero(verdicts["accepted"].to_numpy()):
-            png = encode_png_tensor(images[i])
-            paths[i], hashes[i] = f"{plan_row.folder}/{accepted_count:05d}.png", sha256_bytes(png)
-            (out / paths[i]).write_bytes(png)
-            accepted_count += 1
-        batches.append(verdicts.assign(path=paths, sha256=hashes, seed=batch_seeds[:kept]))
-    rows = pd.concat(batches, ignore_index=True) if batches else pd.DataFrame(columns=GATE_COLUMNS + ["path", "sha256", "seed"])
+        batch = nets.to_uint8(generator(latents(batch_seeds, z_dim, cfg.truncation), torch.full((size,), label)))
+        batch_verdicts, batch_features = gate(batch)
+        kept = keep_until_target(batch_verdicts["accepted"].to_numpy(), wanted - passed)
+        batch_verdicts = batch_verdicts.iloc[:kept].assign(seed=batch_seeds[:kept])
+        passing = torch.from_numpy(batch_verdicts["accepted"].to_numpy(dtype=bool, copy=True))
+        verdicts.append(batch_verdicts)
+        images.append(batch[:kept][passing])
+        features.append(batch_features[:kept][passing.numpy()])
+        passed += int(passing.sum())
+    if not verdicts:
+        return pd.DataFrame(columns=GATE_COLUMNS + ["path", "sha256", "seed"]).assign(
+            label=label, class_name=plan_row.class_name, split="train", origin="synthetic")
+    rows = pd.concat(verdicts, ignore_index=True)
+    passing_rows = np.flatnonzero(rows["accepted"].to_numpy())
+    if cfg.selection == "diverse":
+        chosen = farthest_point_selection(np.concatenate(features), rows.loc[passing_rows, "nn_distance"].to_numpy(),
+                                          planned)
+    elif cfg.selection == "informative":
+        chosen = np.sort(np.argsort(rows.loc[passing_rows, "judge_confidence"].to_numpy(), kind="stable")[:planned])
+    else:
+        chosen = np.arange(min(planned, len(passing_rows)))
+    rows.loc[passing_rows, "accepted"] = False
+    rows.loc[passing_rows, "reject_reason"] = "not_selected"
+    rows["path"], rows["sha256"] = "", ""
+    (out / plan_row.folder).mkdir(exist_ok=True)
+    for number, (row, image) in enumerate(zip(passing_rows[chosen], torch.cat(images)[chosen])):
+        png = encode_png_tensor(image)
+        path = f"{plan_row.folder}/{number:05d}.png"
+        (out / path).write_bytes(png)
+        rows.loc[row, ["accepted", "reject_reason", "path", "sha256"]] = [True, "", path, sha256_bytes(png)]
     return rows.assign(label=label, class_name=plan_row.class_name, split="train", origin="synthetic")

@@ -1,4 +1,4 @@
-"""Files: atomic output folders and files, hashes, stable JSON, PNGs, manifests and class folders.
+"""Files: atomic output folders and files, hashes, stable JSON, PNGs, manifests, class folders and tars.
 
 Stages talk to each other only through files; these helpers read and write them (the contracts
 themselves are in contracts.py; docs/ARCHITECTURE.md draws the whole flow).
@@ -13,9 +13,10 @@ import json
 import os
 import re
 import shutil
+import tarfile
 import unicodedata
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -175,3 +176,33 @@ def load_images(root: Path | str, manifest: pd.DataFrame, channels: int) -> tupl
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.int64)
     return images, labels
+
+
+# --- tar files (shards) --------------------------------------------------------------------------
+
+
+def write_tar(path: Path | str, members: Iterable[tuple[str, bytes]]) -> None:
+    """An uncompressed tar of (name, bytes) members in the given order. Every member has the same
+    metadata (mtime 0, uid and gid 0, no user or group names, mode 0644), so equal members give equal bytes."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                len(data), 0, 0o644, 0, 0, "", "")
+            tar.addfile(info, io.BytesIO(data))
+
+
+def tar_spans(path: Path | str) -> dict[str, tuple[int, int]]:
+    """name -> (offset, size) of each file's bytes in an uncompressed tar, to read one by seeking (read_span)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return {info.name: (info.offset_data, info.size) for info in tar if info.isfile()}
+    except (OSError, tarfile.TarError) as err:
+        raise InputError(f"{path}: not a readable tar file ({err})") from None
+
+
+def read_span(path: Path | str, offset: int = 0, size: int = -1) -> bytes:
+    """`size` bytes of a file from `offset` (by default the whole file)."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(size)

@@ -32,6 +32,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     with atomic_output(paths.judge_report) as live_dir:
         logger = DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
         model, history = fit(balanced, val_images, val_labels, stats.num_classes, recipe, params.seed, logger)
+        if history["best_val_balanced_accuracy"] is not None:  # the kept weights' score, beside the last one's
+            logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
+            logger.experiment.make_summary()
 
     details = {"steps": history["steps"], "source_fingerprint": stats.source_fingerprint,
                "params": {"seed": params.seed, "judge": params_to_dict(recipe)}}

@@ -3,6 +3,7 @@
 data/augmented/
   train/<class>/real_NNNNN.png        the real train images (hard links to data/prepared, or copies)
   train/<class>/synthetic_NNNNN.png   the synthetic images that passed the gate
+  shards/train-NNNNNN.tar             or/and the same images as WebDataset shards (merge.format)
   manifest.csv                        one row per image, in ImageFolder order, with a `weight` column
   dataset.json                        the dataset card; `version` is the sha256 of manifest.csv
 
@@ -10,6 +11,13 @@ data/augmented/
 `weight` column is a per-image sampling weight (sampling.class_weights): every class gets the same
 total mass and, within a class that has synthetic images, `merge.synthetic_share` of it goes to them.
 Drawing this way keeps the synthetic images from swamping a rare class's few real ones.
+
+DVC stores and compares every file of an output, which gets slow at tens of thousands of images:
+`merge.format: shards` publishes the images as tar files of `merge.shard_size` images each instead
+(WebDataset's layout: a sample is `<key>.png` and `<key>.json`, its manifest row). The samples are
+shuffled with the seed across the shards, so that a streaming reader sees every class in every
+shard; manifest.csv, still in ImageFolder order, then names each image's `shard` and `key` (its
+`path` stays the image's name in the ImageFolder form).
 """
 
 from __future__ import annotations
@@ -17,17 +25,26 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for,
                                 read_accepted_synthetic)
-from pipeline.io import atomic_output, read_manifest, sha256_file, write_json, write_manifest
+from pipeline.io import atomic_output, json_text, read_manifest, sha256_file, write_json, write_manifest, write_tar
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
 
 GATE_VALUE_COLUMNS = ["judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
+ROW_COLUMNS = MANIFEST_COLUMNS + ["weight"] + GATE_VALUE_COLUMNS  # a row of the manifest, and a shard sample's .json
+SHARD_COLUMNS = ["shard", "key"]  # added to the manifest when the images are in shards
+LAYOUTS = {
+    "imagefolder": "train/<folder>/{real,synthetic}_NNNNN.png: torchvision ImageFolder, class index = label",
+    "shards": "shards/train-NNNNNN.tar: WebDataset samples <key>.png + <key>.json (the manifest row), "
+              "shuffled across shards; manifest.csv names each image's shard and key",
+}
 
 
 def link_or_copy(source: Path, dest: Path) -> None:
@@ -43,6 +60,20 @@ def merged_weights(labels, synthetic, num_classes: int, synthetic_share: float):
     synthetic images, averaging 1, rounded so that the CSV is stable."""
     weights = class_weights(labels, num_classes, balance=1.0, synthetic=synthetic, synthetic_share=synthetic_share)
     return (weights * len(weights) / weights.sum()).round(9)
+
+
+def shard_places(n_images: int, shard_size: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """(shard, key) of each of n images: the images in a random order, cut into shards of `shard_size`;
+    a key is the image's place in that order (zero-padded: names sort in that order up to 10^8 images)."""
+    places = rng.permutation(n_images)
+    return [f"shards/train-{p // shard_size:06d}.tar" for p in places], [f"sample-{p:08d}" for p in places]
+
+
+def manifest_records(frame: pd.DataFrame) -> Iterator[dict]:
+    """Each row of a manifest as a dict of plain values (JSON null for an empty value)."""
+    for row in frame.itertuples(index=False):
+        yield {column: None if pd.isna(value) else value.item() if isinstance(value, np.generic) else value
+               for column, value in zip(frame.columns, row)}
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
@@ -63,18 +94,39 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     rows["weight"] = merged_weights(rows["label"].to_numpy(), (rows["origin"] == "synthetic").to_numpy(),
                                     stats.num_classes, params.merge.synthetic_share)
     rows["judge_prediction"] = rows["judge_prediction"].astype("Int64")
+    image_folder, shards = params.merge.format != "shards", params.merge.format != "imagefolder"
+    if shards:
+        rows["shard"], rows["key"] = shard_places(len(rows), params.merge.shard_size,
+                                                  np.random.default_rng(params.seed))
 
     with atomic_output(paths.augmented) as out:
-        for folder in folder_of.values():
-            (out / "train" / folder).mkdir(parents=True)
-        for origin_path, path in zip(rows["origin_path"], rows["path"]):
-            link_or_copy(origin_path, out / path)
-        manifest = rows[MANIFEST_COLUMNS + ["weight"] + GATE_VALUE_COLUMNS]
+        if image_folder:
+            for folder in folder_of.values():
+                (out / "train" / folder).mkdir(parents=True)
+            for origin_path, path in zip(rows["origin_path"], rows["path"]):
+                link_or_copy(origin_path, out / path)
+        if shards:
+            write_shards(out, rows)
+        manifest = rows[ROW_COLUMNS + (SHARD_COLUMNS if shards else [])]
         write_manifest(manifest, out / "manifest.csv")
         card = dataset_card(manifest, stats, summary, params, sha256_file(out / "manifest.csv"))
         write_json(out / "dataset.json", card)
     print(f"merge: data/augmented version {card['version'][:12]}: {card['counts']['real']} real + "
-          f"{card['counts']['synthetic']} synthetic images in {len(folder_of)} classes")
+          f"{card['counts']['synthetic']} synthetic images in {len(folder_of)} classes"
+          + (f"; {rows['shard'].nunique()} shards in {paths.augmented}/shards" if shards else ""))
+
+
+def write_shards(out: Path, rows: pd.DataFrame) -> None:
+    """The images of `rows` (with `origin_path`, `shard` and `key`) as tars under out/shards/, in key order."""
+    (out / "shards").mkdir()
+    for shard, samples in rows.sort_values("key").groupby("shard", sort=True):
+        write_tar(out / shard, _shard_members(samples))
+
+
+def _shard_members(samples: pd.DataFrame) -> Iterator[tuple[str, bytes]]:
+    for record, key, origin_path in zip(manifest_records(samples[ROW_COLUMNS]), samples["key"], samples["origin_path"]):
+        yield f"{key}.json", json_text(record).encode()
+        yield f"{key}.png", Path(origin_path).read_bytes()
 
 
 def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: SyntheticSummary, params: Params,
@@ -87,7 +139,8 @@ def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: Syntheti
         "image_size": stats.image_size,
         "channels": stats.channels,
         "mode": stats.mode,
-        "layout": "train/<folder>/{real,synthetic}_NNNNN.png: torchvision ImageFolder, class index = label",
+        "format": params.merge.format,
+        "layout": "; ".join(text for form, text in LAYOUTS.items() if params.merge.format in (form, "both")),
         "classes": [
             {
                 "label": c.label,

@@ -12,6 +12,8 @@ import torch
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+from pipeline.errors import InputError
+
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact Euclidean distances (len(a) x len(b)); the matmul shortcut would blur exact duplicates."""
@@ -146,7 +148,8 @@ def copy_thresholds(train: torch.Tensor, train_labels: torch.Tensor, held_out: t
     known = [d for d, n in zip(pairs, sizes) if d is not None and n >= MIN_COPY_RULE_IMAGES]
     known = known or [d for d in pairs if d is not None]
     if not known:
-        raise ValueError("no class has two distinct real images: the copy rule has no scale")
+        raise InputError("no class has two distinct real images (train or val): the copy rule has no scale; "
+                         "add images to the source")
     fallback = float(np.median(known))
     return [d if d is not None and n >= MIN_COPY_RULE_IMAGES else fallback for d, n in zip(pairs, sizes)]
 

@@ -1,17 +1,24 @@
 """Stage `prepare`: source -> data/prepared/{train,val,test}/<class>/*.png + manifest.csv, stats.json,
 skipped.csv; and data/holdout/ (the real train images that thinning removed, for the oracle arm only).
 
-Decodes every image once with PIL, converts it to the configured channels, fits it to a square of
-`data.image_size`, caps each class at `data.max_per_class`, splits stratified with the seed, thins
-train to a long-tail profile when asked (by default only the built-in demo sources), and writes PNGs.
-Bad files are skipped with a reason (or, with `data.strict`, are an error).
+Streams the source twice, so that memory does not grow with the number of images. The first pass
+decodes every image to skip bad files (with a reason, or with `data.strict` an error), fingerprint
+the source and see whether any image has colour, and keeps no pixels. Caps (`data.max_per_class`),
+the stratified split and the thinning of train to a long-tail profile (by default only the built-in
+demo sources) need only the labels. The second pass decodes each image again, converts it to the
+chosen channels, fits it to a square of `data.image_size` and writes its PNG. The first decode is the
+cheap part (no resizing, no encoding); holding the fitted images instead would need memory, or
+scratch space, in proportion to the source.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import sys
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -103,17 +110,20 @@ class SkipImage(Exception):
     """An item that is not a usable image: skipped with this reason (or an error when strict)."""
 
 
-def decode(item: SourceItem, size: int, max_pixels: int) -> tuple[np.ndarray, bool, bytes]:
-    """(size x size x 3 uint8 array, whether the original has colour, raw bytes for the fingerprint)."""
-    if item.pixels is not None:
-        raw = item.pixels.tobytes()
-        image = Image.fromarray(item.pixels)
-    else:
-        raw = item.file.read_bytes()
-        image = _open_checked(raw, item.origin, max_pixels)
-    has_colour = _is_colour(image)
+def raw_bytes(item: SourceItem) -> bytes:
+    """What an item's fingerprint is taken of: its file's bytes, or its in-memory pixels."""
+    return item.pixels.tobytes() if item.pixels is not None else item.file.read_bytes()
+
+
+def open_image(item: SourceItem, raw: bytes, max_pixels: int) -> Image.Image:
+    """The item decoded (its `raw_bytes` checked as an image file, or its pixels)."""
+    return Image.fromarray(item.pixels) if item.pixels is not None else _open_checked(raw, item.origin, max_pixels)
+
+
+def fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """A size x size (x 3 for RGB) uint8 array: the image fitted to the square, in `channels`."""
     fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-    return np.asarray(fitted, dtype=np.uint8), has_colour, raw
+    return np.asarray(fitted if channels == 3 else fitted.convert("L"))
 
 
 def _open_checked(raw: bytes, origin: str, max_pixels: int) -> Image.Image:
@@ -130,7 +140,9 @@ def _open_checked(raw: bytes, origin: str, max_pixels: int) -> Image.Image:
             f"{origin}: image is over data.max_image_pixels ({max_pixels}): refusing a possible decompression bomb"
         ) from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for corrupt or unknown files
-        raise SkipImage(f"cannot decode: {' '.join(str(err).split()) or type(err).__name__}") from None
+        # PIL names the in-memory file with its address, which would make skipped.csv differ run to run
+        reason = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", " ".join(str(err).split()))
+        raise SkipImage(f"cannot decode: {reason or type(err).__name__}") from None
     return image
 
 
@@ -145,7 +157,8 @@ def _is_colour(image: Image.Image) -> bool:
 def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.data
     source = open_source(paths.source(cfg.source), cfg.source)
-    images, kept, fingerprint, skipped = _decode_all(source, cfg)
+    checked = _check_all(source, cfg)
+    kept = checked.usable
     found = {item.class_name for item in kept}
     class_names = [n for n in source.class_order if n in found] if source.class_order else natural_sort(found)
     if len(class_names) < 2:
@@ -170,7 +183,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     profile = thinning_profile(cfg, source)
     splits = _thin_train(splits, labels, profile, cfg.imbalance.ratio, rng)
 
-    channels = 3 if cfg.channels == "rgb" or (cfg.channels == "auto" and any(c for _, c in images)) else 1
+    channels = 3 if cfg.channels == "rgb" or (cfg.channels == "auto" and checked.has_colour) else 1
     folders = class_folder_names(class_names)
     counts = {split: {name: int(((labels == y) & (splits == split)).sum()) for y, name in enumerate(class_names)}
               for split in (*SPLITS, HOLDOUT)}
@@ -178,15 +191,18 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         image_size=cfg.image_size, channels=channels, mode="L" if channels == 1 else "RGB",
         classes=[ClassInfo(i, n, f) for i, (n, f) in enumerate(zip(class_names, folders))],
         counts={split: counts[split] for split in SPLITS}, holdout=counts[HOLDOUT], presplit=source.presplit,
-        skipped=len(skipped), source=cfg.source, source_fingerprint=fingerprint,
+        skipped=len(checked.skipped), source=cfg.source, source_fingerprint=checked.fingerprint,
         params={"seed": params.seed, "data": params_to_dict(cfg)},
     )
-    with atomic_output(paths.prepared) as out:
-        _write_images(out, images, kept, labels, splits, SPLITS, class_names, folders, channels)
-        pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False, lineterminator="\n")
-        stats.write(out)
-    with atomic_output(paths.holdout) as out:
-        _write_images(out, images, kept, labels, splits, (HOLDOUT,), class_names, folders, channels)
+    with _progress("prepare: write", int(np.isin(splits, [*SPLITS, HOLDOUT]).sum())) as bar:
+        png_of = _png_maker(checked, cfg, channels, bar)
+        with atomic_output(paths.prepared) as out:
+            _write_images(out, png_of, kept, labels, splits, SPLITS, class_names, folders)
+            pd.DataFrame(checked.skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False,
+                                                                             lineterminator="\n")
+            stats.write(out)
+        with atomic_output(paths.holdout) as out:
+            _write_images(out, png_of, kept, labels, splits, (HOLDOUT,), class_names, folders)
     _say(stats, profile, cfg.imbalance.ratio)
 
 
@@ -201,30 +217,65 @@ def _say(stats: PreparedStats, profile: str, ratio: float) -> None:
             print(f"  {name}: {kept} of {kept + stats.holdout[name]}")
 
 
-def _decode_all(source: Source, cfg: DataParams):
-    images, kept = [], []
+@dataclass(frozen=True)
+class CheckedSource:
+    """What the first pass learns of a source; it keeps no pixels."""
+
+    usable: list[SourceItem]  # the items that decode, in source order
+    digests: list[str]  # sha256 of each usable item's raw bytes, for the second pass to read the same
+    has_colour: bool
+    fingerprint: str
+    skipped: list[tuple[str, str]]  # (origin, reason)
+
+
+def _check_all(source: Source, cfg: DataParams) -> CheckedSource:
+    usable, digests, has_colour = [], [], False
     skipped = list(source.skipped)
     fingerprint_lines = [f"{origin}\tskipped" for origin, _ in source.skipped]
-    items = tqdm(source.items, desc="prepare", unit="img", disable=len(source.items) < PROGRESS_MIN_ITEMS,
-                 file=sys.stderr)
-    for item in items:
+    for item in _progress("prepare: read", len(source.items), source.items):
+        raw = raw_bytes(item)
+        digest = sha256_bytes(raw)
         try:
-            array, colour, raw = decode(item, cfg.image_size, cfg.max_image_pixels)
+            image = open_image(item, raw, cfg.max_image_pixels)
         except SkipImage as reason:
             skipped.append((item.origin, str(reason)))
-            fingerprint_lines.append(f"{item.origin}\t{sha256_bytes(item.file.read_bytes())}")
+            fingerprint_lines.append(f"{item.origin}\t{digest}")
             continue
-        images.append((array, colour))
-        kept.append(item)
-        fingerprint_lines.append(f"{item.class_name}\t{item.origin}\t{sha256_bytes(raw)}")
+        has_colour = has_colour or _is_colour(image)
+        usable.append(item)
+        digests.append(digest)
+        fingerprint_lines.append(f"{item.class_name}\t{item.origin}\t{digest}")
     if skipped and cfg.strict:
         origin, reason = skipped[0]
         raise InputError(f"{origin}: {reason} (data.strict is true; {len(skipped)} bad file(s) in all)")
     for origin, reason in skipped:
         print(f"prepare: warning: skipped {origin}: {reason}", file=sys.stderr)
-    if not kept:
+    if not usable:
         raise InputError(f"data.source {cfg.source}: no readable images")
-    return images, kept, sha256_bytes("\n".join(sorted(fingerprint_lines)).encode()), skipped
+    fingerprint = sha256_bytes("\n".join(sorted(fingerprint_lines)).encode())
+    return CheckedSource(usable, digests, has_colour, fingerprint, skipped)
+
+
+def _png_maker(checked: CheckedSource, cfg: DataParams, channels: int, bar: tqdm) -> Callable[[int], bytes]:
+    """png_of(i): the PNG of usable item i, decoded again from the source (the first pass kept no pixels)."""
+    def png_of(index: int) -> bytes:
+        item = checked.usable[index]
+        try:
+            raw = raw_bytes(item)
+            changed = sha256_bytes(raw) != checked.digests[index]
+        except OSError:
+            changed = True
+        if changed:
+            raise InputError(f"{item.origin}: changed while prepare was reading the source; run prepare again")
+        png = encode_png(fit(open_image(item, raw, cfg.max_image_pixels), cfg.image_size, channels))
+        bar.update()
+        return png
+    return png_of
+
+
+def _progress(desc: str, total: int, items=None) -> tqdm:
+    """A progress bar on stderr (over `items`, or updated by hand), shown from PROGRESS_MIN_ITEMS images on."""
+    return tqdm(items, total=total, desc=desc, unit="img", disable=total < PROGRESS_MIN_ITEMS, file=sys.stderr)
 
 
 def _thin_train(splits: np.ndarray, labels: np.ndarray, profile: str, ratio: float,
@@ -239,7 +290,7 @@ def _thin_train(splits: np.ndarray, labels: np.ndarray, profile: str, ratio: flo
     return splits
 
 
-def _write_images(out, images, kept, labels, splits, which_splits, class_names, folders, channels) -> None:
+def _write_images(out, png_of, kept, labels, splits, which_splits, class_names, folders) -> None:
     """PNGs of the items of `which_splits` under out/<split>/<folder>/, and out/manifest.csv."""
     rows = []
     for split in which_splits:
@@ -249,9 +300,7 @@ def _write_images(out, images, kept, labels, splits, which_splits, class_names, 
                 continue
             (out / split / folder).mkdir(parents=True)
             for k, index in enumerate(members):
-                rgb = images[index][0]
-                array = rgb if channels == 3 else np.asarray(Image.fromarray(rgb).convert("L"))
-                png = encode_png(array)
+                png = png_of(index)
                 rel = f"{split}/{folder}/{k:05d}.png"
                 (out / rel).write_bytes(png)
                 rows.append([rel, label, name, split, "real", kept[index].origin, "", sha256_bytes(png)])

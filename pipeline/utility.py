@@ -27,7 +27,10 @@ import torch
 
 from pipeline.classifier import TrainingSet, fit, predict
 from pipeline.config import EvaluateParams
-from pipeline.contracts import ARMS
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
+from pipeline.dataset import load_augmented
+from pipeline.io import load_images, read_manifest
+from pipeline.paths import Paths
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.sampling import class_weights, oversample_to_balance
 
@@ -46,6 +49,21 @@ class ArmInputs:
     holdout_images: torch.Tensor  # data/holdout (empty when prepare thinned nothing)
     holdout_labels: torch.Tensor
     num_classes: int
+
+
+def read_arm_inputs(paths: Paths, stats: PreparedStats) -> ArmInputs:
+    """The merged dataset (read as a user reads it: load_augmented, files or shards) and the holdout, decoded once."""
+    def as_tensor(image) -> torch.Tensor:  # a PIL image in the dataset's mode -> uint8 C x H x W
+        return torch.from_numpy(np.atleast_3d(np.array(image))).permute(2, 0, 1)
+
+    dataset, merged, _ = load_augmented(paths.augmented, transform=as_tensor)
+    merged_images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
+    size = stats.image_size
+    holdout_images = (load_images(paths.holdout, holdout, stats.channels) if len(holdout) else
+                      (torch.empty((0, stats.channels, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)))
+    return ArmInputs(merged_images, torch.tensor(merged["label"].to_numpy()), (merged["origin"] == "synthetic").to_numpy(),
+                     merged["weight"].to_numpy(), *holdout_images, stats.num_classes)
 
 
 def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, seed: int) -> dict[str, TrainingSet]:
@@ -70,13 +88,13 @@ def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, seed: int) -> 
 
 
 def run_arms(inputs: ArmInputs, val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-             tail: list[int], cfg: EvaluateParams, first_seed: int) -> pd.DataFrame:
+             tail: list[int], cfg: EvaluateParams, first_seed: int, arms: list[str] | None = None) -> pd.DataFrame:
     """Train every arm once per paired seed; one row per (arm, seed): val and test scores, per-class recall.
 
     The runs are spread over `cfg.workers` processes (auto: one per CPU core), each training with one
     thread, so the results are the same whatever the number of workers.
     """
-    arms = arm_training_sets(inputs, cfg.logit_adjustment, first_seed).keys()
+    arms = arms or list(arm_training_sets(inputs, cfg.logit_adjustment, first_seed))
     jobs = [(seed, arm) for seed in range(first_seed, first_seed + cfg.seeds) for arm in arms]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers)
     context = (inputs, val, test, tail, cfg)

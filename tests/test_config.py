@@ -15,10 +15,15 @@ def test_repository_params_load_and_are_the_code_defaults():
     assert params.data.imbalance.profile == "auto" and params.data.imbalance.ratio == 100
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     assert list(raw) == ["seed", "data", "judge", "train", "generate", "merge", "evaluate", "report"]
-    # params.yaml spells out every default, so that what a user reads there is what runs
+    # params.yaml spells out every key with its default, so that what a user reads there is what runs
     defaults = params_to_dict(Params())
     assert {k: v for k, v in params_to_dict(params).items() if k != "judge"} == {
         k: v for k, v in defaults.items() if k != "judge"}
+
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        return {f"{prefix}{k}" for k in tree} | {key for k, v in tree.items() if isinstance(v, dict)
+                                                 for key in keys(v, f"{prefix}{k}.")}
+    assert keys(raw) == keys(defaults)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +63,7 @@ def test_cli_reports_a_bad_param_in_one_line_without_traceback(tmp_path):
     write_params(tmp_path, {**TINY_PARAMS, "data": {**TINY_PARAMS["data"], "image_size": -1}})
     result = run_cli("prepare", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: params.yaml: data.image_size must be >= 8, got -1"
+    assert result.stderr.strip() == "error: params.yaml: data.image_size must be one of 16, 32, 64, 128, got -1"
     assert not (tmp_path / "data" / "prepared").exists()
 
 

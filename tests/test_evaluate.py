@@ -19,10 +19,10 @@ from pipeline.classifier import AugmentedImages, TrainingSet, fit
 from pipeline.config import ClassifierParams
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
-from pipeline.io import load_images, read_manifest, write_manifest
+from pipeline.io import read_manifest, write_manifest
 from pipeline.paths import Paths
 from pipeline.contracts import ARMS
-from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, run_arms
+from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 
 
 @pytest.fixture
@@ -35,12 +35,7 @@ def image_hashes(images: torch.Tensor) -> set[str]:
 
 
 def arm_inputs(paths: Paths) -> ArmInputs:
-    stats = PreparedStats.read(paths.prepared)
-    merged = read_manifest(paths.augmented / "manifest.csv", MANIFEST_COLUMNS + ["weight"])
-    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
-    return ArmInputs(*load_images(paths.augmented, merged, stats.channels), (merged["origin"] == "synthetic").to_numpy(),
-                     merged["weight"].to_numpy(), *load_images(paths.holdout, holdout, stats.channels),
-                     stats.num_classes)
+    return read_arm_inputs(paths, PreparedStats.read(paths.prepared))
 
 
 # --- the protocol --------------------------------------------------------------------------------
@@ -94,6 +89,19 @@ def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate
     assert arms["classical_la"].logit_adjustment == 1.0 and arms["classical_la"].weights is None
     assert np.array_equal(arms["augmented"].weights, inputs.merged_weights)
     assert image_hashes(arms["synthetic_only"].images) == image_hashes(inputs.merged_images[~real])
+
+
+def test_the_arms_read_the_same_images_from_shards_as_from_the_imagefolder(evaluate_inputs, tmp_path):
+    from pipeline import merge
+
+    shards = Paths(copy_outputs(evaluate_inputs, tmp_path))
+    merge.run(tiny_params(merge={"format": "shards"}), shards)
+    assert not (shards.augmented / "train").exists()
+    from_files, from_shards = arm_inputs(Paths(evaluate_inputs)), arm_inputs(shards)
+    order = np.lexsort((from_files.merged_synthetic, from_files.merged_labels.numpy()))
+    assert image_hashes(from_files.merged_images) == image_hashes(from_shards.merged_images)
+    assert sorted(from_files.merged_weights) == pytest.approx(sorted(from_shards.merged_weights))
+    assert len(order) == len(from_shards.merged_labels)
 
 
 def test_best_classical_is_chosen_on_val_and_the_gain_is_paired_by_seed():

@@ -106,6 +106,14 @@ def test_gate_verdicts_record_every_reason_and_respect_switches():
     assert generate.gate_verdicts(confidence, distance, off, 0.5, 1.0)[0].all()
 
 
+def test_farthest_point_selection_spreads_out_away_from_the_anchors():
+    candidates = np.array([[0.0], [0.1], [5.0], [5.1], [10.0]])
+    distance_to_real = np.abs(candidates[:, 0] - 0.0)  # one real image at 0
+    assert generate.farthest_point_selection(candidates, distance_to_real, 2).tolist() == [2, 4]
+    assert generate.farthest_point_selection(candidates, distance_to_real, 3).tolist() == [1, 2, 4]
+    assert generate.farthest_point_selection(candidates, distance_to_real, 9).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_keep_until_target_stops_at_the_last_needed_acceptance():
     accepted = np.array([False, True, True, False, True])
     assert generate.keep_until_target(accepted, 2) == 3
@@ -139,6 +147,32 @@ def test_generate_balances_classes_and_records_verdicts(workspace):
     for row in accepted.itertuples():
         assert sha256_file(workspace.synthetic / row.path) == row.sha256
     assert (manifest.loc[~manifest["accepted"], "path"] == "").all()  # rejected candidates keep no file
+
+
+def test_diverse_selection_keeps_a_spread_out_subset_of_a_larger_passing_pool(workspace):
+    save_untrained_models(workspace)
+    generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20, "selection": "diverse", "pool": 3}), workspace)
+    manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    plan = plan_of(workspace)
+    assert plan["short"].eq(0).all()
+    for name, rows in manifest.groupby("class_name"):
+        planned = plan.loc[name, "planned"]
+        assert rows["accepted"].sum() == planned and (rows["reject_reason"] == "not_selected").sum() == 2 * planned
+        # farthest-point sampling starts from the candidate farthest from the class's real images
+        kept, passed_over = rows[rows["accepted"]], rows[rows["reject_reason"] == "not_selected"]
+        assert kept["nn_distance"].max() >= passed_over["nn_distance"].max()
+
+
+def test_informative_selection_keeps_the_passing_candidates_the_judge_is_least_sure_of(workspace):
+    save_untrained_models(workspace)
+    generate.run(tiny_params(generate={"target": 20, "selection": "informative", "pool": 3, "label_pass_rate": 1.0,
+                                       "check_memorisation": False}), workspace)
+    manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    for name, rows in manifest.groupby("class_name"):
+        kept = rows.loc[rows["accepted"], "judge_confidence"]
+        passed_over = rows.loc[rows["reject_reason"] == "not_selected", "judge_confidence"]
+        assert len(kept) == plan_of(workspace).loc[name, "planned"] and len(passed_over) == 2 * len(kept)
+        assert kept.max() <= passed_over.min()  # the hard cases, not the easy ones
 
 
 def test_the_copy_rule_is_the_closest_pair_of_distinct_real_images_of_the_class(workspace):

@@ -1,9 +1,12 @@
 """The merge stage and pipeline.dataset: a balanced, versioned augmented dataset that ImageFolder loads."""
 
+import json
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import copy_outputs, tiny_params
@@ -13,6 +16,7 @@ from torchvision.datasets import ImageFolder
 from pipeline import generate, merge
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
 from pipeline.dataset import load_augmented
+from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest, sha256_file
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
@@ -131,3 +135,87 @@ def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
     assert set(synthetic_manifest["origin"]) == {"synthetic"} and "0" not in set(synthetic_manifest["class_name"])
     confident = synthetic_manifest[synthetic_manifest["judge_confidence"] > 0.5]  # gate values are numbers
     assert len(confident) < len(synthetic_manifest) and real_manifest["judge_confidence"].isna().all()
+
+
+# --- shards: the same dataset as WebDataset tar files ---------------------------------------------
+
+SHARDS = {"format": "shards", "shard_size": 300}
+
+
+def test_shard_places_cut_a_seeded_order_into_shards():
+    shards, keys = merge.shard_places(10, 4, np.random.default_rng(0))
+    assert sorted(keys) == [f"sample-{p:08d}" for p in range(10)]
+    by_place = sorted(zip(keys, shards))
+    assert [shard for _, shard in by_place] == [f"shards/train-{s:06d}.tar" for s in [0] * 4 + [1] * 4 + [2] * 2]
+    assert keys != sorted(keys)  # shuffled: a shard holds images of every class, not the first classes only
+    assert merge.shard_places(10, 4, np.random.default_rng(0)) == (shards, keys)
+
+
+def _tar_samples(shard: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {extension: bytes} of a shard, checking WebDataset's layout: a sample's files next to each other."""
+    samples = {}
+    with tarfile.open(shard) as tar:
+        for info in tar:
+            assert (info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode) == (0, 0, 0, "", "", 0o644)
+            key, extension = info.name.split(".", 1)
+            assert key in samples or not samples or len(next(reversed(samples.values()))) == 2
+            samples.setdefault(key, {})[extension] = tar.extractfile(info).read()
+    return samples
+
+
+def test_shards_hold_the_image_folder_images_and_rows_and_are_byte_identical_on_rerun(generated, tmp_path):
+    merge.run(tiny_params(), generated)
+    folder_manifest = (generated.augmented / "manifest.csv").read_text()
+    sharded = Paths(copy_outputs(generated.root, tmp_path / "sharded"))
+    merge.run(tiny_params(merge=SHARDS), sharded)
+
+    manifest = read_merged(sharded)
+    shard_files = sorted((sharded.augmented / "shards").iterdir())
+    assert sorted(os.listdir(sharded.augmented)) == ["dataset.json", "manifest.csv", "shards"]
+    assert len(shard_files) == -(-len(manifest) // 300) and set(manifest["shard"]) == {
+        f"shards/{f.name}" for f in shard_files}
+    samples = {key: sample for f in shard_files for key, sample in _tar_samples(f).items()}
+    assert len(samples) == len(manifest)
+    records = []
+    for row in manifest.itertuples():
+        png = samples[row.key]["png"]
+        assert png == (generated.augmented / row.path).read_bytes()  # the ImageFolder form's bytes
+        records.append(json.loads(samples[row.key]["json"]))
+    as_csv = pd.DataFrame(records, dtype=object)[merge.ROW_COLUMNS].to_csv(index=False, lineterminator="\n")
+    assert as_csv == folder_manifest
+    assert manifest.drop(columns=merge.SHARD_COLUMNS).to_csv(index=False, lineterminator="\n") == folder_manifest
+
+    card = read_json(sharded.augmented / "dataset.json")
+    assert card["format"] == "shards" and card["version"] == sha256_file(sharded.augmented / "manifest.csv")
+    assert card["version"] != read_json(generated.augmented / "dataset.json")["version"]  # the version covers the form
+    tar_hashes = [sha256_file(f) for f in shard_files]
+    merge.run(tiny_params(merge=SHARDS), sharded)
+    assert [sha256_file(f) for f in shard_files] == tar_hashes
+    assert sha256_file(sharded.augmented / "manifest.csv") == card["version"]
+
+    merge.run(tiny_params(merge={**SHARDS, "format": "both"}), sharded)  # both: the same shards beside train/
+    assert [sha256_file(f) for f in shard_files] == tar_hashes and (sharded.augmented / "train").is_dir()
+    assert sha256_file(sharded.augmented / "manifest.csv") == card["version"]
+
+
+def test_load_augmented_reads_shards_as_it_reads_the_image_folder(generated, tmp_path):
+    merge.run(tiny_params(), generated)
+    sharded = Paths(copy_outputs(generated.root, tmp_path / "sharded"))
+    merge.run(tiny_params(merge=SHARDS), sharded)
+    for origin in (None, "synthetic"):
+        from_folder, folder_manifest, _ = load_augmented(generated.augmented, origin)
+        from_shards, shard_manifest, _ = load_augmented(sharded.augmented, origin)
+        pd.testing.assert_frame_equal(shard_manifest.drop(columns=merge.SHARD_COLUMNS), folder_manifest)
+        assert len(from_shards) == len(from_folder)
+        for index in range(len(from_folder)):
+            (folder_image, folder_label), (shard_image, shard_label) = from_folder[index], from_shards[index]
+            assert shard_label == folder_label and shard_image.mode == folder_image.mode
+            assert np.array_equal(np.asarray(shard_image), np.asarray(folder_image))
+
+    shard = sharded.augmented / shard_manifest["shard"].iloc[0]
+    shard.write_bytes(shard.read_bytes()[:4096])  # cut short on the way
+    with pytest.raises(InputError, match="has no sample-.*png, which manifest.csv lists"):
+        load_augmented(sharded.augmented)
+    shard.write_bytes(b"")
+    with pytest.raises(InputError, match="not a readable tar file"):
+        load_augmented(sharded.augmented)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import linalg
 
+from pipeline.errors import InputError
 from pipeline.metrics import (
     balanced_accuracy,
     classification_scores,
@@ -138,7 +139,7 @@ def test_copy_thresholds_are_per_class_and_a_class_of_few_images_borrows_the_med
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3])
     held_out, held_out_labels = torch.tensor([[4.0], [112.0]]), torch.tensor([0, 1])
     assert copy_thresholds(train, labels, held_out, held_out_labels, 4) == [1.0, 3.0, 2.0, 2.0]
-    with pytest.raises(ValueError, match="no class has two distinct real images"):
+    with pytest.raises(InputError, match="no class has two distinct real images"):
         copy_thresholds(train[-1:], labels[-1:], held_out[:0], held_out_labels[:0], 4)
 
 

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import io
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,35 @@ def test_mnist5k_default_source(tmp_path):
     assert 80 <= train["0"] / train["9"] <= 100
     with Image.open(paths.prepared / manifest.path[0]) as image:
         assert np.asarray(image).max() > 200  # real ink, not an empty canvas
+
+
+def test_prepare_streams_the_images_instead_of_holding_them(tmp_path):
+    prepare.run(tiny_params(), Paths(tmp_path / "warm"))  # imports and caches that load on first use
+    size = 128
+    tracemalloc.start()
+    try:
+        prepare.run(tiny_params(data={"image_size": size}), Paths(tmp_path / "work"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    all_pixels = len(load_digits().target) * size * size  # what holding every fitted grayscale image would take
+    assert peak < all_pixels / 4
+
+
+def test_a_source_file_that_changes_between_the_two_passes_is_an_error(tmp_path, monkeypatch):
+    source = tmp_path / "photos"
+    _make_image_folder(source, {"a": 4, "b": 4})
+    check_all = prepare._check_all
+
+    def check_then_change(*args):
+        checked = check_all(*args)
+        (source / "a" / "img1.png").write_bytes(_png((10, 12), "L", 999))
+        return checked
+
+    monkeypatch.setattr(prepare, "_check_all", check_then_change)
+    with pytest.raises(InputError, match="a/img1.png: changed while prepare was reading the source"):
+        prepare.run(tiny_params(data={"source": str(source)}), Paths(tmp_path / "work"))
+    assert not (tmp_path / "work/data/prepared").exists()
 
 
 # --- IDX files (MNIST, KMNIST, Fashion-MNIST) ----------------------------------------------------
@@ -280,7 +310,7 @@ def test_image_folder_with_mixed_and_bad_files(tmp_path):
     assert manifest.groupby("class_name").size().to_dict() == {"black cat": 6, "zebra": 7, "Ünïcode dög": 5}
     skipped = pd.read_csv(paths.prepared / "skipped.csv")
     reasons = dict(zip(skipped.path, skipped.reason))
-    assert reasons["black cat/broken.png"].startswith("cannot decode")
+    assert reasons["black cat/broken.png"] == "cannot decode: cannot identify image file"  # no memory address
     assert reasons["zebra/notes.txt"] == "not an image file"
     assert reasons["zebra/.DS_Store"] == "hidden file"
     assert stats.skipped == 3

@@ -33,6 +33,7 @@ from pipeline.gan import (
     generator_loss,
     group_spectral_norm,
     lecam_penalty,
+    mode_seeking_penalty,
 )
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
@@ -101,6 +102,14 @@ def test_group_spectral_norm_is_the_mean_largest_singular_value_of_the_folded_cl
     zeros = torch.zeros(3, 16, requires_grad=True)
     group_spectral_norm(zeros).backward()
     assert torch.isfinite(zeros.grad).all()
+
+
+def test_mode_seeking_penalty_is_the_inverse_ratio_of_image_to_latent_distances():
+    noise = torch.tensor([[0.0, 0.0], [2.0, 2.0]])  # one pair: latent distance 2
+    distinct = torch.tensor([[0.0], [1.0]])  # image distance 1
+    assert mode_seeking_penalty(distinct, noise).item() == pytest.approx(2.0, rel=1e-4)
+    collapsed = torch.tensor([[0.5], [0.5]])
+    assert mode_seeking_penalty(collapsed, noise) > 1000  # one image for two latents: a large penalty
 
 
 def test_conditioning_strength_ramps_from_unconditional_to_conditional():
@@ -346,11 +355,14 @@ def test_ema_on_saves_an_average_and_off_the_generator_itself(default_run, prepa
     assert all(torch.equal(generator[k], ema[k]) for k in generator)
 
 
-@pytest.mark.parametrize("switch", [{"diffaugment": []}, {"lecam_weight": 0.5}, {"loss": "nonsaturating"}])
-def test_diffaugment_lecam_and_loss_switches_change_the_training(default_run, prepared_tiny, tmp_path, switch):
+@pytest.mark.parametrize("switch", [{"diffaugment": []}, {"lecam_weight": 0.5}, {"loss": "nonsaturating"},
+                                    {"mode_seeking_weight": 1.0}])
+def test_diffaugment_lecam_loss_and_mode_seeking_switches_change_the_training(default_run, prepared_tiny, tmp_path,
+                                                                              switch):
     run = train_fresh(prepared_tiny, tmp_path, **switch)
     assert run.generator_hash != default_run.generator_hash
     assert ("lecam" in run.log.columns) == ("lecam_weight" in switch)
+    assert ("mode_seeking" in run.log.columns) == ("mode_seeking_weight" in switch)
 
 
 def test_transitional_conditioning_keeps_the_generator_unconditional_until_it_starts(default_run, prepared_tiny,
