@@ -86,7 +86,7 @@ class TrainParams:
     beta1: float = bounded(0.0, ge=0.0, lt=1.0)
     beta2: float = bounded(0.99, ge=0.0, lt=1.0)
     # limited-data techniques (each one switchable)
-    diffaugment: list[Literal["color", "translation", "cutout"]] = bounded(["color", "translation", "cutout"])
+    diffaugment: list[Literal["color", "translation", "cutout"]] = bounded(["translation"])
     ema: bool = True  # false: "generator_ema" is a plain copy of the generator
     ema_decay: float = bounded(0.999, ge=0.0, lt=1.0)
     balance: float = bounded(0.75, ge=0.0, le=1.0)  # class sampling: 0 natural frequencies, 1 uniform
@@ -94,7 +94,7 @@ class TrainParams:
     transition_start: int = bounded(0, ge=0)  # batches trained unconditionally first
     transition_steps: int = bounded(0, ge=0)  # batches over which the class conditioning is blended in
     gsr_weight: float = bounded(0.2, ge=0.0)  # group spectral regularisation of the class norms; 0: off
-    mode_seeking_weight: float = bounded(0.0, ge=0.0)  # mode seeking regularisation against collapse; 0: off
+    mode_seeking_weight: float = bounded(0.1, ge=0.0)  # mode seeking regularisation against collapse; 0: off
     # hardware: "auto" picks the GPU (bf16-mixed) when there is one, else the CPU (32-true)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: Union[Literal["auto"], int] = bounded("auto", ge=1)
@@ -125,7 +125,7 @@ class GenerateParams:
     # first: keep the first candidates that pass; diverse: let `pool` times as many pass and keep a
     # spread-out subset (farthest from the class's real images and from each other, in judge features);
     # informative: of `pool` times as many, keep those the judge is least sure of
-    selection: Literal["first", "diverse", "informative"] = "first"
+    selection: Literal["first", "diverse", "informative"] = "informative"
     pool: int = bounded(4, ge=1)
     # a class may draw max_attempts candidates per image it needs before it counts as failed
     max_attempts: int = bounded(20, ge=1)
@@ -143,7 +143,7 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class MergeParams:
-    synthetic_share: float = bounded(0.5, ge=0.0, le=1.0)  # of a rare class's sampling mass, on its synthetic images
+    synthetic_share: float = bounded(0.7, ge=0.0, le=1.0)  # of a rare class's sampling mass, on its synthetic images
     # imagefolder: one PNG per image (train/<folder>/*.png); shards: WebDataset tar files of `shard_size`
     # images each (shards/train-NNNNNN.tar), a few files for DVC instead of one per image; both
     format: Literal["imagefolder", "shards", "both"] = "imagefolder"

@@ -33,6 +33,7 @@ TINY_PARAMS = {
         "test_fraction": 0.2,
     },
     "judge": TINY_CLASSIFIER,
+    "generate": {"selection": "first"},  # the tests of selection itself set it; the others test the rest
     "evaluate": {"seeds": 2, "workers": 1, "classifier": TINY_CLASSIFIER, "kid_subsets": 2},
 }
 

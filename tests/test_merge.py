@@ -14,12 +14,16 @@ from test_generate import NO_LABEL_CHECK, save_untrained_models
 from torchvision.datasets import ImageFolder
 
 from pipeline import generate, merge
+from pipeline.config import MergeParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
 from pipeline.dataset import load_augmented
 from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest, sha256_file
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
+
+
+SHARE = MergeParams().synthetic_share  # the default
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +80,14 @@ def test_merge_writes_an_imagefolder_with_prepared_class_indices_and_a_weighted_
     mass = manifest.groupby("label")["weight"].sum()
     assert np.allclose(mass, mass.iloc[0])
     rare = manifest[manifest["class_name"] == "9"]
-    assert np.isclose(rare.loc[rare["origin"] == "synthetic", "weight"].sum(), 0.5 * mass.iloc[0])
+    assert np.isclose(rare.loc[rare["origin"] == "synthetic", "weight"].sum(), SHARE * mass.iloc[0])
     assert rare.loc[rare["origin"] == "synthetic", "judge_confidence"].notna().all()  # the gate's values
 
     card = read_json(generated.augmented / "dataset.json")
     assert card["version"] == sha256_file(generated.augmented / "manifest.csv")
     assert card["counts"] == {"real": int(counts["real"].sum()), "synthetic": int(counts["synthetic"].sum())}
     assert card["generator_hash"] == SyntheticSummary.read(generated.synthetic).generator_hash
-    assert card["params"]["generate"]["check_label"] is False and card["params"]["merge"]["synthetic_share"] == 0.5
+    assert card["params"]["generate"]["check_label"] is False and card["params"]["merge"]["synthetic_share"] == SHARE
     for row in manifest.sample(20, random_state=0).itertuples():
         assert sha256_file(generated.augmented / row.path) == row.sha256
     real_file = generated.augmented / manifest.loc[manifest["origin"] == "real", "path"].iloc[0]
@@ -124,7 +128,7 @@ def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
     drawn = manifest.iloc[list(sampler)]
     assert drawn["label"].value_counts(normalize=True).between(0.09, 0.11).all()  # 10 classes: 0.1 each
     rare = drawn[drawn["class_name"] == "9"]
-    assert 0.45 < (rare["origin"] == "synthetic").mean() < 0.55  # merge.synthetic_share
+    assert SHARE - 0.05 < (rare["origin"] == "synthetic").mean() < SHARE + 0.05  # merge.synthetic_share
 
     real, real_manifest, real_sampler = load_augmented(generated.augmented, origin="real")
     assert (real_manifest["origin"] == "real").all() and len(real) == (manifest["origin"] == "real").sum()
