@@ -38,10 +38,10 @@ from pipeline.gan import (
     generator_loss,
     group_spectral_norm,
     lecam_penalty,
+    trainer_settings,
 )
-from pipeline.paths import Paths
 from pipeline.nets import Discriminator, Generator, to_unit_range
-from pipeline.train import trainer_settings
+from pipeline.paths import Paths
 
 
 def lightning_seconds(cfg: TrainParams, data: TrainImages, batches: int, settings: dict, log_dir: str) -> float:
@@ -117,9 +117,9 @@ def main() -> None:
 
     params = load_params()
     cfg = dataclasses.replace(params.train, accelerator=args.accelerator)
-    data = TrainImages(Paths().prepared, cfg.batch_size, cfg.balance, params.seed)
+    data = TrainImages(Paths().prepared, cfg.batch_size, cfg.balance, params.seed, cfg.memory_budget_mb)
     data.setup("fit")
-    settings = {**trainer_settings(cfg, torch.cuda.device_count()), "devices": 1, "strategy": "auto"}
+    settings = {**trainer_settings(cfg, torch.cuda.device_count(), "train"), "devices": 1, "strategy": "auto"}
     device = torch.device("cuda" if settings["accelerator"] == "gpu" else "cpu")
     bf16 = settings["precision"] == "bf16-mixed"
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -101,6 +101,8 @@ class TrainParams:
     num_nodes: int = bounded(1, ge=1)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when training on more than one device
+    # a train split that decodes to more (N x C x H x W bytes) is read from its PNG files as drawn
+    memory_budget_mb: int = bounded(2048, ge=0)
     # progress outputs
     sample_every_n_epochs: int = bounded(10, ge=1)
     samples_per_class: int = bounded(10, ge=1)
@@ -130,6 +132,14 @@ class GenerateParams:
     # a class may draw max_attempts candidates per image it needs before it counts as failed
     max_attempts: int = bounded(20, ge=1)
     allow_short: bool = False  # true: a failed class keeps what it has instead of stopping the stage
+    # hardware of the sampling (Lightning's predict loop), as in train; auto picks the GPU when there is
+    # one. The images do not depend on the number of processes; on the CPU they can, in the last bit of
+    # a pixel, on the threads per process (PyTorch picks its kernels by thread count; OMP_NUM_THREADS).
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Union[Literal["auto"], int] = bounded(1, ge=1)
+    num_nodes: int = bounded(1, ge=1)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "32-true"  # auto: bf16-mixed on a GPU
+    strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when sampling on more than one device
 
     def __post_init__(self):
         target = self.target

@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline.config import Params, TrainParams, params_to_dict
 from pipeline.contracts import ModelMeta
 from pipeline.errors import ConfigError
-from pipeline.gan import ConditionalGAN, TrainImages, sample_grid
+from pipeline.gan import ConditionalGAN, TrainImages, sample_grid, trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
 from pipeline.nets import save_model
 from pipeline.paths import Paths
@@ -39,25 +39,6 @@ CHECKPOINT = "last.ckpt"
 
 
 # --- pure helpers --------------------------------------------------------------------------------
-
-
-def trainer_settings(cfg: TrainParams, gpu_count: int) -> dict:
-    """Trainer arguments from params: "auto" means all GPUs in bf16-mixed when there are any, else
-    one CPU process in 32-bit; more than one process means DDP."""
-    if cfg.accelerator in ("gpu", "cuda") and gpu_count == 0:
-        raise ConfigError(f"train.accelerator is {cfg.accelerator} but no GPU is available (use auto or cpu)")
-    on_gpu = gpu_count > 0 and cfg.accelerator in ("auto", "gpu", "cuda")
-    devices = cfg.devices if cfg.devices != "auto" else (gpu_count if on_gpu else 1)
-    distributed = cfg.strategy == "ddp" or devices > 1 or cfg.num_nodes > 1
-    return {
-        "accelerator": "gpu" if on_gpu else ("cpu" if cfg.accelerator == "auto" else cfg.accelerator),
-        "devices": devices,
-        "num_nodes": cfg.num_nodes,
-        "precision": cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true"),
-        # One DDP module holds G and D, and each optimiser step leaves the other network's
-        # parameters without gradients, so DDP must look for unused parameters.
-        "strategy": "ddp_find_unused_parameters_true" if distributed else "auto",
-    }
 
 
 def training_fingerprint(params: Params, data: TrainImages) -> str:
@@ -116,11 +97,14 @@ class SampleGrids(pl.Callback):
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.train
-    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed)
+    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed, cfg.memory_budget_mb)
     if data.batch_size < cfg.batch_size:
         _say(f"note: train.batch_size {cfg.batch_size} is larger than the train split "
              f"({sum(data.counts)} images); using {data.batch_size}")
-    settings = trainer_settings(cfg, torch.cuda.device_count())
+    if data.streams:
+        _say(f"note: the train split decodes to {data.decoded_bytes / 2**20:.0f} MB, more than train.memory_budget_mb "
+             f"{cfg.memory_budget_mb}; reading its images from {paths.prepared} as they are drawn")
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "train")
     batches_per_epoch = _batches_per_epoch(sum(data.counts), data.batch_size, settings["devices"] * cfg.num_nodes)
     _check_transition_fits(cfg, batches_per_epoch)
     resume_dir = paths.gan_resume

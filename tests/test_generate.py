@@ -1,5 +1,5 @@
-"""The generate stage: the plan, per-class seeds, the calibrated quality gate, the copy rule, its
-failure modes and bad input.
+"""The generate stage: the plan, per-class seeds, the rounds of candidates, the calibrated quality
+gate, the copy rule, its failure modes, bad input, and sampling in one or two processes (DDP).
 
 Stage tests use an untrained generator and judge (made here, instantly): the judge then gives every
 class about the same probability, so a strict label check rejects everything; that is exactly what
@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_PARAMS, run_cli, tiny_params, write_params
+from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 
-from pipeline import generate, nets
+from pipeline import gate, generate, nets
 from pipeline.classifier import predict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
 from pipeline.errors import ConfigError, GateError, InputError
+from pipeline.gan import latents
 from pipeline.io import read_manifest, sha256_file
 from pipeline.metrics import closest_real_pair, copy_thresholds
 from pipeline.paths import Paths
@@ -78,17 +79,17 @@ def test_candidate_seeds_are_a_stream_per_class():
 
 def test_latents_are_seeded_per_image_and_truncation_bounds_them():
     seeds = generate.candidate_seeds(0, 0, 200)
-    z = generate.latents(seeds, 16, None)
-    assert torch.equal(generate.latents(seeds[50:60], 16, None), z[50:60])  # one image's latent needs only its seed
+    z = latents(seeds, 16, None)
+    assert torch.equal(latents(seeds[50:60], 16, None), z[50:60])  # one image's latent needs only its seed
     assert z.abs().max() > 2.0
-    truncated = generate.latents(seeds, 16, 0.5)
+    truncated = latents(seeds, 16, 0.5)
     assert truncated.abs().max() <= 0.5 and truncated.std() > 0.2
 
 
 def test_label_thresholds_let_the_chosen_share_of_real_images_pass_per_class():
     probability = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3, 0.99, 0.98])
     labels = np.array([0] * 5 + [1] * 6 + [2] * 2)
-    thresholds = generate.label_thresholds(probability, labels, 3, pass_rate=0.8)
+    thresholds = gate.label_thresholds(probability, labels, 3, pass_rate=0.8)
     assert thresholds[0] == pytest.approx(np.quantile([0.9, 0.8, 0.7, 0.6, 0.5], 0.2))
     assert np.mean(probability[labels == 0] >= thresholds[0]) == 0.8
     assert thresholds[1] == pytest.approx(0.3)  # a hard class gets a low bar, not one no real image meets
@@ -99,19 +100,19 @@ def test_gate_verdicts_record_every_reason_and_respect_switches():
     cfg = tiny_params().generate
     confidence = np.array([0.9, 0.2, 0.9, 0.2])
     distance = np.array([5.0, 5.0, 0.1, 0.1])
-    accepted, reasons = generate.gate_verdicts(confidence, distance, cfg, label_threshold=0.5, copy_threshold=1.0)
+    accepted, reasons = gate.gate_verdicts(confidence, distance, cfg, label_threshold=0.5, copy_threshold=1.0)
     assert accepted.tolist() == [True, False, False, False]
     assert reasons.tolist() == ["", "low_confidence", "too_close", "low_confidence;too_close"]
     off = tiny_params(generate={"check_label": False, "check_memorisation": False}).generate
-    assert generate.gate_verdicts(confidence, distance, off, 0.5, 1.0)[0].all()
+    assert gate.gate_verdicts(confidence, distance, off, 0.5, 1.0)[0].all()
 
 
 def test_farthest_point_selection_spreads_out_away_from_the_anchors():
     candidates = np.array([[0.0], [0.1], [5.0], [5.1], [10.0]])
     distance_to_real = np.abs(candidates[:, 0] - 0.0)  # one real image at 0
-    assert generate.farthest_point_selection(candidates, distance_to_real, 2).tolist() == [2, 4]
-    assert generate.farthest_point_selection(candidates, distance_to_real, 3).tolist() == [1, 2, 4]
-    assert generate.farthest_point_selection(candidates, distance_to_real, 9).tolist() == [0, 1, 2, 3, 4]
+    assert gate.farthest_point_selection(candidates, distance_to_real, 2).tolist() == [2, 4]
+    assert gate.farthest_point_selection(candidates, distance_to_real, 3).tolist() == [1, 2, 4]
+    assert gate.farthest_point_selection(candidates, distance_to_real, 9).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_keep_until_target_stops_at_the_last_needed_acceptance():
@@ -119,6 +120,41 @@ def test_keep_until_target_stops_at_the_last_needed_acceptance():
     assert generate.keep_until_target(accepted, 2) == 3
     assert generate.keep_until_target(accepted, 3) == 5
     assert generate.keep_until_target(accepted, 9) == 5
+
+
+def test_select_passing_keeps_the_first_a_spread_or_the_least_sure():
+    features = np.array([[0.0], [0.1], [5.0], [10.0]])
+    distance, confidence = features[:, 0], np.array([0.9, 0.2, 0.5, 0.2])
+    assert gate.select_passing("first", 2, features, distance, confidence).tolist() == [0, 1]
+    assert gate.select_passing("first", 9, features, distance, confidence).tolist() == [0, 1, 2, 3]
+    assert gate.select_passing("diverse", 2, features, distance, confidence).tolist() == [2, 3]
+    assert gate.select_passing("informative", 2, features, distance, confidence).tolist() == [1, 3]
+
+
+def test_a_class_draws_batches_that_follow_its_pass_rate_until_its_target_or_its_budget():
+    def every_other(images):  # a gate that lets every other candidate pass
+        return pd.DataFrame({"accepted": np.arange(len(images)) % 2 == 0}), np.zeros((len(images), 2))
+
+    def none(images):
+        return pd.DataFrame({"accepted": np.zeros(len(images), dtype=bool)}), np.zeros((len(images), 2))
+
+    def batch_sizes(draws: generate.ClassDraws, gate_of_class) -> list[int]:
+        sizes = []
+        while len(seeds := draws.next_seeds()):
+            assert seeds.tolist() == list(range(100 + draws.drawn, 100 + draws.drawn + len(seeds)))  # in order
+            sizes.append(len(seeds))
+            draws.take(seeds, torch.zeros(len(seeds), 1, 2, 2, dtype=torch.uint8), gate_of_class)
+        return sizes
+
+    seeds = np.arange(100, 118)  # 6 wanted x max_attempts 3
+    cfg = tiny_params(generate={"batch_size": 10, "max_attempts": 3}).generate
+    half = generate.ClassDraws(label=0, seeds=seeds, wanted=6, cfg=cfg)
+    assert batch_sizes(half, every_other) == [6, 6]  # a pass rate of 1/2 after the first batch: twice what is left
+    assert half.passed == 6 and sum(len(v) for v in half.verdicts) == 12
+    cfg = tiny_params(generate={"batch_size": 4, "max_attempts": 3}).generate
+    failing = generate.ClassDraws(label=0, seeds=seeds, wanted=6, cfg=cfg)
+    assert batch_sizes(failing, none) == [4, 4, 4, 4, 2]  # until the budget is spent
+    assert failing.passed == 0 and failing.drawn == 18
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -282,3 +318,26 @@ def test_cli_errors_are_one_line_naming_the_culprit(workspace):
     write_params(workspace.root, {**TINY_PARAMS, "generate": {"target": "most"}})
     bad_target = run_cli("generate", cwd=workspace.root)
     assert bad_target.returncode == 2 and "generate.target must be max" in bad_target.stderr
+
+
+def test_one_and_two_cpu_processes_write_byte_identical_files(workspace, monkeypatch):
+    """generate.devices 2 runs DDP on two CPU processes (as tests/test_train.py's DDP test does)."""
+    save_untrained_models(workspace)
+    # Each batch goes through the generator whole in one process, but the CPU kernels PyTorch picks also
+    # depend on the threads per process (Lightning gives each of two processes half the cores): both
+    # runs get one thread per process.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    written = {}
+    for devices in (1, 2):
+        write_params(workspace.root, merge_dicts(TINY_PARAMS, {"generate": {
+            **NO_LABEL_CHECK, "target": 40, "batch_size": 8, "selection": "diverse", "pool": 2, "accelerator": "cpu",
+            "devices": devices}}))
+        result = run_cli("generate", cwd=workspace.root)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("MEMBER: 2/2" in result.stdout + result.stderr) == (devices == 2)  # Lightning started DDP
+        written[devices] = {path.relative_to(workspace.synthetic).as_posix(): path.read_bytes()
+                            for path in sorted(workspace.synthetic.rglob("*")) if path.is_file()}
+    assert len(written[1]) == 92 + 3  # the images of the plan, manifest.csv, plan.csv, summary.json
+    assert [name for name in written[1] if written[1][name] != written[2].get(name)] == []
+    assert written[1].keys() == written[2].keys()
+

@@ -1,5 +1,6 @@
 """The train stage: GAN maths, limited-data techniques, the Lightning module, the stage's outputs
-(DVCLive log, checkpoint, grids), resume, reproducibility in another folder, DDP and bad input."""
+(DVCLive log, checkpoint, grids), resume, reproducibility in another folder, streaming the images from
+their files past the memory budget, the hardware settings, DDP and bad input."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from pipeline.gan import (
     group_spectral_norm,
     lecam_penalty,
     mode_seeking_penalty,
+    trainer_settings,
 )
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
@@ -44,7 +46,8 @@ FAST = {"max_epochs": 2, "batch_size": 32, "z_dim": 16, "g_width": 8, "d_width":
         "samples_per_class": 4}
 TRAIN_IMAGES = 498  # the tiny train split
 BATCHES_PER_EPOCH = TRAIN_IMAGES // 32
-LOGGED = {"loss_d", "loss_g", "d_real", "d_fake", "conditioning", "gsr", "epoch"}  # default switches: no lecam
+# the default switches: GSR and mode seeking on, LeCam off
+LOGGED = {"loss_d", "loss_g", "d_real", "d_fake", "conditioning", "gsr", "mode_seeking", "epoch"}
 
 
 def fast_params(**train_overrides):
@@ -202,7 +205,8 @@ def train_fresh(prepared_tiny: Path, folder: Path, seed: int = 0, **train_overri
 
 @pytest.fixture(scope="module")
 def default_run(prepared_tiny, tmp_path_factory) -> Run:
-    """One epoch with the default switches (DiffAugment, EMA, balance, GSR; no LeCam, no transition)."""
+    """One epoch with the default switches (DiffAugment, EMA, balance, GSR, mode seeking; no LeCam, no
+    transition)."""
     return train_fresh(prepared_tiny, tmp_path_factory.mktemp("default_run"))
 
 
@@ -328,6 +332,52 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypa
     assert len(steps_run) == 2 * per_epoch
 
 
+# --- a train split larger than the memory budget --------------------------------------------------
+
+
+def test_images_streamed_from_their_files_make_the_same_batches_as_decoded_ones(workspace):
+    decoded = TrainImages(workspace.prepared, 32, 0.75, seed=0, memory_budget_mb=1)
+    streamed = TrainImages(workspace.prepared, 32, 0.75, seed=0, memory_budget_mb=0)
+    assert decoded.decoded_bytes == TRAIN_IMAGES * 16 * 16 and not decoded.streams and streamed.streams
+    batches = []
+    for data in (decoded, streamed):
+        data.setup("fit")
+        batches.append(list(data.train_dataloader()))
+    assert len(batches[0]) == len(batches[1]) == BATCHES_PER_EPOCH
+    for (images, labels), (streamed_images, streamed_labels) in zip(*batches):
+        assert torch.equal(images, streamed_images) and torch.equal(labels, streamed_labels)
+        assert streamed_images.is_contiguous() and streamed_images.dtype == torch.uint8
+
+
+def test_a_train_split_over_the_memory_budget_trains_the_same_generator(default_run, prepared_tiny, tmp_path,
+                                                                        capsys):
+    streamed = train_fresh(prepared_tiny, tmp_path, memory_budget_mb=0)
+    assert "more than train.memory_budget_mb 0; reading its images from" in capsys.readouterr().out
+    assert streamed.generator_hash == default_run.generator_hash
+    assert streamed.state.keys() == default_run.state.keys()
+    assert all(torch.equal(v, default_run.state[k]) for k, v in streamed.state.items())  # G, D and the EMA
+
+
+# --- hardware ------------------------------------------------------------------------------------
+
+
+def test_trainer_settings_follow_the_hardware_params_of_train_and_generate():
+    train_cfg, generate_cfg = fast_params().train, tiny_params().generate
+    assert trainer_settings(train_cfg, 0, "train") == {"accelerator": "cpu", "devices": 1, "num_nodes": 1,
+                                                       "precision": "32-true", "strategy": "auto"}
+    assert trainer_settings(train_cfg, 2, "train") == {"accelerator": "gpu", "devices": 2, "num_nodes": 1,
+                                                       "precision": "bf16-mixed",
+                                                       "strategy": "ddp_find_unused_parameters_true"}
+    # generate samples on one device in 32-bit unless told otherwise
+    assert trainer_settings(generate_cfg, 2, "generate") == {"accelerator": "gpu", "devices": 1, "num_nodes": 1,
+                                                            "precision": "32-true", "strategy": "auto"}
+    two_cpus = tiny_params(generate={"accelerator": "cpu", "devices": 2}).generate
+    assert trainer_settings(two_cpus, 2, "generate")["accelerator"] == "cpu"
+    assert trainer_settings(two_cpus, 2, "generate")["strategy"] == "ddp_find_unused_parameters_true"
+    with pytest.raises(ConfigError, match="^generate.accelerator is gpu but no GPU is available"):
+        trainer_settings(tiny_params(generate={"accelerator": "gpu"}).generate, 0, "generate")
+
+
 # --- each limited-data technique is switchable and has an effect ---------------------------------
 
 
@@ -356,13 +406,13 @@ def test_ema_on_saves_an_average_and_off_the_generator_itself(default_run, prepa
 
 
 @pytest.mark.parametrize("switch", [{"diffaugment": []}, {"lecam_weight": 0.5}, {"loss": "nonsaturating"},
-                                    {"mode_seeking_weight": 1.0}])
+                                    {"mode_seeking_weight": 0.0}])
 def test_diffaugment_lecam_loss_and_mode_seeking_switches_change_the_training(default_run, prepared_tiny, tmp_path,
                                                                               switch):
     run = train_fresh(prepared_tiny, tmp_path, **switch)
     assert run.generator_hash != default_run.generator_hash
     assert ("lecam" in run.log.columns) == ("lecam_weight" in switch)
-    assert ("mode_seeking" in run.log.columns) == ("mode_seeking_weight" in switch)
+    assert ("mode_seeking" in run.log.columns) == ("mode_seeking_weight" not in switch)  # on by default
 
 
 def test_transitional_conditioning_keeps_the_generator_unconditional_until_it_starts(default_run, prepared_tiny,

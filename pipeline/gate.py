@@ -1,0 +1,145 @@
+"""The generate stage's quality gate and its selection of the candidates that pass, in the judge's
+feature space.
+
+The gate has two checks per candidate of a class:
+(1) label: the judge gives the intended class at least the probability that `label_pass_rate` of the
+    class's real val images reach (calibrated per class, so a class the judge finds hard on real
+    images is not held to a bar no real image meets);
+(2) memorisation: the candidate is not closer to a real train image of its class than the class's
+    closest pair of distinct real images (metrics.copy_thresholds: the evaluate stage's copy rule).
+The selection keeps `first` the first candidates that pass; `diverse` a spread-out subset of them
+(farthest-point sampling, away from the class's real images and from each other); `informative` those
+the judge is least sure of.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from pipeline import nets
+from pipeline.classifier import predict
+from pipeline.config import GenerateParams
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
+from pipeline.io import read_manifest
+from pipeline.metrics import copy_thresholds
+from pipeline.paths import Paths
+
+MIN_CALIBRATION_IMAGES = 5  # a class with fewer real val images is calibrated on all val images pooled
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+
+def label_thresholds(true_class_probability: np.ndarray, labels: np.ndarray, num_classes: int,
+                     pass_rate: float) -> list[float]:
+    """Per class, the judge probability of the true class that `pass_rate` of its real images reach.
+
+    `true_class_probability[i]` is the judge's probability of image i's own class. A class with fewer
+    than MIN_CALIBRATION_IMAGES images takes the threshold of all images pooled.
+    """
+    pooled = float(np.quantile(true_class_probability, 1.0 - pass_rate))
+    thresholds = []
+    for label in range(num_classes):
+        own = true_class_probability[labels == label]
+        thresholds.append(float(np.quantile(own, 1.0 - pass_rate)) if len(own) >= MIN_CALIBRATION_IMAGES else pooled)
+    return thresholds
+
+
+def gate_verdicts(confidence: np.ndarray, nn_distance: np.ndarray, cfg: GenerateParams, label_threshold: float,
+                  copy_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(accepted, reject_reason) per candidate of one class; a disabled check never rejects."""
+    low_confidence = cfg.check_label & (confidence < label_threshold)
+    too_close = cfg.check_memorisation & (nn_distance < copy_threshold)
+    reasons = np.select(
+        [low_confidence & too_close, low_confidence, too_close], ["low_confidence;too_close", "low_confidence", "too_close"], ""
+    )
+    return ~(low_confidence | too_close), reasons
+
+
+def farthest_point_selection(candidates: np.ndarray, distance_to_anchors: np.ndarray, count: int) -> np.ndarray:
+    """Indices of `count` candidates (rows of features), chosen one at a time as the candidate farthest
+    from the anchors (`distance_to_anchors`: each candidate's distance to its nearest anchor) and from
+    the candidates chosen before it (k-center greedy; ties: the lowest index)."""
+    if count >= len(candidates):
+        return np.arange(len(candidates))
+    nearest = distance_to_anchors.astype(np.float64)
+    chosen = []
+    for _ in range(count):
+        pick = int(np.argmax(nearest))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(candidates - candidates[pick], axis=1))
+        nearest[pick] = -1.0
+    return np.sort(np.array(chosen))
+
+
+def select_passing(selection: str, count: int, features: np.ndarray, nn_distance: np.ndarray,
+                   confidence: np.ndarray) -> np.ndarray:
+    """Ascending indices of the passing candidates of a class to keep (at most `count`), given their
+    judge features, distances to the nearest real image and judge confidences, in the order drawn."""
+    if selection == "diverse":
+        return farthest_point_selection(features, nn_distance, count)
+    if selection == "informative":
+        return np.sort(np.argsort(confidence, kind="stable")[:count])
+    return np.arange(min(count, len(confidence)))
+
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassGate:
+    """The quality gate of one class: the judge, and the class's real train images in its feature space."""
+
+    judge: nets.Classifier
+    label: int
+    real_index: NearestNeighbors
+    real_paths: np.ndarray
+    label_threshold: float
+    copy_threshold: float
+    cfg: GenerateParams
+
+    def __call__(self, images: torch.Tensor) -> tuple[pd.DataFrame, np.ndarray]:
+        """The gate's columns (GATE_COLUMNS) for a batch of uint8 candidates of this class, and their features."""
+        probabilities, features = predict(self.judge, images, batch_size=len(images))
+        distances, nearest = self.real_index.kneighbors(features.numpy())
+        confidence = probabilities[:, self.label].numpy()
+        accepted, reasons = gate_verdicts(confidence, distances[:, 0], self.cfg, self.label_threshold,
+                                          self.copy_threshold)
+        return pd.DataFrame({
+            "accepted": accepted,
+            "reject_reason": reasons,
+            "judge_confidence": confidence.astype(np.float64).round(6),
+            "judge_prediction": probabilities.argmax(dim=1).numpy(),
+            "nn_distance": distances[:, 0].round(6),
+            "nearest_real": self.real_paths[nearest[:, 0]],
+        }), features.numpy()
+
+
+def build_gates(judge: nets.Classifier, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
+    """One gate per class, calibrated on the real train and val images."""
+    manifest = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
+    train_paths = manifest.loc[manifest["split"] == "train", "path"].to_numpy()
+    train_images, train_labels = load_split(paths.prepared, stats, "train")
+    val_images, val_labels = load_split(paths.prepared, stats, "val")
+    _, train_features = predict(judge, train_images)
+    val_probabilities, val_features = predict(judge, val_images)
+    if len(val_labels):
+        calibration_probability, calibration_labels = val_probabilities[torch.arange(len(val_labels)), val_labels], val_labels
+    else:  # no val split: the train images are all there is (the judge knows them, so the bar is high)
+        train_probabilities, _ = predict(judge, train_images)
+        calibration_probability = train_probabilities[torch.arange(len(train_labels)), train_labels]
+        calibration_labels = train_labels
+    label_bars = label_thresholds(calibration_probability.numpy(), calibration_labels.numpy(), stats.num_classes,
+                                  cfg.label_pass_rate)
+    copy_bars = copy_thresholds(train_features, train_labels, val_features, val_labels, stats.num_classes)
+    gates = []
+    for label in range(stats.num_classes):
+        in_class = (train_labels == label).numpy()
+        gates.append(ClassGate(judge, label, NearestNeighbors(n_neighbors=1).fit(train_features[in_class].numpy()),
+                               train_paths[in_class], label_bars[label], copy_bars[label], cfg))
+    return gates
