@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="also print test scores")
     args = parser.parse_args()
 
-    paths = Paths(__import__("pathlib").Path(args.root))
+    paths = Paths(Path(args.root))
     params = with_overrides(load_params(paths.root / "params.yaml"), args.set, args.budget)
     cfg = params.evaluate if args.seeds is None else dataclasses.replace(params.evaluate, seeds=args.seeds)
     stats = PreparedStats.read(paths.prepared)
@@ -62,7 +63,10 @@ def main() -> None:
     inputs = dataclasses.replace(inputs, merged_weights=merged_weights(
         inputs.merged_labels.numpy(), inputs.merged_synthetic, stats.num_classes, params.merge.synthetic_share))
     arms = args.arms.split(",") if args.arms else list(arm_training_sets(inputs, cfg.logit_adjustment, params.seed))
-    val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")
+    val = load_split(paths.prepared, stats, "val")
+    # Without --test the test split is never read: the runs are scored on val twice (their per-run lines
+    # then say "test" of what is val).
+    test = load_split(paths.prepared, stats, "test") if args.test else val
     started = time.perf_counter()
     runs = run_arms(inputs, val, test, tail_classes(stats.split_counts("train")), cfg, params.seed, arms=arms)
     scores = ["val_balanced_accuracy", "steps"] + (["balanced_accuracy", "tail_recall"] if args.test else [])

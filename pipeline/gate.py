@@ -9,7 +9,7 @@ The gate has two checks per candidate of a class:
     closest pair of distinct real images (metrics.copy_thresholds: the evaluate stage's copy rule).
 The selection keeps `first` the first candidates that pass; `diverse` a spread-out subset of them
 (farthest-point sampling, away from the class's real images and from each other); `informative` those
-the judge is least sure of.
+the judge labels correctly but is least sure of.
 """
 
 from __future__ import annotations
@@ -78,13 +78,23 @@ def farthest_point_selection(candidates: np.ndarray, distance_to_anchors: np.nda
 
 
 def select_passing(selection: str, count: int, features: np.ndarray, nn_distance: np.ndarray,
-                   confidence: np.ndarray) -> np.ndarray:
+                   confidence: np.ndarray, judged_correct: np.ndarray) -> np.ndarray:
     """Ascending indices of the passing candidates of a class to keep (at most `count`), given their
-    judge features, distances to the nearest real image and judge confidences, in the order drawn."""
+    judge features, distances to the nearest real image, judge confidences in the class and whether
+    the judge's prediction is the class, in the order drawn.
+
+    `informative` takes the candidates the judge labels correctly, least sure first; only when there
+    are too few of them, the others, most sure first. (On a class the judge confuses with another,
+    a calibrated label bar is low, and the least sure of all passing candidates would be images of
+    the other class.)
+    """
     if selection == "diverse":
         return farthest_point_selection(features, nn_distance, count)
     if selection == "informative":
-        return np.sort(np.argsort(confidence, kind="stable")[:count])
+        correct, other = np.flatnonzero(judged_correct), np.flatnonzero(~judged_correct)
+        order = np.concatenate([correct[np.argsort(confidence[correct], kind="stable")],
+                                other[np.argsort(-confidence[other], kind="stable")]])
+        return np.sort(order[:count])
     return np.arange(min(count, len(confidence)))
 
 

@@ -14,8 +14,9 @@
    the stage fails naming the class, or with `allow_short` keeps what it has.
 4. Select (gate.py): `selection: first` keeps the first candidates that pass; `diverse` lets `pool`
    times as many pass and keeps a spread-out subset of them, so that the synthetic images add what
-   the few real ones do not show; `informative` keeps the passing candidates the judge is least sure
-   of (the hard cases near the class boundary rather than the easy ones oversampling already gives).
+   the few real ones do not show; `informative` keeps the passing candidates the judge labels correctly
+   but is least sure of (the hard cases near the class boundary rather than the easy ones
+   oversampling already gives).
 
 The manifest holds one row per candidate judged, accepted or not, with the gate's verdict; rejected
 rows have no file (`path` is empty) but keep their seed, so they can be regenerated and inspected.
@@ -254,7 +255,8 @@ def write_class(plan_row, draw: ClassDraws, selection: str, out: Path) -> pd.Dat
     passing_rows = np.flatnonzero(rows["accepted"].to_numpy())
     chosen = select_passing(selection, planned, np.concatenate(draw.features),
                             rows.loc[passing_rows, "nn_distance"].to_numpy(),
-                            rows.loc[passing_rows, "judge_confidence"].to_numpy())
+                            rows.loc[passing_rows, "judge_confidence"].to_numpy(),
+                            rows.loc[passing_rows, "judge_prediction"].to_numpy() == label)
     rows.loc[passing_rows, "accepted"] = False
     rows.loc[passing_rows, "reject_reason"] = "not_selected"
     rows["path"], rows["sha256"] = "", ""

@@ -122,13 +122,19 @@ def test_keep_until_target_stops_at_the_last_needed_acceptance():
     assert generate.keep_until_target(accepted, 9) == 5
 
 
-def test_select_passing_keeps_the_first_a_spread_or_the_least_sure():
+def test_select_passing_keeps_the_first_a_spread_or_the_least_sure_of_the_correctly_labelled():
     features = np.array([[0.0], [0.1], [5.0], [10.0]])
     distance, confidence = features[:, 0], np.array([0.9, 0.2, 0.5, 0.2])
-    assert gate.select_passing("first", 2, features, distance, confidence).tolist() == [0, 1]
-    assert gate.select_passing("first", 9, features, distance, confidence).tolist() == [0, 1, 2, 3]
-    assert gate.select_passing("diverse", 2, features, distance, confidence).tolist() == [2, 3]
-    assert gate.select_passing("informative", 2, features, distance, confidence).tolist() == [1, 3]
+    correct = np.array([True, True, True, True])
+    assert gate.select_passing("first", 2, features, distance, confidence, correct).tolist() == [0, 1]
+    assert gate.select_passing("first", 9, features, distance, confidence, correct).tolist() == [0, 1, 2, 3]
+    assert gate.select_passing("diverse", 2, features, distance, confidence, correct).tolist() == [2, 3]
+    assert gate.select_passing("informative", 2, features, distance, confidence, correct).tolist() == [1, 3]
+    # a candidate the judge puts in another class is taken only when too few are labelled correctly,
+    # and then the most sure of them first
+    mislabelled = np.array([True, False, True, False])
+    assert gate.select_passing("informative", 2, features, distance, confidence, mislabelled).tolist() == [0, 2]
+    assert gate.select_passing("informative", 3, features, distance, confidence, mislabelled).tolist() == [0, 1, 2]
 
 
 def test_a_class_draws_batches_that_follow_its_pass_rate_until_its_target_or_its_budget():
