@@ -42,7 +42,7 @@ ABLATIONS = {
     "no copy check": ({"generate": {"check_memorisation": False}}, "generate"),
     "selection first (no pool)": ({"generate": {"selection": "first"}}, "generate"),
     "selection diverse": ({"generate": {"selection": "diverse"}}, "generate"),
-    "synthetic share 0.5": ({"merge": {"synthetic_share": 0.5}}, "merge"),
+    "synthetic share 0.7": ({"merge": {"synthetic_share": 0.7}}, "merge"),
     "synthetic share 0.3": ({"merge": {"synthetic_share": 0.3}}, "merge"),
 }
 STAGES = ("train", "generate", "merge")
