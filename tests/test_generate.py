@@ -205,16 +205,25 @@ def test_diverse_selection_keeps_a_spread_out_subset_of_a_larger_passing_pool(wo
         assert kept["nn_distance"].max() >= passed_over["nn_distance"].max()
 
 
-def test_informative_selection_keeps_the_passing_candidates_the_judge_is_least_sure_of(workspace):
-    save_untrained_models(workspace)
+def test_informative_selection_keeps_the_correctly_labelled_candidates_the_judge_is_least_sure_of(workspace):
+    save_untrained_models(workspace)  # an untrained judge labels some candidates as their class, others not
     generate.run(tiny_params(generate={"target": 20, "selection": "informative", "pool": 3, "label_pass_rate": 1.0,
                                        "check_memorisation": False}), workspace)
     manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
+    mixed_classes = 0
     for name, rows in manifest.groupby("class_name"):
-        kept = rows.loc[rows["accepted"], "judge_confidence"]
-        passed_over = rows.loc[rows["reject_reason"] == "not_selected", "judge_confidence"]
-        assert len(kept) == plan_of(workspace).loc[name, "planned"] and len(passed_over) == 2 * len(kept)
-        assert kept.max() <= passed_over.min()  # the hard cases, not the easy ones
+        correct = rows["judge_prediction"] == rows["label"]
+        kept, passed_over = rows["accepted"], rows["reject_reason"] == "not_selected"
+        assert kept.sum() == plan_of(workspace).loc[name, "planned"] and passed_over.sum() == 2 * kept.sum()
+        confidence = rows["judge_confidence"]
+        if (kept & correct).any() and (passed_over & correct).any():  # the hard cases, not the easy ones
+            assert confidence[kept & correct].max() <= confidence[passed_over & correct].min()
+        if (kept & ~correct).any():  # another class's look only when too few are labelled as the class
+            assert not (passed_over & correct).any()
+            mixed_classes += 1
+            if (passed_over & ~correct).any():  # and then the most sure of them
+                assert confidence[kept & ~correct].min() >= confidence[passed_over & ~correct].max()
+    assert 0 < mixed_classes < manifest["class_name"].nunique()  # both cases occur in this data
 
 
 def test_the_copy_rule_is_the_closest_pair_of_distinct_real_images_of_the_class(workspace):
