@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import merge_dicts  # noqa: E402  (the tests' deep merge of params dicts, as scale.py uses it)
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.metrics import mean_std, paired_difference, tail_classes
@@ -47,11 +49,6 @@ ABLATIONS = {
 }
 STAGES = ("train", "generate", "merge")
 GROUPS = {"gan": "train", "gate": "generate", "share": "merge"}
-
-
-def deep_update(tree: dict, change: dict) -> dict:
-    return {key: deep_update(tree[key], value) if isinstance(value, dict) else value for key, value in change.items()} \
-        | {key: value for key, value in tree.items() if key not in change}
 
 
 def workspace_for(source: Paths, folder: Path, params: dict, first_stage: str) -> Paths:
@@ -95,7 +92,7 @@ def main() -> None:
         scores = val_scores(root, args.seeds, arm)
         rows.append((f"{arm} arm, for reference", *mean_std(scores), *paired_difference(scores, default_scores)))
     for number, (name, (change, first_stage)) in enumerate(ABLATIONS.items()):
-        params = deep_update(defaults, change)
+        params = merge_dicts(defaults, change)
         if first_stage not in groups or params == defaults:
             continue
         paths = workspace_for(root, scratch / f"ablation-{number}", params, first_stage)

@@ -126,7 +126,7 @@ class GenerateParams:
     check_memorisation: bool = True
     # first: keep the first candidates that pass; diverse: let `pool` times as many pass and keep a
     # spread-out subset (farthest from the class's real images and from each other, in judge features);
-    # informative: of `pool` times as many, keep those the judge is least sure of
+    # informative: of `pool` times as many, keep those the judge labels as the class but is least sure of
     selection: Literal["first", "diverse", "informative"] = "informative"
     pool: int = bounded(4, ge=1)
     # a class may draw max_attempts candidates per image it needs before it counts as failed
