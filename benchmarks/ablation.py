@@ -4,6 +4,7 @@ Run from the repository root after a full `dvc repro` (it copies data/prepared, 
 models into scratch folders and never touches the workspace):
 
     python benchmarks/ablation.py [--seeds 5] [--only gate,share] [--keep /tmp/ablation]
+    python benchmarks/ablation.py --only "no EMA generator,natural class sampling in the GAN"
 
 For every ablation it reruns the stages the change touches (train onwards for a GAN mechanism,
 generate onwards for a gate mechanism, merge for the synthetic share) with params.yaml plus that one
@@ -77,13 +78,16 @@ def val_scores(paths: Paths, seeds: int, arm: str = "augmented") -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--only", help=f"comma-separated groups: {', '.join(GROUPS)}")
+    parser.add_argument("--only", help=f"comma-separated groups ({', '.join(GROUPS)}) or ablation names")
     parser.add_argument("--keep", type=Path, help="keep the scratch workspaces here")
     args = parser.parse_args()
 
     root = Paths(Path.cwd())
     defaults = yaml.safe_load((root.root / "params.yaml").read_text())
-    groups = {GROUPS[g] for g in args.only.split(",")} if args.only else set(GROUPS.values())
+    chosen = args.only.split(",") if args.only else list(GROUPS)
+    unknown = [name for name in chosen if name not in GROUPS and name not in ABLATIONS]
+    if unknown:
+        parser.error(f"--only: unknown group or ablation {unknown[0]!r}")
     scratch = args.keep or Path(tempfile.mkdtemp(prefix="ablation-"))
     scratch.mkdir(parents=True, exist_ok=True)
     default_scores = val_scores(root, args.seeds)
@@ -93,7 +97,8 @@ def main() -> None:
         rows.append((f"{arm} arm, for reference", *mean_std(scores), *paired_difference(scores, default_scores)))
     for number, (name, (change, first_stage)) in enumerate(ABLATIONS.items()):
         params = merge_dicts(defaults, change)
-        if first_stage not in groups or params == defaults:
+        wanted = name in chosen or any(GROUPS.get(group) == first_stage for group in chosen)
+        if not wanted or params == defaults:
             continue
         paths = workspace_for(root, scratch / f"ablation-{number}", params, first_stage)
         scores = val_scores(paths, args.seeds)

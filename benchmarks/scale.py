@@ -11,7 +11,10 @@ repository of this project beside it (as the tests do: tests/conftest.py make_re
 params for a short run: the source thinned to a long tail (ratio 10) so that generate has work,
 1 GAN epoch, tiny classifiers, 1 seed. Then times `dvc repro <stage>` stage by stage, and on the
 published dataset data/augmented: `dvc push` to a local remote, `dvc status`, `dvc pull` in a
-fresh clone, and `dvc checkout` there after deleting it.
+fresh clone, and `dvc checkout` there after deleting it. With `--format shards --reference`, the same
+published images are then also written one PNG per file (the ImageFolder form, unpacked from the
+shards) into a folder of their own and the DVC operations are timed on it too, after a `dvc add`:
+the ratio of the two is measured in one run, on one machine state.
 
 Peak memory is the largest resident set among the command's processes (DVC, or the stage it runs),
 from the kernel's accounting of the finished command (os.wait4), taken in a small wrapper process:
@@ -39,11 +42,12 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from conftest import TINY_CLASSIFIER, make_repo_copy, merge_dicts  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
-from pipeline.io import class_folder_names, encode_png, read_json  # noqa: E402
+from pipeline.io import class_folder_names, encode_png, read_json, read_manifest, read_span, tar_spans  # noqa: E402
 from pipeline.sources import open_source  # noqa: E402
 
 STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")
 DATASET = "data/augmented"
+REFERENCE = "published-imagefolder"  # --reference: the published images one PNG per file, tracked by `dvc add`
 IMAGE_OUTPUTS = {"prepare": ["data/prepared", "data/holdout"], "generate": ["data/synthetic"], "merge": [DATASET]}
 PEAK_RSS_WRAPPER = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
                     "_, status, usage = os.wait4(child.pid, 0); open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
@@ -145,22 +149,45 @@ def benchmark(work: Path, args: argparse.Namespace) -> list[tuple]:
     subprocess.run([*git, "commit", "-qm", "repro"], cwd=repo, check=True)
     published = images_of("merge", repo, args.images), files_under(repo / DATASET)
 
-    clone = work / "clone"
-    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    for label, command, cwd in (("dvc push", "push", repo), ("dvc status", "status", repo),
-                                ("dvc pull (fresh clone)", "pull", clone)):
-        rows.append((label, *published, *measured([*dvc, command, DATASET], cwd)))
-    shutil.rmtree(clone / DATASET)
-    rows.append(("dvc checkout (deleted)", *published, *measured([*dvc, "checkout", DATASET], clone)))
+    rows += dvc_operations(repo, work / "clone", DATASET, published, "")
+    if args.reference:
+        unpack_shards(repo / DATASET, repo / REFERENCE)
+        images = published[0]
+        rows.append(("ImageFolder: dvc add", images, images, *measured([*dvc, "add", REFERENCE], repo)))
+        subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+        subprocess.run([*git, "commit", "-qm", "reference"], cwd=repo, check=True)
+        rows += dvc_operations(repo, work / "clone-reference", REFERENCE, (images, images), "ImageFolder: ")
     return rows
+
+
+def dvc_operations(repo: Path, clone: Path, target: str, published: tuple[int, int], prefix: str) -> list[tuple]:
+    """Rows of `dvc push` and `dvc status` of a target in the repo, `dvc pull` in a fresh git clone
+    and `dvc checkout` there after deleting it."""
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    rows = [(f"{prefix}{step}", *published, *measured([*dvc, command, target], cwd))
+            for step, command, cwd in (("dvc push", "push", repo), ("dvc status", "status", repo),
+                                       ("dvc pull (fresh clone)", "pull", clone))]
+    shutil.rmtree(clone / target)
+    return rows + [(f"{prefix}dvc checkout (deleted)", *published, *measured([*dvc, "checkout", target], clone))]
+
+
+def unpack_shards(dataset: Path, folder: Path) -> None:
+    """The images of a shards dataset as one PNG per file, at their ImageFolder paths (manifest `path`)."""
+    manifest = read_manifest(dataset / "manifest.csv", ["path", "shard", "key"])
+    for shard, rows in manifest.groupby("shard"):
+        spans = tar_spans(dataset / shard)
+        for path, key in zip(rows["path"], rows["key"]):
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_bytes(read_span(dataset / shard, *spans[f"{key}.png"]))
 
 
 def print_table(rows: list[tuple], args: argparse.Namespace) -> None:
     print(f"\n{args.images} source images, merge.format {args.format}, train on {args.accelerator}, "
           f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the end)")
-    print(f"{'step':<24}{'images':>9}{'files':>9}{'seconds':>10}{'peak MiB':>10}")
+    print(f"{'step':<37}{'images':>9}{'files':>9}{'seconds':>10}{'peak MiB':>10}")
     for step, images, files, seconds, peak, failure in rows:
-        print(f"{step:<24}{images if images is not None else '':>9}{files if files is not None else '':>9}"
+        print(f"{step:<37}{images if images is not None else '':>9}{files if files is not None else '':>9}"
               f"{seconds:>10.1f}{peak:>10.0f}" + (f"  FAILED: {failure}" if failure else ""))
 
 
@@ -170,8 +197,12 @@ def main() -> None:
     parser.add_argument("--format", choices=("imagefolder", "shards", "both"), default="imagefolder",
                         help="merge.format: how data/augmented is published")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="train.accelerator")
+    parser.add_argument("--reference", action="store_true",
+                        help="with --format shards: time the DVC operations on the same images as an ImageFolder too")
     parser.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temporary one)")
     args = parser.parse_args()
+    if args.reference and args.format != "shards":
+        parser.error("--reference compares the shards with an ImageFolder of the same images: use --format shards")
     if args.keep:
         args.keep.mkdir(parents=True)  # a new folder: never mixes with an earlier run
     work = args.keep or Path(tempfile.mkdtemp(prefix="scale-"))
