@@ -159,8 +159,10 @@ def read_manifest(path: Path | str, columns: list[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not found (run the stage that makes it first)")
+    # low_memory=False: pandas otherwise infers a column's type chunk by chunk in a long file, so a
+    # column that is empty on real rows and numeric on synthetic ones could come back with mixed types
     frame = pd.read_csv(path, dtype={"class_name": str, "source": str, "sha256": str, "path": str},
-                        keep_default_na=False)
+                        keep_default_na=False, low_memory=False)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: manifest lacks the columns {', '.join(missing)}")

@@ -3,6 +3,7 @@
 import json
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,19 @@ def test_load_augmented_reads_shards_as_it_reads_the_image_folder(generated, tmp
     shard.write_bytes(b"")
     with pytest.raises(InputError, match="not a readable tar file"):
         load_augmented(sharded.augmented)
+
+
+def test_a_long_manifest_reads_with_one_type_per_column(tmp_path):
+    # As in a merged manifest: the gate's columns are empty on the real rows, which come first, and
+    # numbers on the synthetic ones. pandas reads a long file in chunks (of about 2**18 fields) and
+    # would type the chunks apart: strings in the first, floats in the last.
+    rows = 40_000
+    frame = pd.DataFrame({"path": [f"train/a/{i:06d}.png" for i in range(rows)],
+                          **{f"column_{j}": ["x"] * rows for j in range(14)},
+                          "nn_distance": [""] * (rows // 2) + ["0.25"] * (rows - rows // 2)})
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pandas' DtypeWarning about mixed types
+        read = read_manifest(tmp_path / "manifest.csv", ["path", "nn_distance"])
+    assert {type(value) for value in read["nn_distance"]} == {str}
+    assert pd.to_numeric(read["nn_distance"], errors="coerce").notna().sum() == rows - rows // 2
