@@ -1,7 +1,7 @@
 """The one classifier recipe: the judge, and every downstream arm of evaluate, are trained by `fit`.
 
-A small CNN (nets.Classifier) learns from uint8 images held in memory, each drawn image augmented by
-albumentations (`classifier_augmentation`), with AdamW, under Lightning's Trainer. Every
+A small CNN (nets.Classifier) learns from uint8 images held in memory, each drawn batch augmented by
+albumentations (`classifier_augmentation`, `AugmentedBatches`), with AdamW, under Lightning's Trainer. Every
 `eval_every` updates it is scored on the real val split; training stops when the val balanced
 accuracy has not improved for `patience` scorings (or at `max_steps`), and the best-on-val weights
 are kept; the learning rate is cut by 5 whenever the score has not risen for two scorings. Without
@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
 
 from pipeline import nets
 from pipeline.config import ClassifierParams
@@ -54,20 +54,26 @@ class TrainingSet:
     logit_adjustment: float = 0.0  # tau of the logit-adjusted loss (Menon et al., 2021); 0: plain cross-entropy
 
 
-class AugmentedImages(Dataset):
-    """uint8 images, each augmented by albumentations when drawn; gives (uint8 C x H x W tensor, label)."""
+class AugmentedBatches:
+    """The DataLoader's `collate_fn`: drawn indices -> (uint8 B x C x H x W tensor, labels), augmented by
+    albumentations in groups of `group` images that share one random affine.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int):
-        self.images = images.permute(0, 2, 3, 1).numpy()  # albumentations works on H x W x C arrays
-        self.labels = labels
+    Albumentations spends about 0.3 ms of Python per call whatever the image's size, which made it
+    most of a classifier's training time at one call per image; one call per group (its `images=`
+    batch form) costs about as much as one image, and every image still sees a new random affine
+    each time it is drawn. The k-th group of the run takes the k-th parameters of the seed's stream.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int, group: int):
+        self.images = images.permute(0, 2, 3, 1).numpy()  # albumentations works on (N x) H x W x C arrays
+        self.labels, self.group = labels, group
         self.transform = classifier_augmentation(seed)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = self.transform(image=self.images[index])["image"]
-        return torch.from_numpy(image).permute(2, 0, 1), self.labels[index]
+    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn = self.images[indices]
+        augmented = np.concatenate([self.transform(images=drawn[start:start + self.group])["images"]
+                                    for start in range(0, len(indices), self.group)])
+        return torch.from_numpy(augmented).permute(0, 3, 1, 2), self.labels[indices]
 
 
 class ClassifierModule(pl.LightningModule):
@@ -125,13 +131,14 @@ def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, n
     validate = len(val_labels) > 0
     module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
     module.to(memory_format=torch.channels_last)
-    dataset = AugmentedImages(data.images, data.labels, seed)
+    indices = range(len(data.labels))  # the loader draws indices; AugmentedBatches gathers and augments them
     draws, generator = recipe.eval_every * recipe.batch_size, torch.Generator().manual_seed(seed)
     if data.weights is None:
-        sampler = RandomSampler(dataset, replacement=True, num_samples=draws, generator=generator)
+        sampler = RandomSampler(indices, replacement=True, num_samples=draws, generator=generator)
     else:
         sampler = WeightedRandomSampler(torch.tensor(data.weights, dtype=torch.double), draws, generator=generator)
-    train_loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=sampler)  # an epoch: eval_every updates
+    train_loader = DataLoader(indices, batch_size=recipe.batch_size, sampler=sampler,  # an epoch: eval_every updates
+                              collate_fn=AugmentedBatches(data.images, data.labels, seed, recipe.augment_group))
     val_loader = DataLoader(TensorDataset(val_images, val_labels), batch_size=500) if validate else None
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the images are in memory

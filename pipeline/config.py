@@ -64,6 +64,7 @@ class ClassifierParams:
 
     width: int = bounded(16, ge=4)  # channels of the first convolution of nets.Classifier
     batch_size: int = bounded(64, ge=1)
+    augment_group: int = bounded(8, ge=1)  # drawn images that share one random affine (one albumentations call)
     lr: float = bounded(3e-3, gt=0.0)
     weight_decay: float = bounded(1e-4, ge=0.0)
     eval_every: int = bounded(50, ge=1)  # updates between two scorings on the val split

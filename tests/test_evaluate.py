@@ -15,7 +15,7 @@ import torch
 from conftest import COPIED_CLASS, TINY_PARAMS, WRONG_CLASS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
 
 from pipeline import evaluate
-from pipeline.classifier import AugmentedImages, TrainingSet, fit
+from pipeline.classifier import AugmentedBatches, TrainingSet, fit
 from pipeline.config import ClassifierParams
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
@@ -53,12 +53,16 @@ def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation
     assert torch.equal(one.body[0].weight, other.body[0].weight)
     assert not torch.equal(one.body[0].weight, third.body[0].weight)
 
-    # the k-th drawn image is augmented with the k-th parameters of the seed's stream, whatever the data
-    reversed_order = AugmentedImages(images.flip(0), labels.flip(0), seed=3)
-    in_order = AugmentedImages(images, labels, seed=3)
-    drawn = [in_order[i][0] for i in range(5)]
-    assert all(torch.equal(drawn[k], reversed_order[len(images) - 1 - k][0]) for k in range(5))
-    assert not torch.equal(drawn[0], images[0])  # it is augmented
+    # the k-th drawn group is augmented with the k-th parameters of the seed's stream, whatever the data
+    n = len(images)
+    drawn, drawn_labels = AugmentedBatches(images, labels, seed=3, group=2)([0, 1, 2, 3])
+    again, _ = AugmentedBatches(images.flip(0), labels.flip(0), seed=3, group=2)([n - 1, n - 2, n - 3, n - 4])
+    assert torch.equal(drawn, again) and torch.equal(drawn_labels, labels[:4])
+    assert drawn.shape == images[:4].shape and not torch.equal(drawn[0], images[0])  # it is augmented
+
+    # the images of a group share one random affine, and the next group draws another
+    same_image, _ = AugmentedBatches(images, labels, seed=5, group=2)([0, 0, 0, 0])
+    assert torch.equal(same_image[0], same_image[1]) and not torch.equal(same_image[1], same_image[2])
 
 
 def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
