@@ -101,7 +101,7 @@ def main() -> None:
                                 verdicts["judge_confidence"].to_numpy()[passing],
                                 verdicts["judge_prediction"].to_numpy()[passing] == label)
         translated[label] = candidates[torch.from_numpy(np.flatnonzero(passing)[chosen])]
-        committed[label] = inputs.merged_images[torch.from_numpy(inputs.merged_synthetic) & (inputs.merged_labels == label)]
+        committed[label] = inputs.merged_images[torch.tensor(inputs.merged_synthetic) & (inputs.merged_labels == label)]
         real_features = predict(judge, val_images[val_labels == label])[1]
         spread = {name: precision_recall_density_coverage(real_features, predict(judge, images)[1], params.evaluate.k)
                   for name, images in (("translated", translated[label]), ("random", committed[label]))}

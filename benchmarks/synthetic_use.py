@@ -1,0 +1,108 @@
+"""Two more ways of using the merged dataset's synthetic images, measured on the val split.
+
+Run from the repository root after `dvc repro merge` (it reads the workspace and writes nothing):
+
+    python benchmarks/synthetic_use.py [--variants all,below:100,below:50,none,soft:0.5,soft:1] [--seeds 5]
+
+Each variant trains the augmented arm's recipe (the manifest's class-balanced weights, the
+evaluate params' classifier) on the paired seeds and is scored on val; the paired difference to the
+first variant is printed with its 95 % interval. The test split is not read.
+- `all`: the merged dataset as published (the augmented arm).
+- `below:N`: synthetic images only in the classes with fewer than N real train images; the other
+  classes keep their real images alone, still drawn class-balanced (`none`: no synthetic image at all).
+- `soft:A`: every image as published, the synthetic ones learnt with soft labels: (1 - A) x their
+  one-hot label + A x the judge's class probabilities (distillation from the real-data judge, which
+  marks a synthetic image that looks like two classes as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import nets
+from pipeline.classifier import TrainingSet, fit, predict
+from pipeline.config import load_params
+from pipeline.contracts import PreparedStats, load_split
+from pipeline.merge import merged_weights
+from pipeline.metrics import mean_std, paired_difference
+from pipeline.paths import Paths
+from pipeline.utility import read_arm_inputs
+
+
+def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray,
+                judge_probabilities: torch.Tensor, train_counts: np.ndarray, share: float) -> TrainingSet:
+    """The training set of one variant (see the module's docstring)."""
+    num_classes = len(train_counts)
+    kind, _, value = variant.partition(":")
+    if kind == "soft":
+        targets = torch.nn.functional.one_hot(labels, num_classes).float()
+        alpha = float(value)
+        targets[synthetic] = (1 - alpha) * targets[synthetic] + alpha * judge_probabilities[synthetic]
+        return TrainingSet(images, targets, merged_weights(labels.numpy(), synthetic, num_classes, share))
+    below = {"all": np.inf, "none": 0, "below": float(value or 0)}[kind]
+    keep = ~synthetic | (train_counts[labels.numpy()] < below)
+    index = torch.from_numpy(np.flatnonzero(keep))
+    return TrainingSet(images[index], labels[index],
+                       merged_weights(labels.numpy()[keep], synthetic[keep], num_classes, share))
+
+
+_CONTEXT: dict = {}
+
+
+def _start_worker(context: dict) -> None:
+    _CONTEXT.update(context)
+    torch.set_num_threads(1)
+
+
+def _run(job: tuple[str, int]) -> tuple[str, int, float]:
+    variant, seed = job
+    c = _CONTEXT
+    data = variant_set(variant, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"], c["share"])
+    _, history = fit(data, *c["val"], len(c["counts"]), c["recipe"], seed)
+    return variant, seed, history["best_val_balanced_accuracy"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="all,below:100,below:50,none,soft:0.5,soft:1")
+    parser.add_argument("--seeds", type=int)
+    args = parser.parse_args()
+
+    paths = Paths()
+    params = load_params(paths.root / "params.yaml")
+    stats = PreparedStats.read(paths.prepared)
+    inputs = read_arm_inputs(paths, stats)
+    judge, _ = nets.load_judge(paths.judge)
+    synthetic = torch.tensor(inputs.merged_synthetic)
+    context = {"images": inputs.merged_images, "labels": inputs.merged_labels, "synthetic": inputs.merged_synthetic,
+               "probabilities": predict(judge, inputs.merged_images)[0], "counts": np.array(stats.split_counts("train")),
+               "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
+               "recipe": params.evaluate.classifier}
+    label_probability = context["probabilities"][synthetic].gather(1, inputs.merged_labels[synthetic, None])
+    print(f"judge's mean probability of the intended class on the synthetic images: {label_probability.mean():.3f}")
+
+    variants = args.variants.split(",")
+    seeds = range(params.seed, params.seed + (args.seeds or params.evaluate.seeds))
+    jobs = [(variant, seed) for variant in variants for seed in seeds]
+    with ProcessPoolExecutor(len(os.sched_getaffinity(0)), mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                             initargs=(context,)) as pool:
+        runs = pd.DataFrame(list(pool.map(_run, jobs)), columns=["variant", "seed", "val"])
+    scores = runs.pivot(index="seed", columns="variant", values="val")[variants]
+    for variant in variants:
+        mean, std = mean_std(scores[variant])
+        line = f"{variant:<12} val balanced accuracy {mean:.4f} ± {std:.4f}"
+        if variant != variants[0]:
+            difference, low, high = paired_difference(scores[variant], scores[variants[0]])
+            line += f"   minus {variants[0]}: {difference:+.4f} (95 % interval {low:+.4f} to {high:+.4f})"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
