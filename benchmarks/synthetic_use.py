@@ -91,7 +91,8 @@ def main() -> None:
     variants = args.variants.split(",")
     seeds = range(params.seed, params.seed + (args.seeds or params.evaluate.seeds))
     jobs = [(variant, seed) for variant in variants for seed in seeds]
-    with ProcessPoolExecutor(len(os.sched_getaffinity(0)), mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+    workers = len(os.sched_getaffinity(0))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                              initargs=(context,)) as pool:
         runs = pd.DataFrame(list(pool.map(_run, jobs)), columns=["variant", "seed", "val"])
     scores = runs.pivot(index="seed", columns="variant", values="val")[variants]
