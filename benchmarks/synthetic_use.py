@@ -2,7 +2,7 @@
 
 Run from the repository root after `dvc repro merge` (it reads the workspace and writes nothing):
 
-    python benchmarks/synthetic_use.py [--variants all,below:100,below:50,none,soft:0.5,soft:1] [--seeds 5]
+    python benchmarks/synthetic_use.py [--variants all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5] [--seeds 5]
 
 Each variant trains the augmented arm's recipe (the manifest's class-balanced weights, the
 evaluate params' classifier) on the paired seeds and is scored on val; the paired difference to the
@@ -13,6 +13,9 @@ first variant is printed with its 95 % interval. The test split is not read.
 - `soft:A`: every image as published, the synthetic ones learnt with soft labels: (1 - A) x their
   one-hot label + A x the judge's class probabilities (distillation from the real-data judge, which
   marks a synthetic image that looks like two classes as such).
+- `mix:L`: every synthetic image blended with a real train image of its own class, drawn at random,
+  the synthetic image's weight uniform in [L, 1] (mixup of real with synthetic images within a
+  class, so the label stays); drawn once, from params.yaml's seed.
 """
 
 from __future__ import annotations
@@ -36,11 +39,29 @@ from pipeline.paths import Paths
 from pipeline.utility import read_arm_inputs
 
 
+def mixed_with_real(images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray, lowest: float,
+                    seed: int) -> torch.Tensor:
+    """The images with each synthetic one blended with a random real image of its class (see `mix:L`)."""
+    rng = np.random.default_rng(seed)
+    mixed = images.clone()
+    for label in np.unique(labels.numpy()[synthetic]):
+        fakes = np.flatnonzero(synthetic & (labels.numpy() == label))
+        partners = rng.choice(np.flatnonzero(~synthetic & (labels.numpy() == label)), len(fakes))
+        weight = torch.from_numpy(rng.uniform(lowest, 1.0, len(fakes))).float().view(-1, 1, 1, 1)
+        blend = weight * images[fakes].float() + (1 - weight) * images[partners].float()
+        mixed[fakes] = blend.round().clamp(0, 255).to(torch.uint8)
+    return mixed
+
+
 def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray,
-                judge_probabilities: torch.Tensor, train_counts: np.ndarray, share: float) -> TrainingSet:
+                judge_probabilities: torch.Tensor, train_counts: np.ndarray, share: float,
+                seed: int) -> TrainingSet:
     """The training set of one variant (see the module's docstring)."""
     num_classes = len(train_counts)
     kind, _, value = variant.partition(":")
+    if kind == "mix":
+        return TrainingSet(mixed_with_real(images, labels, synthetic, float(value), seed), labels,
+                           merged_weights(labels.numpy(), synthetic, num_classes, share))
     if kind == "soft":
         targets = torch.nn.functional.one_hot(labels, num_classes).float()
         alpha = float(value)
@@ -64,14 +85,15 @@ def _start_worker(context: dict) -> None:
 def _run(job: tuple[str, int]) -> tuple[str, int, float]:
     variant, seed = job
     c = _CONTEXT
-    data = variant_set(variant, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"], c["share"])
+    data = variant_set(variant, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"], c["share"],
+                       c["mix_seed"])
     _, history = fit(data, *c["val"], len(c["counts"]), c["recipe"], seed)
     return variant, seed, history["best_val_balanced_accuracy"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="all,below:100,below:50,none,soft:0.5,soft:1")
+    parser.add_argument("--variants", default="all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5")
     parser.add_argument("--seeds", type=int)
     args = parser.parse_args()
 
@@ -84,7 +106,7 @@ def main() -> None:
     context = {"images": inputs.merged_images, "labels": inputs.merged_labels, "synthetic": inputs.merged_synthetic,
                "probabilities": predict(judge, inputs.merged_images)[0], "counts": np.array(stats.split_counts("train")),
                "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
-               "recipe": params.evaluate.classifier}
+               "recipe": params.evaluate.classifier, "mix_seed": params.seed}
     label_probability = context["probabilities"][synthetic].gather(1, inputs.merged_labels[synthetic, None])
     print(f"judge's mean probability of the intended class on the synthetic images: {label_probability.mean():.3f}")
 
