@@ -43,10 +43,10 @@ def mixed_with_real(images: torch.Tensor, labels: torch.Tensor, synthetic: np.nd
                     seed: int) -> torch.Tensor:
     """The images with each synthetic one blended with a random real image of its class (see `mix:L`)."""
     rng = np.random.default_rng(seed)
-    mixed = images.clone()
-    for label in np.unique(labels.numpy()[synthetic]):
-        fakes = np.flatnonzero(synthetic & (labels.numpy() == label))
-        partners = rng.choice(np.flatnonzero(~synthetic & (labels.numpy() == label)), len(fakes))
+    classes, mixed = labels.numpy(), images.clone()
+    for label in np.unique(classes[synthetic]):
+        fakes = np.flatnonzero(synthetic & (classes == label))
+        partners = rng.choice(np.flatnonzero(~synthetic & (classes == label)), len(fakes))
         weight = torch.from_numpy(rng.uniform(lowest, 1.0, len(fakes))).float().view(-1, 1, 1, 1)
         blend = weight * images[fakes].float() + (1 - weight) * images[partners].float()
         mixed[fakes] = blend.round().clamp(0, 255).to(torch.uint8)
