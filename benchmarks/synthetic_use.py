@@ -1,4 +1,4 @@
-"""Two more ways of using the merged dataset's synthetic images, measured on the val split.
+"""Other ways of using the merged dataset's synthetic images, measured on the val split.
 
 Run from the repository root after `dvc repro merge` (it reads the workspace and writes nothing):
 
@@ -59,14 +59,14 @@ def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthe
     """The training set of one variant (see the module's docstring)."""
     num_classes = len(train_counts)
     kind, _, value = variant.partition(":")
-    if kind == "mix":
-        return TrainingSet(mixed_with_real(images, labels, synthetic, float(value), seed), labels,
-                           merged_weights(labels.numpy(), synthetic, num_classes, share))
-    if kind == "soft":
+    if kind in ("mix", "soft"):  # every image as published, drawn by the published weights
+        weights = merged_weights(labels.numpy(), synthetic, num_classes, share)
+        if kind == "mix":
+            return TrainingSet(mixed_with_real(images, labels, synthetic, float(value), seed), labels, weights)
         targets = torch.nn.functional.one_hot(labels, num_classes).float()
         alpha = float(value)
         targets[synthetic] = (1 - alpha) * targets[synthetic] + alpha * judge_probabilities[synthetic]
-        return TrainingSet(images, targets, merged_weights(labels.numpy(), synthetic, num_classes, share))
+        return TrainingSet(images, targets, weights)
     below = {"all": np.inf, "none": 0, "below": float(value or 0)}[kind]
     keep = ~synthetic | (train_counts[labels.numpy()] < below)
     index = torch.from_numpy(np.flatnonzero(keep))
