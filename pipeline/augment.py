@@ -36,7 +36,7 @@ def translation(images: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     cols = (torch.arange(w, device=images.device)[None, None, :] + dx + 1).clamp(0, w + 1)
     padded = F.pad(images, [1, 1, 1, 1]).permute(0, 2, 3, 1)  # N x H+2 x W+2 x C
     batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+    return padded[batch, rows, cols].permute(0, 3, 1, 2)
 
 
 def cutout(images: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:

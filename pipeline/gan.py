@@ -217,6 +217,9 @@ class ConditionalGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.generator = Generator(image_size, channels, num_classes, cfg.z_dim, cfg.g_width)
         self.discriminator = Discriminator(image_size, channels, num_classes, cfg.d_width)
+        # Channels-last convolutions are about a tenth faster on the CPU (benchmarks/train_throughput.py).
+        self.generator.to(memory_format=torch.channels_last)
+        self.discriminator.to(memory_format=torch.channels_last)
         self.generator_ema = AveragedModel(self.generator, use_buffers=True,
                                            multi_avg_fn=ema_with_warmup(cfg.ema_decay if cfg.ema else 0.0))
         self.generator_ema.requires_grad_(False)
@@ -233,7 +236,7 @@ class ConditionalGAN(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        real = to_unit_range(images)
+        real = to_unit_range(images).contiguous(memory_format=torch.channels_last)
         n = real.shape[0]
         cfg = self.cfg
         strength = conditioning_strength(int(self.batches_seen), cfg.transition_start, cfg.transition_steps)
