@@ -2,7 +2,7 @@
 
 Run from the repository root after `dvc repro merge` (it reads the workspace and writes nothing):
 
-    python benchmarks/synthetic_use.py [--variants all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5] [--seeds 5]
+    python benchmarks/synthetic_use.py [--variants all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5,finetune:classical,finetune:all] [--seeds 5]
 
 Each variant trains the augmented arm's recipe (the manifest's class-balanced weights, the
 evaluate params' classifier) on the paired seeds and is scored on val; the paired difference to the
@@ -16,11 +16,16 @@ first variant is printed with its 95 % interval. The test split is not read.
 - `mix:L`: every synthetic image blended with a real train image of its own class, drawn at random,
   the synthetic image's weight uniform in [L, 1] (mixup of real with synthetic images within a
   class, so the label stays); drawn once, from params.yaml's seed.
+- `finetune:S`: the `all` run, then fine-tuned from its best weights on the set S at a fifth of the
+  learning rate, early-stopped on val as every run: S `classical` is the real images alone, each
+  class randomly oversampled to the largest (synthetic images teach the features, real ones have the
+  last word); S `all` continues on the merged dataset, the control with as many val scorings.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +41,7 @@ from pipeline.contracts import PreparedStats, load_split
 from pipeline.merge import merged_weights
 from pipeline.metrics import mean_std, paired_difference
 from pipeline.paths import Paths
+from pipeline.sampling import oversample_to_balance
 from pipeline.utility import read_arm_inputs
 
 
@@ -59,6 +65,10 @@ def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthe
     """The training set of one variant (see the module's docstring)."""
     num_classes = len(train_counts)
     kind, _, value = variant.partition(":")
+    if variant == "classical":  # the second stage of finetune:classical
+        real = np.flatnonzero(~synthetic)
+        index = torch.from_numpy(real[oversample_to_balance(labels.numpy()[real], np.random.default_rng(seed))])
+        return TrainingSet(images[index], labels[index])
     if kind in ("mix", "soft"):  # every image as published, drawn by the published weights
         weights = merged_weights(labels.numpy(), synthetic, num_classes, share)
         if kind == "mix":
@@ -85,9 +95,15 @@ def _start_worker(context: dict) -> None:
 def _run(job: tuple[str, int]) -> tuple[str, int, float]:
     variant, seed = job
     c = _CONTEXT
-    data = variant_set(variant, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"], c["share"],
-                       c["mix_seed"])
-    _, history = fit(data, *c["val"], len(c["counts"]), c["recipe"], seed)
+    kind, _, second = variant.partition(":")
+    stages = ["all", second] if kind == "finetune" else [variant]
+    recipe, weights = c["recipe"], None
+    for name in stages:  # the classical set oversamples with the run's seed, as the classical arm does
+        draws_seed = seed if name == "classical" else c["mix_seed"]
+        data = variant_set(name, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"], c["share"],
+                           draws_seed)
+        model, history = fit(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
+        recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
 
 

@@ -1,5 +1,6 @@
 """Lightning's overhead on the GAN training: images/second through the LightningModule and Trainer
-versus a plain PyTorch loop doing the same work.
+versus a plain PyTorch loop doing the same work; and what the channels-last memory format of the
+networks gains: the same plain loop in the default (contiguous) layout.
 
 Both train the same generator and discriminator (the `train:` params of params.yaml), on the same
 prepared data and data loader, with the same batch size and number of batches: one discriminator
@@ -10,8 +11,9 @@ repository root after `python -m pipeline prepare`:
 
     python benchmarks/train_throughput.py [--batches 30] [--rounds 3] [--accelerator cpu|gpu]
 
-The last line printed is `lightning_vs_raw_throughput_ratio=<x>` (total Lightning images/second over
-total raw images/second).
+The last two lines printed are `lightning_vs_raw_throughput_ratio=<x>` (total Lightning images/second
+over total raw images/second) and `channels_last_vs_contiguous_throughput_ratio=<x>` (the raw loop in
+channels-last, as train runs, over the raw loop in the contiguous layout).
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ def lightning_seconds(cfg: TrainParams, data: TrainImages, batches: int, setting
     return time.perf_counter() - start
 
 
-def raw_seconds(cfg: TrainParams, data: TrainImages, batches: int, device: torch.device, bf16: bool) -> float:
+def raw_seconds(cfg: TrainParams, data: TrainImages, batches: int, device: torch.device, bf16: bool,
+                memory_format: torch.memory_format = torch.channels_last) -> float:
     generator = Generator(data.image_size, data.channels, data.num_classes, cfg.z_dim, cfg.g_width).to(device)
     discriminator = Discriminator(data.image_size, data.channels, data.num_classes, cfg.d_width).to(device)
+    generator.to(memory_format=memory_format)
+    discriminator.to(memory_format=memory_format)
     ema = AveragedModel(generator, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=betas)
@@ -70,7 +75,7 @@ def raw_seconds(cfg: TrainParams, data: TrainImages, batches: int, device: torch
         n = len(labels)
         strength = conditioning_strength(batch, cfg.transition_start, cfg.transition_steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            real = to_unit_range(images)
+            real = to_unit_range(images).contiguous(memory_format=memory_format)
             with torch.no_grad():
                 fake = generator(torch.randn(n, cfg.z_dim, device=device), labels, strength)
             logits = discriminator(diff_augment(torch.cat([real, fake]), cfg.diffaugment),
@@ -128,20 +133,23 @@ def main() -> None:
 
     pl.seed_everything(params.seed, verbose=False)
     images = cfg.batch_size * args.batches
-    totals = {"lightning": 0.0, "raw": 0.0}
+    totals = {"lightning": 0.0, "raw": 0.0, "raw_contiguous": 0.0}
     with tempfile.TemporaryDirectory() as log_dir:
         lightning_seconds(cfg, data, 2, settings, log_dir)  # warm-up: first-call costs of both paths
         raw_seconds(cfg, data, 2, device, bf16)
+        raw_seconds(cfg, data, 2, device, bf16, torch.contiguous_format)
         for round_ in range(1, args.rounds + 1):
             seconds = {"lightning": lightning_seconds(cfg, data, args.batches, settings, log_dir),
-                       "raw": raw_seconds(cfg, data, args.batches, device, bf16)}
+                       "raw": raw_seconds(cfg, data, args.batches, device, bf16),
+                       "raw_contiguous": raw_seconds(cfg, data, args.batches, device, bf16, torch.contiguous_format)}
             for key, value in seconds.items():
                 totals[key] += value
             print(f"round {round_}: lightning {images / seconds['lightning']:.1f} img/s, "
-                  f"raw {images / seconds['raw']:.1f} img/s")
-    lightning_rate, raw_rate = (args.rounds * images / totals[k] for k in ("lightning", "raw"))
-    print(f"total: lightning {lightning_rate:.1f} img/s, raw {raw_rate:.1f} img/s")
+                  f"raw {images / seconds['raw']:.1f} img/s, raw contiguous {images / seconds['raw_contiguous']:.1f} img/s")
+    lightning_rate, raw_rate, contiguous_rate = (args.rounds * images / totals[k] for k in totals)
+    print(f"total: lightning {lightning_rate:.1f} img/s, raw {raw_rate:.1f} img/s, raw contiguous {contiguous_rate:.1f} img/s")
     print(f"lightning_vs_raw_throughput_ratio={lightning_rate / raw_rate:.3f}")
+    print(f"channels_last_vs_contiguous_throughput_ratio={raw_rate / contiguous_rate:.3f}")
 
 
 if __name__ == "__main__":

@@ -124,12 +124,16 @@ def log_prior(labels: torch.Tensor, weights: np.ndarray | None, num_classes: int
 
 
 def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, num_classes: int,
-        recipe: ClassifierParams, seed: int, logger=False) -> tuple[nets.Classifier, dict]:
-    """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went."""
+        recipe: ClassifierParams, seed: int, logger=False,
+        initial_weights: dict[str, torch.Tensor] | None = None) -> tuple[nets.Classifier, dict]:
+    """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went.
+    `initial_weights` (a network's state_dict) replaces the seed's initial weights: fine-tuning."""
     pl.seed_everything(seed, verbose=False)
     prior = log_prior(data.labels, data.weights, num_classes, data.logit_adjustment) if data.logit_adjustment else None
     validate = len(val_labels) > 0
     module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
+    if initial_weights is not None:
+        module.net.load_state_dict(initial_weights)
     module.to(memory_format=torch.channels_last)
     indices = range(len(data.labels))  # the loader draws indices; AugmentedBatches gathers and augments them
     draws, generator = recipe.eval_every * recipe.batch_size, torch.Generator().manual_seed(seed)

@@ -79,7 +79,7 @@ class TrainParams:
     # networks (nets.Generator / nets.Discriminator)
     z_dim: int = bounded(64, ge=1)
     g_width: int = bounded(16, ge=4)
-    d_width: int = bounded(32, ge=4)
+    d_width: int = bounded(16, ge=4)
     # losses and Adam optimisers
     loss: Literal["hinge", "nonsaturating"] = "hinge"
     lr_g: float = bounded(1e-3, gt=0.0)

@@ -217,7 +217,7 @@ class ConditionalGAN(pl.LightningModule):
         self.automatic_optimization = False
         self.generator = Generator(image_size, channels, num_classes, cfg.z_dim, cfg.g_width)
         self.discriminator = Discriminator(image_size, channels, num_classes, cfg.d_width)
-        # Channels-last convolutions are about a tenth faster on the CPU (benchmarks/train_throughput.py).
+        # Channels-last convolutions are faster on the CPU (benchmarks/train_throughput.py measures by how much).
         self.generator.to(memory_format=torch.channels_last)
         self.discriminator.to(memory_format=torch.channels_last)
         self.generator_ema = AveragedModel(self.generator, use_buffers=True,

@@ -65,6 +65,21 @@ def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation
     assert torch.equal(same_image[0], same_image[1]) and not torch.equal(same_image[1], same_image[2])
 
 
+def test_fine_tuning_starts_from_the_given_weights_instead_of_the_seeds(prepared_tiny):
+    paths = Paths(prepared_tiny)
+    stats = PreparedStats.read(paths.prepared)
+    images, labels = load_split(paths.prepared, stats, "train")
+    frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
+    no_val = images[:0], labels[:0]
+    start, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=3)
+    tuned, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4,
+                   initial_weights=start.state_dict())
+    fresh, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4)
+    assert torch.equal(tuned.body[0].weight, start.body[0].weight)
+    assert torch.equal(tuned.head[-1].weight, start.head[-1].weight)
+    assert not torch.equal(tuned.body[0].weight, fresh.body[0].weight)
+
+
 def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     paths = Paths(prepared_tiny)
     stats = PreparedStats.read(paths.prepared)
