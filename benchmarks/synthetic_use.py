@@ -109,7 +109,7 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5")
+    parser.add_argument("--variants", default="all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5,finetune:classical,finetune:all")
     parser.add_argument("--seeds", type=int)
     args = parser.parse_args()
 
