@@ -41,8 +41,7 @@ from pipeline.contracts import PreparedStats, load_split
 from pipeline.merge import merged_weights
 from pipeline.metrics import mean_std, paired_difference
 from pipeline.paths import Paths
-from pipeline.sampling import oversample_to_balance
-from pipeline.utility import read_arm_inputs
+from pipeline.utility import arm_training_sets, read_arm_inputs
 
 
 def mixed_with_real(images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray, lowest: float,
@@ -65,10 +64,6 @@ def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthe
     """The training set of one variant (see the module's docstring)."""
     num_classes = len(train_counts)
     kind, _, value = variant.partition(":")
-    if variant == "classical":  # the second stage of finetune:classical
-        real = np.flatnonzero(~synthetic)
-        index = torch.from_numpy(real[oversample_to_balance(labels.numpy()[real], np.random.default_rng(seed))])
-        return TrainingSet(images[index], labels[index])
     if kind in ("mix", "soft"):  # every image as published, drawn by the published weights
         weights = merged_weights(labels.numpy(), synthetic, num_classes, share)
         if kind == "mix":
@@ -98,10 +93,12 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
     kind, _, second = variant.partition(":")
     stages = ["all", second] if kind == "finetune" else [variant]
     recipe, weights = c["recipe"], None
-    for name in stages:  # the classical set oversamples with the run's seed, as the classical arm does
-        draws_seed = seed if name == "classical" else c["mix_seed"]
-        data = variant_set(name, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"], c["share"],
-                           draws_seed)
+    for name in stages:
+        if name == "classical":  # the classical arm's training set of this seed (tau shapes only classical_la)
+            data = arm_training_sets(c["inputs"], logit_adjustment=0.0, seed=seed)["classical"]
+        else:
+            data = variant_set(name, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"],
+                               c["share"], c["mix_seed"])
         model, history = fit(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
         recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
@@ -119,8 +116,9 @@ def main() -> None:
     inputs = read_arm_inputs(paths, stats)
     judge, _ = nets.load_judge(paths.judge)
     synthetic = torch.tensor(inputs.merged_synthetic)
-    context = {"images": inputs.merged_images, "labels": inputs.merged_labels, "synthetic": inputs.merged_synthetic,
-               "probabilities": predict(judge, inputs.merged_images)[0], "counts": np.array(stats.split_counts("train")),
+    context = {"inputs": inputs, "images": inputs.merged_images, "labels": inputs.merged_labels,
+               "synthetic": inputs.merged_synthetic, "probabilities": predict(judge, inputs.merged_images)[0],
+               "counts": np.array(stats.split_counts("train")),
                "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
                "recipe": params.evaluate.classifier, "mix_seed": params.seed}
     label_probability = context["probabilities"][synthetic].gather(1, inputs.merged_labels[synthetic, None])
