@@ -19,7 +19,8 @@ first variant is printed with its 95 % interval. The test split is not read.
 - `finetune:S`: the `all` run, then fine-tuned from its best weights on the set S at a fifth of the
   learning rate, early-stopped on val as every run: S `classical` is the real images alone, each
   class randomly oversampled to the largest (synthetic images teach the features, real ones have the
-  last word); S `all` continues on the merged dataset, the control with as many val scorings.
+  last word); S `classical_la` is the real images drawn naturally with the logit-adjusted loss (the
+  classical_la arm's set); S `all` continues on the merged dataset, the control with as many val scorings.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
     stages = ["all", second] if kind == "finetune" else [variant]
     recipe, weights = c["recipe"], None
     for name in stages:
-        if name == "classical":  # the classical arm's training set of this seed (tau shapes only classical_la)
-            data = arm_training_sets(c["inputs"], logit_adjustment=0.0, seed=seed)["classical"]
+        if name in ("classical", "classical_la"):  # that arm's own training set of this seed
+            data = arm_training_sets(c["inputs"], c["logit_adjustment"], seed)[name]
         else:
             data = variant_set(name, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"],
                                c["share"], c["mix_seed"])
@@ -120,7 +121,8 @@ def main() -> None:
                "synthetic": inputs.merged_synthetic, "probabilities": predict(judge, inputs.merged_images)[0],
                "counts": np.array(stats.split_counts("train")),
                "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
-               "recipe": params.evaluate.classifier, "mix_seed": params.seed}
+               "recipe": params.evaluate.classifier, "mix_seed": params.seed,
+               "logit_adjustment": params.evaluate.logit_adjustment}
     label_probability = context["probabilities"][synthetic].gather(1, inputs.merged_labels[synthetic, None])
     print(f"judge's mean probability of the intended class on the synthetic images: {label_probability.mean():.3f}")
 
