@@ -98,8 +98,9 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
         if name in ("classical", "classical_la"):  # that arm's own training set of this seed
             data = arm_training_sets(c["inputs"], c["logit_adjustment"], seed)[name]
         else:
-            data = variant_set(name, c["images"], c["labels"], c["synthetic"], c["probabilities"], c["counts"],
-                               c["share"], c["mix_seed"])
+            inputs = c["inputs"]
+            data = variant_set(name, inputs.merged_images, inputs.merged_labels, inputs.merged_synthetic,
+                               c["probabilities"], c["counts"], c["share"], c["mix_seed"])
         model, history = fit(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
         recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
@@ -117,8 +118,7 @@ def main() -> None:
     inputs = read_arm_inputs(paths, stats)
     judge, _ = nets.load_judge(paths.judge)
     synthetic = torch.tensor(inputs.merged_synthetic)
-    context = {"inputs": inputs, "images": inputs.merged_images, "labels": inputs.merged_labels,
-               "synthetic": inputs.merged_synthetic, "probabilities": predict(judge, inputs.merged_images)[0],
+    context = {"inputs": inputs, "probabilities": predict(judge, inputs.merged_images)[0],
                "counts": np.array(stats.split_counts("train")),
                "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
                "recipe": params.evaluate.classifier, "mix_seed": params.seed,
