@@ -9,7 +9,9 @@ data/augmented, like the evaluate stage, with the evaluate params of params.yaml
 `--budget 2` doubles the classifier's patience and step cap. `--set` overrides any params key with
 dotted names (e.g. `--set evaluate.classifier.lr=0.005 --set merge.synthetic_share=0.7`; a merge
 share re-weights the merged images here, without rerunning merge). By default only val scores are
-printed (settings are chosen on val); `--test` adds the test scores, for the budget check.
+printed (settings are chosen on val); `--test` adds the test scores, for the budget check. With the
+augmented arm and a classical one among the arms, it ends with the paired difference of augmented
+minus the best classical arm (on val), balanced accuracy and tail recall, on val (on test with `--test`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import yaml
 from pipeline.config import load_params, params_from_dict, params_to_dict
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.merge import merged_weights
-from pipeline.metrics import tail_classes
+from pipeline.metrics import paired_difference, tail_classes
 from pipeline.paths import Paths
-from pipeline.utility import arm_training_sets, read_arm_inputs, run_arms
+from pipeline.utility import CLASSICAL_ARMS, arm_training_sets, best_classical, read_arm_inputs, run_arms
 
 
 def with_overrides(params, pairs: list[str], budget: float):
@@ -77,6 +79,13 @@ def main() -> None:
     if args.test:
         ranking = table[("balanced_accuracy", "mean")].sort_values(ascending=False)
         print("ranking on test balanced accuracy: " + " > ".join(ranking.index))
+    if "augmented" in arms and set(CLASSICAL_ARMS) & set(arms):
+        baseline, split = best_classical(runs), "test" if args.test else "val"
+        by_seed = {arm: rows.sort_values("seed") for arm, rows in runs.groupby("arm")}
+        for score in ("balanced_accuracy", "tail_recall"):
+            difference, low, high = paired_difference(by_seed["augmented"][score], by_seed[baseline][score])
+            print(f"augmented minus {baseline} (best classical on val), {split} {score}: {difference:+.4f} "
+                  f"(95 % interval {low:+.4f} to {high:+.4f}, {len(by_seed[baseline])} paired seeds)")
 
 
 if __name__ == "__main__":
