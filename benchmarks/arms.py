@@ -64,7 +64,8 @@ def main() -> None:
     inputs = read_arm_inputs(paths, stats)
     inputs = dataclasses.replace(inputs, merged_weights=merged_weights(
         inputs.merged_labels.numpy(), inputs.merged_synthetic, stats.num_classes, params.merge.synthetic_share))
-    arms = args.arms.split(",") if args.arms else list(arm_training_sets(inputs, cfg.logit_adjustment, params.seed))
+    arms = args.arms.split(",") if args.arms else list(arm_training_sets(inputs, cfg.logit_adjustment,
+                                                                               cfg.balanced_logit_adjustment, params.seed))
     val = load_split(paths.prepared, stats, "val")
     # Without --test the test split is never read: the runs are scored on val twice (their per-run lines
     # then say "test" of what is val).

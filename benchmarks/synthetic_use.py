@@ -61,23 +61,25 @@ def mixed_with_real(images: torch.Tensor, labels: torch.Tensor, synthetic: np.nd
 
 def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray,
                 judge_probabilities: torch.Tensor, train_counts: np.ndarray, share: float,
-                seed: int) -> TrainingSet:
-    """The training set of one variant (see the module's docstring)."""
+                balanced_logit_adjustment: float, seed: int) -> TrainingSet:
+    """The training set of one variant (see the module's docstring), logit-adjusted as the augmented arm is."""
     num_classes = len(train_counts)
+    adjustment = {"logit_adjustment": balanced_logit_adjustment, "class_frequencies": train_counts / train_counts.sum()}
     kind, _, value = variant.partition(":")
     if kind in ("mix", "soft"):  # every image as published, drawn by the published weights
         weights = merged_weights(labels.numpy(), synthetic, num_classes, share)
         if kind == "mix":
-            return TrainingSet(mixed_with_real(images, labels, synthetic, float(value), seed), labels, weights)
+            return TrainingSet(mixed_with_real(images, labels, synthetic, float(value), seed), labels, weights,
+                               **adjustment)
         targets = torch.nn.functional.one_hot(labels, num_classes).float()
         alpha = float(value)
         targets[synthetic] = (1 - alpha) * targets[synthetic] + alpha * judge_probabilities[synthetic]
-        return TrainingSet(images, targets, weights)
+        return TrainingSet(images, targets, weights, **adjustment)
     below = {"all": np.inf, "none": 0, "below": float(value or 0)}[kind]
     keep = ~synthetic | (train_counts[labels.numpy()] < below)
     index = torch.from_numpy(np.flatnonzero(keep))
     return TrainingSet(images[index], labels[index],
-                       merged_weights(labels.numpy()[keep], synthetic[keep], num_classes, share))
+                       merged_weights(labels.numpy()[keep], synthetic[keep], num_classes, share), **adjustment)
 
 
 _CONTEXT: dict = {}
@@ -96,11 +98,11 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
     recipe, weights = c["recipe"], None
     for name in stages:
         if name in ("classical", "classical_la"):  # that arm's own training set of this seed
-            data = arm_training_sets(c["inputs"], c["logit_adjustment"], seed)[name]
+            data = arm_training_sets(c["inputs"], *c["logit_adjustments"], seed)[name]
         else:
             inputs = c["inputs"]
             data = variant_set(name, inputs.merged_images, inputs.merged_labels, inputs.merged_synthetic,
-                               c["probabilities"], c["counts"], c["share"], c["mix_seed"])
+                               c["probabilities"], c["counts"], c["share"], c["logit_adjustments"][1], c["mix_seed"])
         model, history = fit(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
         recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
@@ -122,7 +124,7 @@ def main() -> None:
                "counts": np.array(stats.split_counts("train")),
                "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
                "recipe": params.evaluate.classifier, "mix_seed": params.seed,
-               "logit_adjustment": params.evaluate.logit_adjustment}
+               "logit_adjustments": (params.evaluate.logit_adjustment, params.evaluate.balanced_logit_adjustment)}
     label_probability = context["probabilities"][synthetic].gather(1, inputs.merged_labels[synthetic, None])
     print(f"judge's mean probability of the intended class on the synthetic images: {label_probability.mean():.3f}")
 

@@ -52,6 +52,7 @@ class TrainingSet:
     labels: torch.Tensor  # int64 N
     weights: np.ndarray | None = None  # per-image sampling weights; None: every image equally often
     logit_adjustment: float = 0.0  # tau of the logit-adjusted loss (Menon et al., 2021); 0: plain cross-entropy
+    class_frequencies: np.ndarray | None = None  # what the adjustment is relative to; None: the frequencies drawn
 
 
 class AugmentedBatches:
@@ -116,11 +117,16 @@ def channels_last(images: torch.Tensor) -> torch.Tensor:
     return nets.to_unit_range(images).contiguous(memory_format=torch.channels_last)
 
 
-def log_prior(labels: torch.Tensor, weights: np.ndarray | None, num_classes: int, tau: float) -> torch.Tensor:
-    """tau * log of the class frequencies the sampler draws (the logit adjustment of the training loss)."""
+def drawn_frequencies(labels: torch.Tensor, weights: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """The class frequencies a sampler with these per-image weights draws (None: every image equally often)."""
     draws = np.ones(len(labels)) if weights is None else weights
     mass = np.bincount(labels.numpy(), weights=draws, minlength=num_classes)
-    return torch.tensor(tau * np.log(np.maximum(mass / mass.sum(), 1e-12)), dtype=torch.float32)
+    return mass / mass.sum()
+
+
+def log_prior(frequencies: np.ndarray, tau: float) -> torch.Tensor:
+    """tau * log of class frequencies: the logit adjustment added to the logits in the training loss."""
+    return torch.tensor(tau * np.log(np.maximum(frequencies, 1e-12)), dtype=torch.float32)
 
 
 def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, num_classes: int,
@@ -129,7 +135,12 @@ def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, n
     """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went.
     `initial_weights` (a network's state_dict) replaces the seed's initial weights: fine-tuning."""
     pl.seed_everything(seed, verbose=False)
-    prior = log_prior(data.labels, data.weights, num_classes, data.logit_adjustment) if data.logit_adjustment else None
+    prior = None
+    if data.logit_adjustment:
+        frequencies = data.class_frequencies
+        if frequencies is None:
+            frequencies = drawn_frequencies(data.labels, data.weights, num_classes)
+        prior = log_prior(frequencies, data.logit_adjustment)
     validate = len(val_labels) > 0
     module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
     if initial_weights is not None:

@@ -181,6 +181,9 @@ class EvaluateParams:
     workers: Union[Literal["auto"], int] = bounded("auto", ge=1)  # processes training arms (auto: one per core)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)  # the downstream recipe
     logit_adjustment: float = bounded(1.0, gt=0.0)  # tau of the classical_la arm's logit-adjusted loss
+    # tau of a logit adjustment by the real class frequencies for the arms drawn class-balanced (classical,
+    # augmented): balanced draws repeat a rare class's few images, so it stays less varied than it looks; 0: off
+    balanced_logit_adjustment: float = bounded(0.5, ge=0.0)
     k: int = bounded(5, ge=1)  # neighbours of precision, recall, density and coverage
     kid_subset_size: int = bounded(1000, ge=2)
     kid_subsets: int = bounded(100, ge=1)

@@ -6,6 +6,9 @@ weights kept) and differs only in its training data and how it is drawn:
 - classical: the same images, each rare class randomly oversampled (repeats) to the largest;
 - classical_la: the real images drawn naturally, with the logit-adjusted loss (Menon et al., 2021);
 - augmented: the merged dataset (data/augmented) drawn with its manifest's `weight` column;
+  classical and augmented, both drawn class-balanced, also adjust their logits by the real class
+  frequencies with `balanced_logit_adjustment` (a rare class's draws repeat its few real images or
+  its narrower synthetic ones, so even balanced it is less varied than a large class);
 - synthetic_only: the synthetic images alone, classes drawn equally (the Classification Accuracy Score);
 - oracle: the un-thinned real train split (the train images plus data/holdout), drawn uniformly. Only
   when prepare thinned the source: the ceiling, what collecting real images would have given.
@@ -25,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.classifier import TrainingSet, fit, predict
+from pipeline.classifier import TrainingSet, drawn_frequencies, fit, predict
 from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
 from pipeline.dataset import load_augmented
@@ -66,17 +69,21 @@ def read_arm_inputs(paths: Paths, stats: PreparedStats) -> ArmInputs:
                      merged["weight"].to_numpy(), *holdout_images, stats.num_classes)
 
 
-def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, seed: int) -> dict[str, TrainingSet]:
+def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, balanced_logit_adjustment: float,
+                      seed: int) -> dict[str, TrainingSet]:
     """The training set of every arm that exists for these inputs (no oracle without a holdout)."""
     real = ~inputs.merged_synthetic
     real_images, real_labels = inputs.merged_images[real], inputs.merged_labels[real]
     synthetic_images, synthetic_labels = inputs.merged_images[~real], inputs.merged_labels[~real]
     oversampled = torch.from_numpy(oversample_to_balance(real_labels.numpy(), np.random.default_rng(seed)))
+    balanced_adjustment = {"logit_adjustment": balanced_logit_adjustment,
+                           "class_frequencies": drawn_frequencies(real_labels, None, inputs.num_classes)}
     arms = {
         "real": TrainingSet(real_images, real_labels),
-        "classical": TrainingSet(real_images[oversampled], real_labels[oversampled]),
+        "classical": TrainingSet(real_images[oversampled], real_labels[oversampled], **balanced_adjustment),
         "classical_la": TrainingSet(real_images, real_labels, logit_adjustment=logit_adjustment),
-        "augmented": TrainingSet(inputs.merged_images, inputs.merged_labels, inputs.merged_weights),
+        "augmented": TrainingSet(inputs.merged_images, inputs.merged_labels, inputs.merged_weights,
+                                 **balanced_adjustment),
     }
     if len(synthetic_labels):
         arms["synthetic_only"] = TrainingSet(synthetic_images, synthetic_labels,
@@ -94,7 +101,7 @@ def run_arms(inputs: ArmInputs, val: tuple[torch.Tensor, torch.Tensor], test: tu
     The runs are spread over `cfg.workers` processes (auto: one per CPU core), each training with one
     thread, so the results are the same whatever the number of workers.
     """
-    arms = arms or list(arm_training_sets(inputs, cfg.logit_adjustment, first_seed))
+    arms = arms or list(arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, first_seed))
     jobs = [(seed, arm) for seed in range(first_seed, first_seed + cfg.seeds) for arm in arms]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers)
     context = (inputs, val, test, tail, cfg)
@@ -126,7 +133,7 @@ def _run_job(job: tuple[int, str]) -> dict:
     seed, arm = job
     inputs, val, test, tail, cfg = _WORKER_CONTEXT
     started = time.perf_counter()
-    data = arm_training_sets(inputs, cfg.logit_adjustment, seed)[arm]
+    data = arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, seed)[arm]
     model, history = fit(data, *val, inputs.num_classes, cfg.classifier, seed)
     predicted = predict(model, test[0])[0].argmax(dim=1).numpy()
     scores = classification_scores(test[1].numpy(), predicted, inputs.num_classes, tail)

@@ -80,6 +80,25 @@ def test_fine_tuning_starts_from_the_given_weights_instead_of_the_seeds(prepared
     assert not torch.equal(tuned.body[0].weight, fresh.body[0].weight)
 
 
+def test_the_logit_adjustment_is_relative_to_the_given_class_frequencies(prepared_tiny):
+    paths = Paths(prepared_tiny)
+    stats = PreparedStats.read(paths.prepared)
+    images, labels = load_split(paths.prepared, stats, "train")
+    recipe, no_val, k = ClassifierParams(width=4, eval_every=20, max_steps=60), (images[:0], labels[:0]), stats.num_classes
+    frequencies = np.full(k, 0.01 / (k - 1))
+    frequencies[0] = 0.99  # class 0 "frequent": the adjusted network must favour the others at prediction time
+    plain, _ = fit(TrainingSet(images, labels), *no_val, k, recipe, seed=0)
+    adjusted, _ = fit(TrainingSet(images, labels, logit_adjustment=1.0, class_frequencies=frequencies),
+                      *no_val, k, recipe, seed=0)
+    from pipeline.classifier import predict
+
+    def share_of_class_0(model) -> float:
+        return float((predict(model, images)[0].argmax(dim=1) == 0).float().mean())
+
+    assert share_of_class_0(plain) > 0.5 * float((labels == 0).float().mean())
+    assert share_of_class_0(adjusted) < 0.5 * share_of_class_0(plain)
+
+
 def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     paths = Paths(prepared_tiny)
     stats = PreparedStats.read(paths.prepared)
@@ -95,7 +114,7 @@ def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
 
 def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate_inputs):
     inputs = arm_inputs(Paths(evaluate_inputs))
-    arms = arm_training_sets(inputs, logit_adjustment=1.0, seed=0)
+    arms = arm_training_sets(inputs, logit_adjustment=1.0, balanced_logit_adjustment=0.5, seed=0)
     assert set(arms) == set(ARMS)
     holdout = image_hashes(inputs.holdout_images)
     assert holdout and all(not holdout & image_hashes(data.images) for arm, data in arms.items() if arm != "oracle")
@@ -108,6 +127,11 @@ def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate
     assert arms["classical_la"].logit_adjustment == 1.0 and arms["classical_la"].weights is None
     assert np.array_equal(arms["augmented"].weights, inputs.merged_weights)
     assert image_hashes(arms["synthetic_only"].images) == image_hashes(inputs.merged_images[~real])
+    # the two class-balanced arms are adjusted by the real class frequencies, the others not at all
+    real_frequencies = np.bincount(inputs.merged_labels[real].numpy(), minlength=inputs.num_classes) / real.sum()
+    for arm in ("classical", "augmented"):
+        assert arms[arm].logit_adjustment == 0.5 and np.allclose(arms[arm].class_frequencies, real_frequencies)
+    assert all(arms[arm].logit_adjustment == 0 for arm in ("real", "synthetic_only", "oracle"))
 
 
 def test_the_arms_read_the_same_images_from_shards_as_from_the_imagefolder(evaluate_inputs, tmp_path):
