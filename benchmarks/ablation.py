@@ -7,8 +7,8 @@ models into scratch folders and never touches the workspace):
     python benchmarks/ablation.py --only "no EMA generator,natural class sampling in the GAN"
 
 For every ablation it reruns the stages the change touches (train onwards for a GAN mechanism,
-generate onwards for a gate mechanism, merge for the synthetic share) with params.yaml plus that one
-change, trains the `augmented` arm over the paired seeds, and prints its val balanced accuracy
+generate onwards for a gate mechanism, merge for the synthetic share, none for the classifier's
+balanced logit adjustment) with params.yaml plus that one change, trains the `augmented` arm over the paired seeds, and prints its val balanced accuracy
 beside the default's, with the paired difference and its 95 % interval; the two classical arms are
 printed for reference. The test split is not read. GAN ablations retrain the GAN: on 2 CPU cores they take minutes each.
 """
@@ -47,20 +47,22 @@ ABLATIONS = {
     "selection diverse": ({"generate": {"selection": "diverse"}}, "generate"),
     "synthetic share 0.7": ({"merge": {"synthetic_share": 0.7}}, "merge"),
     "synthetic share 0.3": ({"merge": {"synthetic_share": 0.3}}, "merge"),
+    "no balanced logit adjustment": ({"evaluate": {"balanced_logit_adjustment": 0.0}}, "evaluate"),
 }
-STAGES = ("train", "generate", "merge")
-GROUPS = {"gan": "train", "gate": "generate", "share": "merge"}
+STAGES = ("train", "generate", "merge")  # the stages an ablation reruns; "evaluate": only the arms' recipe changes
+GROUPS = {"gan": "train", "gate": "generate", "share": "merge", "classifier": "evaluate"}
 
 
 def workspace_for(source: Paths, folder: Path, params: dict, first_stage: str) -> Paths:
     """A scratch copy of what the stages before `first_stage` made, then those from it on rerun."""
     paths = Paths(folder)
+    first = STAGES.index(first_stage) if first_stage in STAGES else len(STAGES)
     for output in (source.prepared, source.holdout, source.judge, source.gan, source.synthetic, source.augmented):
         produced_by = {source.gan: "train", source.synthetic: "generate", source.augmented: "merge"}.get(output)
-        if produced_by is None or STAGES.index(produced_by) < STAGES.index(first_stage):
+        if produced_by is None or STAGES.index(produced_by) < first:
             shutil.copytree(output, folder / output.relative_to(source.root))
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in STAGES[STAGES.index(first_stage):]:
+    for stage in STAGES[first:]:
         subprocess.run([sys.executable, "-m", "pipeline", stage], cwd=folder, check=True, capture_output=True)
     return paths
 
