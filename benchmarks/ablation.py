@@ -8,8 +8,8 @@ models into scratch folders and never touches the workspace):
 
 For every ablation it reruns the stages the change touches (train onwards for a GAN mechanism,
 generate onwards for a gate mechanism, merge for the synthetic share, none for the classifier's
-balanced logit adjustment) with params.yaml plus that one change, trains the `augmented` arm over the paired seeds, and prints its val balanced accuracy
-beside the default's, with the paired difference and its 95 % interval; the two classical arms are
+balanced logit adjustment) with params.yaml plus that one change, trains the `augmented` arm over
+the paired seeds, and prints its val balanced accuracy beside the default's, with the paired difference and its 95 % interval; the two classical arms are
 printed for reference. The test split is not read. GAN ablations retrain the GAN: on 2 CPU cores they take minutes each.
 """
 
