@@ -15,7 +15,7 @@ import torch
 from conftest import COPIED_CLASS, TINY_PARAMS, WRONG_CLASS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
 
 from pipeline import evaluate
-from pipeline.classifier import AugmentedBatches, TrainingSet, fit
+from pipeline.classifier import AugmentedBatches, TrainingSet, fit, predict
 from pipeline.config import ClassifierParams
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
@@ -90,7 +90,6 @@ def test_the_logit_adjustment_is_relative_to_the_given_class_frequencies(prepare
     plain, _ = fit(TrainingSet(images, labels), *no_val, k, recipe, seed=0)
     adjusted, _ = fit(TrainingSet(images, labels, logit_adjustment=1.0, class_frequencies=frequencies),
                       *no_val, k, recipe, seed=0)
-    from pipeline.classifier import predict
 
     def share_of_class_0(model) -> float:
         return float((predict(model, images)[0].argmax(dim=1) == 0).float().mean())
@@ -106,7 +105,6 @@ def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     recipe = ClassifierParams(width=4, eval_every=10, patience=2, max_steps=400)
     model, history = fit(TrainingSet(*train), *val, stats.num_classes, recipe, seed=0)
     assert history["steps"] < 400  # it stopped early
-    from pipeline.classifier import predict
     from pipeline.metrics import balanced_accuracy
     predicted = predict(model, val[0])[0].argmax(dim=1).numpy()
     assert balanced_accuracy(val[1].numpy(), predicted) == pytest.approx(history["best_val_balanced_accuracy"])
