@@ -42,6 +42,7 @@ ABLATIONS = {
     "no group spectral regularisation": ({"train": {"gsr_weight": 0.0}}, "train"),
     "natural class sampling in the GAN": ({"train": {"balance": 0.0}}, "train"),
     "no label check": ({"generate": {"check_label": False}}, "generate"),
+    "label pass rate 0.5 (a stricter label check)": ({"generate": {"label_pass_rate": 0.5}}, "generate"),
     "no copy check": ({"generate": {"check_memorisation": False}}, "generate"),
     "selection first (no pool)": ({"generate": {"selection": "first"}}, "generate"),
     "selection diverse": ({"generate": {"selection": "diverse"}}, "generate"),
