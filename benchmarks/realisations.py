@@ -13,9 +13,9 @@ params with other seeds as DVC experiments, then this script, from the repositor
 It lists the current commit's own run (its committed `reports/metrics.json`) and each experiment
 of that commit whose params differ from the commit's only in `seed` (the others are named and left
 out): its best classical arm, the gain of augmented over it in test balanced accuracy with the
-within-realisation interval, and the tail recall gain. Then the mean gain over the realisations, with a Student-t 95 % interval over them:
-the realisations are the independent units, so this interval is the one that answers "would the
-gain hold on another draw of the data".
+within-realisation interval, and the tail recall gain. Then the mean gain over the realisations,
+with a Student-t 95 % interval over them: the realisations are the independent units, so this
+interval is the one that answers "would the gain hold on another draw of the data".
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
             print(f"{name:<28} {row['State'].lower()}: left out")
             continue
         if row.get(GAIN) is None:
-            print(f"{name:<28} no {GAIN} (not run to evaluate, or failed): left out")
+            print(f"{name:<28} no {GAIN} (evaluate did not run): left out")
             continue
         differs = differing_params(row, commit, keys)
         if differs:
