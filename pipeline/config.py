@@ -62,7 +62,7 @@ class DataParams:
 class ClassifierParams:
     """One classifier recipe (pipeline/classifier.py): the judge, and every downstream arm of evaluate."""
 
-    width: int = bounded(16, ge=4)  # channels of the first convolution of nets.Classifier
+    width: int = bounded(32, ge=4)  # channels of the first convolution of nets.Classifier
     batch_size: int = bounded(64, ge=1)
     augment_group: int = bounded(8, ge=1)  # drawn images that share one random affine (one albumentations call)
     lr: float = bounded(3e-3, gt=0.0)
