@@ -149,7 +149,7 @@ class Classifier(nn.Module):
     width, global average pooling and a linear head. `features` (the pooled vector) is the feature
     space of the gate and the evaluation. Sized for the CPU: a run converges in seconds."""
 
-    def __init__(self, image_size: int, channels: int, num_classes: int, width: int = 16):
+    def __init__(self, image_size: int, channels: int, num_classes: int, width: int):
         super().__init__()
         layers, in_ch, size = [], channels, image_size
         for stage, out_ch in enumerate((width, 2 * width, 4 * width)):
