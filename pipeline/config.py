@@ -154,7 +154,7 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class MergeParams:
-    synthetic_share: float = bounded(0.5, ge=0.0, le=1.0)  # of a rare class's sampling mass, on its synthetic images
+    synthetic_share: float = bounded(0.1, ge=0.0, le=1.0)  # of a rare class's sampling mass, on its synthetic images
     # imagefolder: one PNG per image (train/<folder>/*.png); shards: WebDataset tar files of `shard_size`
     # images each (shards/train-NNNNNN.tar), a few files for DVC instead of one per image; both
     format: Literal["imagefolder", "shards", "both"] = "imagefolder"
