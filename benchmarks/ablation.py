@@ -46,8 +46,9 @@ ABLATIONS = {
     "no copy check": ({"generate": {"check_memorisation": False}}, "generate"),
     "selection first (no pool)": ({"generate": {"selection": "first"}}, "generate"),
     "selection diverse": ({"generate": {"selection": "diverse"}}, "generate"),
-    "synthetic share 0.7": ({"merge": {"synthetic_share": 0.7}}, "merge"),
-    "synthetic share 0.3": ({"merge": {"synthetic_share": 0.3}}, "merge"),
+    "synthetic share 0.5 (the default until 2026-12-04)": ({"merge": {"synthetic_share": 0.5}}, "merge"),
+    "synthetic share 0 (no synthetic draws: the classical arm's data, drawn by weights)": (
+        {"merge": {"synthetic_share": 0.0}}, "merge"),
     "no balanced logit adjustment": ({"evaluate": {"balanced_logit_adjustment": 0.0}}, "evaluate"),
 }
 STAGES = ("train", "generate", "merge")  # the stages an ablation reruns; "evaluate": only the arms' recipe changes
