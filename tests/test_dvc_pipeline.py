@@ -12,18 +12,28 @@ STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report"
 DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def source_files(module: str) -> list:
+    """The files of a module of the package: `pipeline/<module>.py`, or every file of `pipeline/<module>/`."""
+    folder = REPO_ROOT / "pipeline" / module
+    return sorted(folder.glob("*.py")) if folder.is_dir() else [REPO_ROOT / "pipeline" / f"{module}.py"]
+
+
+def dependency(module: str) -> str:
+    """How dvc.yaml names a module: its file, or its folder for a subpackage."""
+    return f"pipeline/{module}" if (REPO_ROOT / "pipeline" / module).is_dir() else f"pipeline/{module}.py"
+
+
 def package_imports(module: str) -> set[str]:
-    """The package's modules that `pipeline/<module>.py` imports (`from pipeline.x import`, `from pipeline import x`)."""
-    tree = ast.parse((REPO_ROOT / "pipeline" / f"{module}.py").read_text())
+    """The package's modules that `pipeline/<module>` imports (`from pipeline.x import`, `from pipeline import x`)."""
     found = set()
-    for node in ast.walk(tree):
+    for node in (node for path in source_files(module) for node in ast.walk(ast.parse(path.read_text()))):
         if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("pipeline.")}
-    return found
+    return found - {module}
 
 
 def modules_run_by(stage: str) -> set[str]:
@@ -34,7 +44,7 @@ def modules_run_by(stage: str) -> set[str]:
         if module not in seen:
             seen.add(module)
             todo += package_imports(module)
-    return {f"pipeline/{module}.py" for module in seen}
+    return {dependency(module) for module in seen}
 
 
 def test_stage_names_are_the_dispatchers_and_dvc_calls_them():
@@ -67,7 +77,7 @@ def test_stages_are_peers_over_the_library():
 
 
 def test_every_module_says_what_it_is_for_and_stays_short():
-    for path in sorted((REPO_ROOT / "pipeline").glob("*.py")):
+    for path in sorted((REPO_ROOT / "pipeline").rglob("*.py")):
         source = path.read_text()
         assert ast.get_docstring(ast.parse(source)), path.name
         assert len(source.splitlines()) < 400, path.name

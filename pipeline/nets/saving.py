@@ -1,0 +1,55 @@
+"""Saving and loading networks: a plain `state_dict` (`<name>.pt`, loaded with `weights_only=True`)
+beside `<name>.json` (contracts.ModelMeta: the architecture and the data it was made for), so no
+pickled code is ever loaded."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.contracts import ModelMeta
+from pipeline.errors import InputError
+from pipeline.nets.classifier import Classifier
+from pipeline.nets.generators import Generator
+
+def save_model(model: nn.Module, folder: Path | str, name: str, meta: ModelMeta) -> None:
+    """`<name>.pt` (a plain state_dict) and `<name>.json` (everything needed to rebuild it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / f"{name}.pt")
+    meta.write(folder / f"{name}.json")
+
+
+def load_model(folder: Path | str, name: str, build) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild a model saved by `save_model`; `build(meta)` makes the empty network."""
+    folder = Path(folder)
+    weights = folder / f"{name}.pt"
+    if not weights.is_file():
+        raise InputError(f"{weights}: not found (run the stage that makes it first)")
+    meta = ModelMeta.read(folder / f"{name}.json")
+    model = build(meta)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval(), meta
+
+
+def weights_hash(model: nn.Module) -> str:
+    """sha256 of the parameters and buffers: equal weights give equal hashes, whatever the file."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_generator(folder: Path | str) -> tuple[Generator, ModelMeta]:
+    """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json`."""
+    return load_model(folder, "generator_ema",
+                      lambda m: Generator(m.image_size, m.channels, len(m.class_names), m.z_dim, m.width))
+
+
+def load_judge(folder: Path | str) -> tuple[Classifier, ModelMeta]:
+    """The judge stage's classifier: `judge.pt` + `judge.json`."""
+    return load_model(folder, "judge", lambda m: Classifier(m.image_size, m.channels, len(m.class_names), m.width))
