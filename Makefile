@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: repro test install clean-venv
+.PHONY: repro test lint install clean-venv
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ repro: install
 
 test: install
 	python -m pytest -q
+
+# ruff, configured in pyproject.toml: the linter, then the formatter in check mode (changes nothing)
+lint: install
+	ruff check .
+	ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)
