@@ -81,14 +81,19 @@ class PreparedStats:
         return sum(self.holdout.values()) > 0
 
 
-def load_split(prepared: Path, stats: PreparedStats, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split of the prepared data as (uint8 NxCxHxW images, int64 labels); empty tensors for an empty split."""
-    manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
-    rows = manifest[manifest["split"] == split]
+def load_rows(root: Path, rows: pd.DataFrame, stats: PreparedStats) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of some manifest rows (paths relative to `root`) as (uint8 NxCxHxW images, int64
+    labels); empty tensors of the prepared data's shape for no rows (an empty split, no synthetic images)."""
     if rows.empty:
         size = stats.image_size
         return torch.empty((0, stats.channels, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    return load_images(prepared, rows, stats.channels)
+    return load_images(root, rows, stats.channels)
+
+
+def load_split(prepared: Path, stats: PreparedStats, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of the prepared data as (uint8 NxCxHxW images, int64 labels); empty tensors for an empty split."""
+    manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
+    return load_rows(prepared, manifest[manifest["split"] == split], stats)
 
 
 @dataclass(frozen=True)

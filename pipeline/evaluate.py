@@ -23,9 +23,9 @@ from pipeline import nets
 from pipeline.classifier import predict
 from pipeline.config import Params
 from pipeline.contracts import (ARMS, MANIFEST_COLUMNS, NO_SYNTHETIC, VERDICTS, PreparedStats, SyntheticSummary, check_made_for,
-                                check_manifest_classes, load_split, read_accepted_synthetic)
+                                check_manifest_classes, load_rows, load_split, read_accepted_synthetic)
 from pipeline.errors import InputError
-from pipeline.io import atomic_output, json_text, load_images, read_json, read_manifest, write_atomically
+from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts, class_quality, nearest_real_table
@@ -35,11 +35,8 @@ HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_bal
 
 
 def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(accepted synthetic rows, augmented manifest), checked against each other and data/prepared."""
+    """(accepted synthetic rows, possibly none; augmented manifest), checked against each other and data/prepared."""
     synthetic = read_accepted_synthetic(paths.synthetic, stats)
-    if synthetic.empty:
-        raise InputError(f"{paths.synthetic}/manifest.csv: no synthetic images passed the gate, so there is nothing "
-                         "to evaluate (see data/synthetic/plan.csv; generate.target may ask for none)")
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
     path = paths.augmented / "manifest.csv"
@@ -62,7 +59,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     prepared_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
 
     train, val, test = (load_split(paths.prepared, stats, split) for split in ("train", "val", "test"))
-    synthetic = load_images(paths.synthetic, synthetic_rows, stats.channels)
+    synthetic = load_rows(paths.synthetic, synthetic_rows, stats)
 
     # 1. quality, per class, in judge features
     train_features, val_features = predict(judge, train[0])[1], predict(judge, val[0])[1]

@@ -208,8 +208,12 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             params={"seed": params.seed, "generate": {key: value for key, value in params_to_dict(cfg).items()
                                                       if key not in HARDWARE_PARAMS}},
         ).write(out)
-    print(f"generate: accepted {plan['generated'].sum()} of {plan['candidates'].sum()} candidates; "
-          f"{plan['short'].sum()} short")
+    if plan["planned"].sum() == 0:
+        print(f"generate: nothing to generate: the plan for target {cfg.target!r} asks for no synthetic images; "
+              "merge publishes the real images, every class drawn equally often")
+    else:
+        print(f"generate: accepted {plan['generated'].sum()} of {plan['candidates'].sum()} candidates; "
+              f"{plan['short'].sum()} short")
 
 
 def draw_in_rounds(trainer: pl.Trainer, sampler: CandidateSampler, draws: list[ClassDraws],

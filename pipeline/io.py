@@ -155,13 +155,14 @@ def write_manifest(frame: pd.DataFrame, path: Path | str) -> None:
 
 
 def read_manifest(path: Path | str, columns: list[str]) -> pd.DataFrame:
-    """A manifest CSV, which must hold `columns` (class names, sources and hashes stay strings)."""
+    """A manifest CSV, which must hold `columns` (class names, sources and hashes stay strings, labels
+    are integers even in a manifest with no rows)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not found (run the stage that makes it first)")
     # low_memory=False: pandas otherwise infers a column's type chunk by chunk in a long file, so a
     # column that is empty on real rows and numeric on synthetic ones could come back with mixed types
-    frame = pd.read_csv(path, dtype={"class_name": str, "source": str, "sha256": str, "path": str},
+    frame = pd.read_csv(path, dtype={"label": "int64", "class_name": str, "source": str, "sha256": str, "path": str},
                         keep_default_na=False, low_memory=False)
     missing = [c for c in columns if c not in frame.columns]
     if missing:

@@ -15,6 +15,13 @@ from pipeline.contracts import NO_SYNTHETIC
 from pipeline.metrics import (frechet_distance, kernel_distance, memorised_share, nearest_neighbours,
                               precision_recall_density_coverage)
 
+# the columns of a class's quality row (class_quality), in order; a value that cannot be measured is NaN
+QUALITY_COLUMNS = ("real_train", "real_test", "synthetic", "judge_real_recall", "copy_threshold", "label_agreement",
+                   "synthetic_to_train_median", "test_to_train_median", "memorised_share", "frechet", "kid",
+                   "precision", "recall", "density", "coverage", "frechet_floor", "kid_floor")
+NEAREST_COLUMNS = ["label", "synthetic_path", "train_path", "distance", "relative_distance"]
+
+
 def subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     """At most `limit` random rows (all of them when there are fewer), the same rows for the same seed."""
     if len(features) <= limit:
@@ -25,15 +32,17 @@ def subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
 def class_quality(label: int, train: torch.Tensor, test: torch.Tensor, synthetic: torch.Tensor,
                   test_predictions: torch.Tensor, synthetic_predictions: torch.Tensor, copy_threshold: float,
                   cfg: EvaluateParams, seed: int) -> dict:
-    """Fidelity, diversity and memorisation of one class's synthetic features (absent: no value).
+    """Fidelity, diversity and memorisation of one class's synthetic features: every QUALITY_COLUMNS
+    key, NaN where there is no value (no synthetic images, too few images for a distribution metric).
 
     `*_predictions` are the judge's labels for the class's real test and synthetic images;
     `copy_threshold` is the class's copy rule (metrics.copy_thresholds). Distribution metrics run on
     at most `cfg.max_images_per_class` images of each set; nearest-neighbour distances use them all.
     """
-    row = {"real_train": len(train), "real_test": len(test), "synthetic": len(synthetic),
-           "judge_real_recall": float((test_predictions == label).double().mean()) if len(test) else float("nan"),
-           "copy_threshold": copy_threshold}
+    row = dict.fromkeys(QUALITY_COLUMNS, float("nan")) | {
+        "real_train": len(train), "real_test": len(test), "synthetic": len(synthetic),
+        "judge_real_recall": float((test_predictions == label).double().mean()) if len(test) else float("nan"),
+        "copy_threshold": copy_threshold}
     if len(synthetic) == 0:
         return row
     row["label_agreement"] = float((synthetic_predictions == label).double().mean())
@@ -58,7 +67,8 @@ def nearest_real_table(synthetic: torch.Tensor, synthetic_labels: torch.Tensor, 
                        train: torch.Tensor, train_labels: torch.Tensor, train_paths: np.ndarray,
                        copy_thresholds: list[float]) -> pd.DataFrame:
     """Per synthetic image: its nearest real train image of its class, the distance, and that distance
-    relative to the class's copy threshold (below 1: a copy by the copy rule). Closest first."""
+    relative to the class's copy threshold (below 1: a copy by the copy rule). Closest first; no rows
+    without synthetic images."""
     tables = []
     for label in synthetic_labels.unique().tolist():
         synthetic_rows = torch.nonzero(synthetic_labels == label).squeeze(1)
@@ -68,6 +78,8 @@ def nearest_real_table(synthetic: torch.Tensor, synthetic_labels: torch.Tensor, 
             "label": label, "synthetic_path": synthetic_paths[synthetic_rows.numpy()],
             "train_path": train_paths[train_rows[nearest].numpy()], "distance": distances.numpy(),
             "relative_distance": (distances / copy_thresholds[label]).numpy()}))
+    if not tables:
+        return pd.DataFrame(columns=NEAREST_COLUMNS)
     return pd.concat(tables).sort_values(["relative_distance", "synthetic_path"]).reset_index(drop=True)
 
 

@@ -23,10 +23,10 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no GUI backen
 from torchvision.utils import make_grid
 
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import ARMS, MANIFEST_COLUMNS, NO_SYNTHETIC, VERDICTS, PreparedStats, read_accepted_synthetic
+from pipeline.contracts import (ARMS, MANIFEST_COLUMNS, NO_SYNTHETIC, VERDICTS, PreparedStats, load_rows,
+                                read_accepted_synthetic)
 from pipeline.errors import InputError
-from pipeline.io import (atomic_output, encode_png_tensor, json_text, load_images, read_json, read_manifest,
-                         write_atomically)
+from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, read_manifest, write_atomically
 from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -69,14 +69,6 @@ def read_metrics(path: Path) -> dict:
 def check_classes(table: pd.DataFrame, stats: PreparedStats, path: Path) -> None:
     if table["class_name"].tolist() != stats.class_names:
         raise InputError(f"{path}: its classes are not those of data/prepared; rerun the evaluate stage")
-
-
-def images_of(root: Path, rows: pd.DataFrame, stats: PreparedStats) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images of some manifest rows (empty tensors for no rows)."""
-    if rows.empty:
-        size = stats.image_size
-        return torch.empty((0, stats.channels, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    return load_images(root, rows, stats.channels)
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -154,11 +146,11 @@ def make_figures(params: Params, paths: Paths, stats: PreparedStats, quality: pd
     """Every figure, by file name; only the images shown are read."""
     per_class = params.report.images_per_class
     train_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS).query("split == 'train'")
-    real, real_labels = images_of(paths.prepared, train_rows.groupby("label").head(per_class), stats)
+    real, real_labels = load_rows(paths.prepared, train_rows.groupby("label").head(per_class), stats)
     synthetic_rows = read_accepted_synthetic(paths.synthetic, stats).groupby("label").head(per_class)
-    synthetic, synthetic_labels = images_of(paths.synthetic, synthetic_rows, stats)
+    synthetic, synthetic_labels = load_rows(paths.synthetic, synthetic_rows, stats)
     pairs = nearest.sort_values(["relative_distance", "synthetic_path"]).head(params.report.closest_pairs)
-    pair_images = [images_of(root, pairs.assign(path=pairs[column]), stats)[0]
+    pair_images = [load_rows(root, pairs.assign(path=pairs[column]), stats)[0]
                    for root, column in ((paths.synthetic, "synthetic_path"), (paths.prepared, "train_path"))]
     arms = [arm for arm in ARMS if f"{arm}_mean" in recalls]
     blank = torch.full((stats.channels, stats.image_size, stats.image_size), 128, dtype=torch.uint8)

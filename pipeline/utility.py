@@ -30,9 +30,9 @@ import torch
 
 from pipeline.classifier import TrainingSet, drawn_frequencies, fit, predict
 from pipeline.config import EvaluateParams
-from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_rows
 from pipeline.dataset import load_augmented
-from pipeline.io import load_images, read_manifest
+from pipeline.io import read_manifest
 from pipeline.paths import Paths
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.sampling import class_weights, oversample_to_balance
@@ -61,12 +61,9 @@ def read_arm_inputs(paths: Paths, stats: PreparedStats) -> ArmInputs:
 
     dataset, merged, _ = load_augmented(paths.augmented, transform=as_tensor)
     merged_images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
-    size = stats.image_size
-    holdout_images = (load_images(paths.holdout, holdout, stats.channels) if len(holdout) else
-                      (torch.empty((0, stats.channels, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)))
+    holdout = load_rows(paths.holdout, read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS), stats)
     return ArmInputs(merged_images, torch.tensor(merged["label"].to_numpy()), (merged["origin"] == "synthetic").to_numpy(),
-                     merged["weight"].to_numpy(), *holdout_images, stats.num_classes)
+                     merged["weight"].to_numpy(), *holdout, stats.num_classes)
 
 
 def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, balanced_logit_adjustment: float,

@@ -180,6 +180,26 @@ def evaluate_inputs(prepared_tiny, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def evaluated_without_synthetic(prepared_tiny, tmp_path_factory) -> tuple[Path, str]:
+    """generate (untrained models, generate.target 0: nothing to generate), merge and evaluate on the
+    tiny data: (the folder, what generate, merge and evaluate printed)."""
+    import contextlib
+    import io
+
+    from pipeline import evaluate, generate, merge
+    from test_generate import save_untrained_models
+
+    paths = Paths(copy_outputs(prepared_tiny, tmp_path_factory.mktemp("evaluated_without_synthetic")))
+    save_untrained_models(paths)
+    params = tiny_params(generate={"target": 0})
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for stage in (generate, merge, evaluate):
+            stage.run(params, paths)
+    return paths.root, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
 def evaluated(evaluate_inputs, tmp_path_factory) -> tuple[Path, str]:
     """The evaluate stage run once on `evaluate_inputs`: (its folder, what it printed)."""
     import contextlib

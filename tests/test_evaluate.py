@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import COPIED_CLASS, TINY_PARAMS, WRONG_CLASS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
+from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 
 from pipeline import evaluate
 from pipeline.classifier import AugmentedBatches, TrainingSet, fit, predict
@@ -225,17 +225,25 @@ def test_quality_and_verdicts_name_their_cause(evaluated):
     assert f"do not use {metrics['verdicts']['do_not_use']}" in last_line
 
 
+def test_with_nothing_to_generate_the_augmented_arm_draws_the_real_images_class_balanced(evaluated_without_synthetic):
+    root, printed = evaluated_without_synthetic
+    assert "generate: nothing to generate: the plan for target 0 asks for no synthetic images" in printed
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert set(metrics["utility"]) == set(ARMS) - {"synthetic_only"}  # no synthetic images to train on alone
+    assert metrics["verdicts"] == {"use": 0, "use_with_care": 0, "do_not_use": 0, "no_synthetic_images": 10}
+    assert metrics["quality_mean_over_classes"] == {}
+    assert re.search(r"evaluate: balanced accuracy of augmented \d\.\d{3} vs classical", printed.splitlines()[-1])
+
+    merged = read_manifest(root / "data/augmented/manifest.csv", MANIFEST_COLUMNS + ["weight"])
+    assert (merged["origin"] == "real").all()
+    assert np.allclose(merged.groupby("label")["weight"].sum(), len(merged) / 10)  # every class drawn equally often
+    quality = pd.read_csv(root / "reports/tables/quality.csv", dtype={"class_name": str})
+    assert (quality["synthetic"] == 0).all() and (quality["reason"] == "the class is at or above the target").all()
+    assert quality[["label_agreement", "memorised_share", "frechet", "precision"]].isna().all().all()  # empty columns
+    assert len(pd.read_csv(root / "reports/tables/nearest_real.csv")) == 0
+
+
 # --- bad input -----------------------------------------------------------------------------------
-
-
-def test_no_synthetic_images_is_an_error_naming_the_manifest(inputs_copy):
-    manifest = read_manifest(inputs_copy.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
-    write_manifest(manifest.assign(accepted=False), inputs_copy.synthetic / "manifest.csv")
-    write_params(inputs_copy.root, merge_dicts(TINY_PARAMS, {}))
-    result = run_cli("evaluate", cwd=inputs_copy.root)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: data/synthetic/manifest.csv: no synthetic images passed the gate")
-    assert not inputs_copy.reports.exists()
 
 
 def test_a_judge_of_other_classes_is_an_error_naming_it(inputs_copy):

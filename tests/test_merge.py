@@ -95,6 +95,25 @@ def test_merge_writes_an_imagefolder_with_prepared_class_indices_and_a_weighted_
     assert os.stat(real_file).st_nlink == 2  # a hard link to the prepared image
 
 
+def test_with_nothing_to_generate_merge_publishes_the_real_images_every_class_drawn_equally(prepared_tiny, tmp_path,
+                                                                                            capsys):
+    paths = Paths(copy_outputs(prepared_tiny, tmp_path))
+    save_untrained_models(paths)
+    generate.run(tiny_params(generate={"target": 0}), paths)
+    assert "generate: nothing to generate: the plan for target 0 asks for no synthetic images" in capsys.readouterr().out
+    assert read_manifest(paths.synthetic / "manifest.csv", MANIFEST_COLUMNS)["label"].dtype == np.int64  # no rows
+    merge.run(tiny_params(), paths)
+    stats = PreparedStats.read(paths.prepared)
+    manifest = read_merged(paths)
+    assert (manifest["origin"] == "real").all()
+    assert manifest.groupby("class_name").size().to_dict() == stats.counts["train"]
+    assert np.allclose(manifest.groupby("label")["weight"].sum(), len(manifest) / stats.num_classes)
+    assert len(ImageFolder(paths.augmented / "train")) == len(manifest)
+    card = read_json(paths.augmented / "dataset.json")
+    assert card["counts"] == {"real": len(manifest), "synthetic": 0}
+    assert "0 synthetic images in 10 classes" in capsys.readouterr().out
+
+
 def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fails(generated, monkeypatch):
     merge.run(tiny_params(), generated)
     card_bytes, manifest_bytes = (sha256_file(generated.augmented / name) for name in ("dataset.json", "manifest.csv"))

@@ -154,6 +154,24 @@ def test_the_page_holds_the_version_the_gain_every_arm_and_each_class_verdict(re
     assert [(row[0], row[column]) for row in verdicts[1:]] == list(zip(quality["class_name"], quality["verdict"]))
 
 
+def test_with_no_synthetic_images_the_page_renders_with_its_synthetic_columns_empty(evaluated_without_synthetic,
+                                                                                   tmp_path):
+    root = report_workspace(evaluated_without_synthetic, tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        report.run(tiny_params(), Paths(root))
+    stats = PreparedStats.read(Paths(root).prepared)
+    assert sorted(p.name for p in Paths(root).figures.iterdir()) == sorted(
+        ["class_counts.png", "class_metrics.png"] + [f"samples_{c.folder}.png" for c in stats.classes])  # no pairs
+    page = Page(Paths(root).html.read_text(encoding="utf-8"))
+    verdicts = page.table_with("verdict")
+    header = [" ".join(cell.split()) for cell in verdicts[0]]
+    rows = [dict(zip(header, row)) for row in verdicts[1:]]
+    assert [row["class"] for row in rows] == stats.class_names
+    assert all(row["verdict"] == "no synthetic images" and row["synthetic"] == "0" for row in rows)
+    assert all(row["judge agrees synthetic"] == row["copies"] == "" for row in rows)  # empty, not an error
+    assert "0 synthetic training images" in " ".join(" ".join(page.text).split())
+
+
 def test_editing_the_template_changes_only_the_page(evaluated, reported, tmp_path, monkeypatch):
     templates = shutil.copytree(report.TEMPLATES, tmp_path / "templates")
     template = templates / report.TEMPLATE
