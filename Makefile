@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: repro test lint install clean-venv
+.PHONY: repro test lint params-reference install clean-venv
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: install
 lint: install
 	ruff check .
 	ruff format --check .
+
+# docs/params.md from params.yaml, pipeline/config.py and dvc.yaml (tests/test_docs.py checks it is current)
+params-reference: install
+	python tools/params_reference.py
 
 clean-venv:
 	rm -rf $(VENV)
