@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: repro test lint params-reference install clean-venv
+.PHONY: repro test lint params-reference example-report install clean-venv
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ lint: install
 # docs/params.md from params.yaml, pipeline/config.py and dvc.yaml (tests/test_docs.py checks it is current)
 params-reference: install
 	python tools/params_reference.py
+
+# docs/example-report/ from reports/report.html of the default run (after `make repro` or `dvc pull`)
+example-report: install
+	python tools/example_report.py
 
 clean-venv:
 	rm -rf $(VENV)

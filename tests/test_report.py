@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import TINY_PARAMS, run_cli, tiny_params, write_params
 from PIL import Image
 
@@ -27,6 +29,9 @@ from pipeline import report
 from pipeline.contracts import (PreparedStats)
 from pipeline.io import read_json
 from pipeline.paths import Paths
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO_ROOT / "docs" / "example-report"  # the default run's page, committed by `make example-report`
 
 # What the report stage reads; a workspace holding only these proves it needs nothing else.
 REPORT_INPUTS = ("data/prepared", "data/synthetic", "data/augmented/dataset.json", "reports/metrics.json",
@@ -241,3 +246,52 @@ def test_the_width_probe_sees_a_page_that_runs_off_the_edge(tmp_path):
     page.write_text("<html><body><div style='width: 3000px'>wide</div></body></html>", encoding="utf-8")
     scroll_width, inner_width = page_widths(page, 800, tmp_path)
     assert scroll_width > inner_width
+
+
+# --- the committed example of the default run ----------------------------------------------------
+
+
+def shows_the_run(page: Page, metrics: dict, quality: pd.DataFrame) -> None:
+    """The page shows the gain, its interval, the tail recall, every arm and each class's verdict of a run."""
+    text = " ".join(" ".join(page.text).split())
+    gain = metrics["augmented_gain"]
+    assert f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval " \
+           f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+    assert f"tail recall {gain['tail_recall']:+.3f}" in text
+    arms = [row[0] for row in page.table_with("tail recall")[1:]]
+    assert {arm.removesuffix(" (best classical)") for arm in arms} == set(metrics["utility"])
+    assert f"{metrics['best_classical']} (best classical)" in arms
+    verdicts = page.table_with("verdict")
+    column = [" ".join(cell.split()) for cell in verdicts[0]].index("verdict")
+    assert [(row[0], row[column]) for row in verdicts[1:]] == list(zip(quality["class_name"], quality["verdict"]))
+
+
+def test_the_committed_example_report_is_the_default_runs_page(tmp_path):
+    """docs/example-report/report.html is the page dvc.lock records and shows reports/metrics.json; in Chromium too."""
+    example = EXAMPLE / "report.html"
+    if not example.is_file():
+        pytest.skip("docs/example-report/report.html is not committed: run `make repro` and `make example-report`")
+    lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text(encoding="utf-8"))
+    recorded = next(out for out in lock["stages"]["report"]["outs"] if out["path"] == "reports/report.html")
+    assert hashlib.md5(example.read_bytes()).hexdigest() == recorded["md5"], \
+        "docs/example-report/report.html is not the page dvc.lock records: run `make example-report`"
+    metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text(encoding="utf-8"))
+    quality = pd.read_csv(REPO_ROOT / "reports" / "tables" / "quality.csv", dtype={"class_name": str})
+    shows_the_run(Page(example.read_text(encoding="utf-8")), metrics, quality)
+    rendered = chromium(tmp_path / "profile", "--window-size=1280,2000", "--dump-dom", example.as_uri())
+    shows_the_run(Page(rendered), metrics, quality)  # what a reader's browser shows, not only the file
+    with Image.open(EXAMPLE / "report.png") as picture:  # the full-page picture GitHub shows
+        assert picture.size[0] == 1280 and picture.size[1] > 2000
+
+
+def test_the_example_check_sees_a_page_of_another_run(reported):
+    """shows_the_run fails on a page whose numbers are not those of the metrics it is given."""
+    paths = Paths(reported)
+    metrics = json.loads(paths.metrics.read_text())
+    quality = pd.read_csv(paths.tables / "quality.csv", dtype={"class_name": str})
+    page = Page(paths.html.read_text(encoding="utf-8"))
+    shows_the_run(page, metrics, quality)
+    other = json.loads(json.dumps(metrics))
+    other["augmented_gain"]["balanced_accuracy"] += 0.5
+    with pytest.raises(AssertionError):
+        shows_the_run(page, other, quality)
