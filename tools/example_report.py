@@ -21,17 +21,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "reports" / "report.html"
 FOLDER = ROOT / "docs" / "example-report"
 WIDTH = 1280
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                  "--hide-scrollbars")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--hide-scrollbars",
+)
 
 
 def chromium(profile: Path, *args: str) -> str:
     binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if binary is None:
         sys.exit("error: chromium is not installed (sudo apt-get install chromium)")
-    return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], check=True,
-                          capture_output=True, text=True, timeout=180).stdout
+    return subprocess.run(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
 
 
 def page_height(page: Path, scratch: Path) -> int:
@@ -51,8 +64,12 @@ def main() -> int:
     shutil.copyfile(SOURCE, page)
     with tempfile.TemporaryDirectory() as scratch:
         height = page_height(page, Path(scratch))
-        chromium(Path(scratch) / "profile", f"--window-size={WIDTH},{height}",
-                 f"--screenshot={FOLDER / 'report.png'}", page.as_uri())
+        chromium(
+            Path(scratch) / "profile",
+            f"--window-size={WIDTH},{height}",
+            f"--screenshot={FOLDER / 'report.png'}",
+            page.as_uri(),
+        )
     print(f"wrote {page.relative_to(ROOT)} and {(FOLDER / 'report.png').relative_to(ROOT)} ({WIDTH}x{height})")
     return 0
 

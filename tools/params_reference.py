@@ -45,7 +45,7 @@ def yaml_keys(text: str) -> dict[str, str]:
     stack: list[tuple[int, str]] = []  # (indent, name) of the open mappings
     for line in text.splitlines():
         stripped = line.strip()
-        if not stripped or stripped.startswith("#") or stripped.startswith("-") or ":" not in stripped:
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
             continue
         indent = len(line) - len(line.lstrip(" "))
         name = stripped.split(":", 1)[0].strip()
@@ -64,7 +64,7 @@ def comment_of(line: str) -> str:
         if char in "'\"" and quote in (None, char):
             quote = None if quote else char
         elif char == "#" and quote is None and (i == 0 or line[i - 1] in " \t"):
-            return line[i + 1:].strip()
+            return line[i + 1 :].strip()
     return ""
 
 
@@ -100,8 +100,11 @@ def field_comments(source: str) -> dict[tuple[str, str], str]:
             while line >= 1 and lines[line - 1].strip().startswith("#"):
                 above.insert(0, comments[line])
                 line -= 1
-            inline = [comments[n] for n in range(statement.lineno, statement.end_lineno + 1) if n in comments
-                      and not lines[n - 1].strip().startswith("#")]
+            inline = [
+                comments[n]
+                for n in range(statement.lineno, statement.end_lineno + 1)
+                if n in comments and not lines[n - 1].strip().startswith("#")
+            ]
             text = " ".join(part for part in [*above, *inline] if part and not part.startswith("noqa"))
             found[(node.name, statement.target.id)] = text
     return found
@@ -153,8 +156,13 @@ class Row:
     in_yaml: bool = True
 
 
-def rows_of(cls: type, prefix: str, yaml_values: dict[str, Any], yaml_comments: dict[str, str],
-            code_comments: dict[tuple[str, str], str]) -> list[Row]:
+def rows_of(
+    cls: type,
+    prefix: str,
+    yaml_values: dict[str, Any],
+    yaml_comments: dict[str, str],
+    code_comments: dict[tuple[str, str], str],
+) -> list[Row]:
     """One row per leaf field of a params dataclass, in params.yaml's order, then the fields it lacks."""
     hints = typing.get_type_hints(cls)
     rows: list[Row] = []
@@ -164,9 +172,18 @@ def rows_of(cls: type, prefix: str, yaml_values: dict[str, Any], yaml_comments: 
             rows += rows_of(hints[field.name], key + ".", yaml_values, yaml_comments, code_comments)
             continue
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        rows.append(Row(key, yaml_values.get(key, default), default, type_text(hints[field.name]),
-                        rules_text(field.metadata), yaml_comments.get(key, ""),
-                        code_comments.get((cls.__name__, field.name), ""), in_yaml=key in yaml_values))
+        rows.append(
+            Row(
+                key,
+                yaml_values.get(key, default),
+                default,
+                type_text(hints[field.name]),
+                rules_text(field.metadata),
+                yaml_comments.get(key, ""),
+                code_comments.get((cls.__name__, field.name), ""),
+                in_yaml=key in yaml_values,
+            )
+        )
     order = list(yaml_comments)
     return sorted(rows, key=lambda row: order.index(row.key) if row.key in order else len(order))
 
@@ -226,9 +243,18 @@ def reference(root: Path = ROOT) -> str:
             rows = rows_of(hints[section], section + ".", yaml_values, yaml_comments, code_comments)
         else:
             default = field.default
-            rows = [Row(section, yaml_values.get(section, default), default, type_text(hints[section]),
-                        rules_text(field.metadata), yaml_comments.get(section, ""),
-                        code_comments.get(("Params", section), ""), in_yaml=section in yaml_values)]
+            rows = [
+                Row(
+                    section,
+                    yaml_values.get(section, default),
+                    default,
+                    type_text(hints[section]),
+                    rules_text(field.metadata),
+                    yaml_comments.get(section, ""),
+                    code_comments.get(("Params", section), ""),
+                    in_yaml=section in yaml_values,
+                )
+            ]
         for row in rows:
             value = f"`{shown(row.value)}`"
             if not row.in_yaml:
@@ -236,8 +262,10 @@ def reference(root: Path = ROOT) -> str:
             elif row.value != row.code_default:
                 value += f" (code default `{shown(row.code_default)}`)"
             code_comment = "" if row.code_comment == row.yaml_comment else row.code_comment
-            out.append(f"| `{row.key}` | {value} | {cell(row.kind)} | {cell(row.bounds)} | "
-                       f"{cell(row.yaml_comment)} | {cell(code_comment)} |")
+            out.append(
+                f"| `{row.key}` | {value} | {cell(row.kind)} | {cell(row.bounds)} | "
+                f"{cell(row.yaml_comment)} | {cell(code_comment)} |"
+            )
         out.append("")
     return "\n".join(out)
 
