@@ -4,6 +4,9 @@ The discriminator sees real and fake images through the same random augmentation
 memorise a handful of training images, and the generator still gets gradients because every
 augmentation is differentiable. Images are NxCxHxW float tensors in [-1, 1]; each image draws its
 own random parameters from torch's global generator (seeded by the stage).
+
+With a probability below 1 (adaptive discriminator augmentation sets it during training), each
+augmentation of the policy is applied to each image independently with that probability.
 """
 
 from __future__ import annotations
@@ -54,9 +57,17 @@ def cutout(images: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
 AUGMENTATIONS = {"color": color, "translation": translation, "cutout": cutout}
 
 
-def diff_augment(images: torch.Tensor, policy: list[str]) -> torch.Tensor:
-    """Apply the named augmentations in order (an empty policy returns the images unchanged)."""
+def diff_augment(images: torch.Tensor, policy: list[str], probability: float = 1.0) -> torch.Tensor:
+    """Apply the named augmentations in order, each to each image with `probability` (an empty policy
+    or probability 0 returns the images unchanged)."""
+    if probability <= 0.0:
+        return images
     for name in policy:
-        images = AUGMENTATIONS[name](images)
+        augmented = AUGMENTATIONS[name](images)
+        if probability >= 1.0:
+            images = augmented
+        else:
+            applied = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < probability
+            images = torch.where(applied, augmented, images)
     return images
 

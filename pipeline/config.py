@@ -76,18 +76,27 @@ class ClassifierParams:
 class TrainParams:
     max_epochs: int = bounded(60, ge=1)
     batch_size: int = bounded(32, ge=1)  # reduced to the train split's size (with a note) when larger
-    # networks (nets.Generator / nets.Discriminator)
+    # networks (pipeline/nets: the generator of `arch`, the projection discriminator)
+    arch: Literal["resnet", "stylegan2"] = "resnet"  # the generator family
+    g_conditioning: Literal["tables", "biggan"] = "tables"  # resnet: per-class norm tables | BigGAN's (shared embedding)
     z_dim: int = bounded(64, ge=1)
     g_width: int = bounded(16, ge=4)
     d_width: int = bounded(16, ge=4)
     # losses and Adam optimisers
-    loss: Literal["hinge", "nonsaturating"] = "hinge"
+    loss: Literal["hinge", "nonsaturating", "wgan-gp"] = "hinge"
+    gp_weight: float = bounded(10.0, ge=0.0)  # lambda of wgan-gp's gradient penalty
+    d_steps: int = bounded(1, ge=1)  # discriminator updates per generator update (the WGAN-GP paper: 5)
     lr_g: float = bounded(1e-3, gt=0.0)
     lr_d: float = bounded(1e-3, gt=0.0)
     beta1: float = bounded(0.0, ge=0.0, lt=1.0)
     beta2: float = bounded(0.99, ge=0.0, lt=1.0)
     # limited-data techniques (each one switchable)
     diffaugment: list[Literal["color", "translation", "cutout"]] = bounded(["translation"])
+    # adaptive augmentation (ADA): null, the diffaugment policy on every image; a number, the target of
+    # E[sign(D(real))] that raises or lowers the probability of each augmentation of the policy
+    ada_target: Optional[float] = bounded(None, gt=0.0, lt=1.0)
+    ada_kimg: float = bounded(20.0, gt=0.0)  # thousands of images over which the probability can go from 0 to 1
+    ada_interval: int = bounded(4, ge=1)  # batches between two adjustments of the probability
     ema: bool = True  # false: "generator_ema" is a plain copy of the generator
     ema_decay: float = bounded(0.999, ge=0.0, lt=1.0)
     balance: float = bounded(0.75, ge=0.0, le=1.0)  # class sampling: 0 natural frequencies, 1 uniform
@@ -107,6 +116,11 @@ class TrainParams:
     # progress outputs
     sample_every_n_epochs: int = bounded(10, ge=1)
     samples_per_class: int = bounded(10, ge=1)
+
+    def __post_init__(self):
+        if self.arch == "stylegan2" and self.g_conditioning != "tables":
+            raise ConfigError("params.yaml: train.g_conditioning biggan is an option of train.arch resnet; "
+                              "stylegan2 takes the class through its mapping network")
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,22 @@ its generator as a LightningModule for Lightning's predict loop (the generate st
 arguments, so that training and sampling run on the same engine: one CPU process, GPUs, DDP.
 
 One training step (Lightning's manual optimisation, as in its GAN template) updates the
-discriminator once and the generator once, then the exponential moving average (EMA) of the
-generator, which is the generator every later stage samples from. The limited-data techniques are
-switched by `TrainParams`: DiffAugment, class-balanced sampling, the EMA, LeCam regularisation,
-transitional conditioning and group spectral regularisation.
+discriminator once and, every `train.d_steps` batches, the generator and then the exponential moving
+average (EMA) of the generator, which is the generator every later stage samples from. The losses are
+computed by two methods that a plain PyTorch loop can call as well (benchmarks/train_throughput.py
+measures Lightning's overhead that way). The generator family (`train.arch`), the loss, and the
+limited-data techniques are switched by `TrainParams`: DiffAugment (with adaptive augmentation),
+class-balanced sampling, the EMA, LeCam regularisation, transitional conditioning, group spectral
+regularisation and mode seeking. The maths is in pipeline/losses.py.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 from torchvision.utils import make_grid
@@ -29,7 +30,10 @@ from pipeline.config import GenerateParams, TrainParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import read_manifest, read_png
-from pipeline.nets import Discriminator, Generator, check_image_size, to_uint8, to_unit_range
+from pipeline.losses import (adapted_probability, conditioning_strength, discriminator_loss, ema_with_warmup,
+                             generator_loss, gradient_penalty, group_spectral_norm, lecam_penalty,
+                             mode_seeking_penalty)
+from pipeline.nets import Discriminator, build_generator, check_image_size, to_uint8, to_unit_range
 from pipeline.sampling import class_weights
 
 # --- the Trainer ---------------------------------------------------------------------------------
@@ -57,76 +61,11 @@ def trainer_settings(cfg: TrainParams | GenerateParams, gpu_count: int, section:
     }
 
 
-# --- pure functions: losses, regularisers, schedules ---------------------------------------------
-
-
-def discriminator_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    if kind == "hinge":
-        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()  # nonsaturating
-
-
-def generator_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
-    if kind == "hinge":
-        return -fake_logits.mean()
-    return F.softplus(-fake_logits).mean()  # nonsaturating
-
-
-def lecam_penalty(real_logits: torch.Tensor, fake_logits: torch.Tensor,
-                  ema_real: torch.Tensor, ema_fake: torch.Tensor) -> torch.Tensor:
-    """LeCam regularisation (Tseng et al., CVPR 2021): keeps D's outputs on real images near its
-    recent average output on fakes and vice versa, so D cannot drift apart on a small data set."""
-    return F.relu(real_logits - ema_fake).pow(2).mean() + F.relu(ema_real - fake_logits).pow(2).mean()
-
-
-def group_spectral_norm(class_params: torch.Tensor) -> torch.Tensor:
-    """Group spectral regularisation (Rangwani et al., ECCV 2022) of one conditional-norm table.
-
-    `class_params` is num_classes x features (a gain or bias embedding). Each class's vector is
-    folded into a near-square matrix and its largest singular value is penalised: the mean over
-    classes. Low spectral norms stop tail classes collapsing onto a few modes.
-    """
-    num_classes, features = class_params.shape
-    rows = max(r for r in range(1, math.isqrt(features) + 1) if features % r == 0)
-    return torch.linalg.matrix_norm(class_params.float().view(num_classes, rows, -1), ord=2).mean()
-
-
-def mode_seeking_penalty(images: torch.Tensor, noise: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Mode seeking (Mao et al., "Mode Seeking GANs", CVPR 2019): the first and second halves of the
-    batch are two latents under the same labels; the penalty is 1 / (mean image distance / mean latent
-    distance), so the generator is pushed to make different latents give different images instead of
-    collapsing each class onto a few modes."""
-    half = images.shape[0] // 2
-    image_distance = (images[:half] - images[half:2 * half]).abs().mean()
-    noise_distance = (noise[:half] - noise[half:2 * half]).abs().mean()
-    return 1.0 / (image_distance / noise_distance + eps)
-
-
-def conditioning_strength(batches_seen: int, start: int, steps: int) -> float:
-    """Transitional conditioning (Shahbazi et al., ICLR 2022): 0 (unconditional) for the first
-    `start` batches, then a linear ramp to 1 (fully class-conditional) over `steps` batches."""
-    if batches_seen < start:
-        return 0.0
-    return 1.0 if steps == 0 else min(1.0, (batches_seen - start) / steps)
-
-
-def ema_with_warmup(decay: float):
-    """`multi_avg_fn` for AveragedModel: EMA whose decay grows as min(decay, (1 + n) / (10 + n)),
-    so the average is not dominated by the random initial weights in a short run."""
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        if not averaged[0].is_floating_point():  # AveragedModel groups by dtype: BatchNorm's counters
-            torch._foreach_copy_(averaged, current)
-            return
-        n = int(num_averaged)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
-
-    return update
+# --- sample grids ---------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def sample_grid(generator: Generator, num_classes: int, per_class: int, z_dim: int, seed: int) -> torch.Tensor:
+def sample_grid(generator: torch.nn.Module, num_classes: int, per_class: int, z_dim: int, seed: int) -> torch.Tensor:
     """A uint8 CxHxW grid, one row per class (label order), from fixed noise of `seed`."""
     device = next(generator.parameters()).device
     noise = torch.randn(num_classes * per_class, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -215,11 +154,13 @@ class ConditionalGAN(pl.LightningModule):
         self.save_hyperparameters(logger=False)  # in the checkpoint, not in DVCLive's params file
         self.cfg = cfg = TrainParams(**train)
         self.automatic_optimization = False
-        self.generator = Generator(image_size, channels, num_classes, cfg.z_dim, cfg.g_width)
+        self.generator = build_generator(cfg.arch, image_size, channels, num_classes, cfg.z_dim, cfg.g_width,
+                                         cfg.g_conditioning)
         self.discriminator = Discriminator(image_size, channels, num_classes, cfg.d_width)
         # Channels-last convolutions are faster on the CPU (benchmarks/train_throughput.py measures by how much).
-        self.generator.to(memory_format=torch.channels_last)
-        self.discriminator.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
+        self.generator.to(memory_format=self.memory_format)
+        self.discriminator.to(memory_format=self.memory_format)
         self.generator_ema = AveragedModel(self.generator, use_buffers=True,
                                            multi_avg_fn=ema_with_warmup(cfg.ema_decay if cfg.ema else 0.0))
         self.generator_ema.requires_grad_(False)
@@ -228,6 +169,10 @@ class ConditionalGAN(pl.LightningModule):
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("ema_real_logit", torch.zeros(()))
         self.register_buffer("ema_fake_logit", torch.zeros(()))
+        # Adaptive augmentation: the probability of each augmentation (1: plain DiffAugment), and the
+        # signs of D's outputs on real images since the last adjustment.
+        self.register_buffer("augment_probability", torch.tensor(1.0 if cfg.ada_target is None else 0.0))
+        self.register_buffer("real_signs", torch.zeros(2))  # sum, count
 
     def configure_optimizers(self):
         betas = (self.cfg.beta1, self.cfg.beta2)
@@ -236,55 +181,94 @@ class ConditionalGAN(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        real = to_unit_range(images).contiguous(memory_format=torch.channels_last)
-        n = real.shape[0]
-        cfg = self.cfg
-        strength = conditioning_strength(int(self.batches_seen), cfg.transition_start, cfg.transition_steps)
+        real = self.real_images(images)
+        strength = self.strength()
         opt_g, opt_d = self.optimizers()
-
-        # Discriminator: real and fake images in one batch, augmented alike. Fakes take the real
-        # batch's labels, so the class-balanced sampler balances them too.
         with self.toggled_optimizer(opt_d):
-            with torch.no_grad():
-                fake = self.generator(self.noise(n), labels, strength)
-            logits = self.discriminator(diff_augment(torch.cat([real, fake]), cfg.diffaugment),
-                                        torch.cat([labels, labels]), strength).float()
-            real_logits, fake_logits = logits[:n], logits[n:]
-            loss_d = discriminator_loss(cfg.loss, real_logits, fake_logits)
-            if cfg.lecam_weight > 0:
-                lecam = lecam_penalty(real_logits, fake_logits, self.ema_real_logit, self.ema_fake_logit)
-                loss_d = loss_d + cfg.lecam_weight * lecam
-                self.log("lecam", lecam)
-            self.ema_real_logit.lerp_(real_logits.detach().mean(), 0.01)
-            self.ema_fake_logit.lerp_(fake_logits.detach().mean(), 0.01)
+            loss_d, logged = self.discriminator_step_loss(real, labels, strength)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
             opt_d.step()
+        if self.generator_turn():
+            with self.toggled_optimizer(opt_g):
+                loss_g, logged_g = self.generator_step_loss(labels, strength)
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(loss_g)
+                opt_g.step()
+            self.generator_ema.update_parameters(self.generator)
+            logged |= {"loss_g": loss_g, **logged_g}
+        self.end_batch()
+        if self.cfg.ada_target is not None:
+            logged["augment_probability"] = self.augment_probability
+        self.log_dict({"loss_d": loss_d, **logged, "conditioning": strength}, prog_bar=True)
 
-        with self.toggled_optimizer(opt_g):
-            if cfg.mode_seeking_weight > 0:  # pairs of latents under one label: the second half repeats the first's
-                labels = torch.cat([labels[: n // 2], labels[: n // 2], labels[2 * (n // 2):]])
-            noise = self.noise(n)
-            fake = self.generator(noise, labels, strength)
-            fake_logits_g = self.discriminator(diff_augment(fake, cfg.diffaugment), labels, strength).float()
-            loss_g = generator_loss(cfg.loss, fake_logits_g)
-            if cfg.mode_seeking_weight > 0:
-                seeking = mode_seeking_penalty(fake, noise)
-                loss_g = loss_g + cfg.mode_seeking_weight * seeking
-                self.log("mode_seeking", seeking)
-            if cfg.gsr_weight > 0:
-                gsr = sum(group_spectral_norm(table.weight) for norm in self.generator.conditional_norms()
-                          for table in (norm.gain, norm.bias))
-                loss_g = loss_g + cfg.gsr_weight * gsr
-                self.log("gsr", gsr)
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            opt_g.step()
+    # The work of one batch, in parts that a plain loop can call (benchmarks/train_throughput.py).
 
-        self.generator_ema.update_parameters(self.generator)
+    def real_images(self, images: torch.Tensor) -> torch.Tensor:
+        return to_unit_range(images).contiguous(memory_format=self.memory_format)
+
+    def strength(self) -> float:
+        return conditioning_strength(int(self.batches_seen), self.cfg.transition_start, self.cfg.transition_steps)
+
+    def generator_turn(self) -> bool:
+        return (int(self.batches_seen) + 1) % self.cfg.d_steps == 0
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        return diff_augment(images, self.cfg.diffaugment, float(self.augment_probability))
+
+    def discriminator_step_loss(self, real: torch.Tensor, labels: torch.Tensor,
+                           strength: float) -> tuple[torch.Tensor, dict]:
+        """D's loss on real and fake images in one batch, augmented alike; fakes take the real batch's
+        labels, so the class-balanced sampler balances them too. Also updates the running averages of
+        D's outputs (LeCam, adaptive augmentation)."""
+        cfg, n = self.cfg, real.shape[0]
+        with torch.no_grad():
+            fake = self.generator(self.noise(n), labels, strength)
+        both = self.augment(torch.cat([real, fake]))
+        logits = self.discriminator(both, torch.cat([labels, labels]), strength).float()
+        real_logits, fake_logits = logits[:n], logits[n:]
+        loss = discriminator_loss(cfg.loss, real_logits, fake_logits)
+        logged = {"d_real": real_logits.mean(), "d_fake": fake_logits.mean()}
+        if cfg.loss == "wgan-gp":
+            penalty = gradient_penalty(lambda x: self.discriminator(x, labels, strength), both[:n], both[n:])
+            loss = loss + cfg.gp_weight * penalty
+            logged["gradient_penalty"] = penalty
+        if cfg.lecam_weight > 0:
+            lecam = lecam_penalty(real_logits, fake_logits, self.ema_real_logit, self.ema_fake_logit)
+            loss = loss + cfg.lecam_weight * lecam
+            logged["lecam"] = lecam
+        self.ema_real_logit.lerp_(real_logits.detach().mean(), 0.01)
+        self.ema_fake_logit.lerp_(fake_logits.detach().mean(), 0.01)
+        if cfg.ada_target is not None:
+            self.real_signs += torch.stack([real_logits.detach().sign().sum(), real_logits.new_tensor(float(n))])
+        return loss, logged
+
+    def generator_step_loss(self, labels: torch.Tensor, strength: float) -> tuple[torch.Tensor, dict]:
+        cfg, n = self.cfg, labels.shape[0]
+        if cfg.mode_seeking_weight > 0:  # pairs of latents under one label: the second half repeats the first's
+            labels = torch.cat([labels[: n // 2], labels[: n // 2], labels[2 * (n // 2):]])
+        noise = self.noise(n)
+        fake = self.generator(noise, labels, strength)
+        fake_logits = self.discriminator(self.augment(fake), labels, strength).float()
+        loss, logged = generator_loss(cfg.loss, fake_logits), {}
+        if cfg.mode_seeking_weight > 0:
+            logged["mode_seeking"] = seeking = mode_seeking_penalty(fake, noise)
+            loss = loss + cfg.mode_seeking_weight * seeking
+        norms = self.generator.conditional_norms()  # per-class tables: none with BigGAN conditioning or stylegan2
+        if cfg.gsr_weight > 0 and norms:
+            logged["gsr"] = gsr = sum(group_spectral_norm(table.weight) for norm in norms for table in (norm.gain, norm.bias))
+            loss = loss + cfg.gsr_weight * gsr
+        return loss, logged
+
+    def end_batch(self) -> None:
+        """Count the batch; every `ada_interval` batches, adapt the augmentation probability."""
         self.batches_seen += 1
-        self.log_dict({"loss_d": loss_d, "loss_g": loss_g, "d_real": real_logits.mean(),
-                       "d_fake": fake_logits.mean(), "conditioning": strength}, prog_bar=True)
+        cfg = self.cfg
+        if cfg.ada_target is not None and int(self.batches_seen) % cfg.ada_interval == 0:
+            total, count = self.real_signs.tolist()
+            self.augment_probability.fill_(adapted_probability(float(self.augment_probability), total / count,
+                                                               cfg.ada_target, int(count), cfg.ada_kimg))
+            self.real_signs.zero_()
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device)
@@ -317,7 +301,7 @@ class CandidateSampler(pl.LightningModule):
     per process) could change the last bit of a pixel.
     """
 
-    def __init__(self, generator: Generator, z_dim: int, truncation: float | None):
+    def __init__(self, generator: torch.nn.Module, z_dim: int, truncation: float | None):
         super().__init__()
         self.generator, self.z_dim, self.truncation = generator, z_dim, truncation
         self.batches: list[tuple[np.ndarray, int]] = []

@@ -1,5 +1,6 @@
-"""On a CUDA GPU: the train stage runs a few steps of the GAN in bf16-mixed, and the generate stage
-samples its candidates through Lightning's predict loop on the GPU. Skipped where there is no GPU."""
+"""On a CUDA GPU: the train stage runs a few steps of the GAN in bf16-mixed (the default and every
+generator family and loss), and the generate stage samples its candidates through Lightning's predict
+loop on the GPU. Skipped where there is no GPU."""
 
 from __future__ import annotations
 
@@ -59,3 +60,18 @@ def test_the_generate_stage_samples_on_the_gpu_reproducibly(trained_on_gpu):
     generate.run(params, trained_on_gpu)
     again = read_manifest(trained_on_gpu.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     assert again.equals(manifest)  # the same images (their hashes), verdicts and seeds
+
+
+@pytest.mark.parametrize("family", ["stylegan2", "biggan", "wgan-gp", "ada"])
+def test_each_generator_family_trains_in_bf16_mixed_on_the_gpu(family, prepared_tiny, tmp_path):
+    from test_gan_families import FAMILIES
+
+    paths = Paths(tmp_path)
+    shutil.copytree(prepared_tiny / "data", paths.root / "data")
+    train.run(tiny_params(train={**TRAIN, **FAMILIES[family]}), paths)
+    generator, meta = nets.load_generator(paths.gan)
+    assert meta.details["batches"] == 498 // 32
+    assert all(torch.isfinite(v).all() for v in generator.state_dict().values() if v.is_floating_point())
+    with torch.no_grad():
+        images = generator.cuda()(torch.randn(4, TRAIN["z_dim"], device="cuda"), torch.arange(4, device="cuda"))
+    assert images.shape[0] == 4 and torch.isfinite(images).all() and images.abs().max() <= 1

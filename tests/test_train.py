@@ -26,17 +26,9 @@ from pipeline.augment import AUGMENTATIONS, diff_augment
 from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
-from pipeline.gan import (
-    ConditionalGAN,
-    TrainImages,
-    conditioning_strength,
-    discriminator_loss,
-    generator_loss,
-    group_spectral_norm,
-    lecam_penalty,
-    mode_seeking_penalty,
-    trainer_settings,
-)
+from pipeline.gan import ConditionalGAN, TrainImages, trainer_settings
+from pipeline.losses import (conditioning_strength, discriminator_loss, generator_loss, group_spectral_norm,
+                             lecam_penalty, mode_seeking_penalty)
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
@@ -503,7 +495,7 @@ def test_bad_input_fails_before_training_with_one_line_naming_the_culprit(worksp
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"loss": "wgan"}, "train.loss must be one of hinge, nonsaturating, got 'wgan'"),
+    ({"loss": "wgan"}, "train.loss must be one of hinge, nonsaturating, wgan-gp, got 'wgan'"),
     ({"diffaugment": ["color", "flip"]}, "train.diffaugment[1] must be one of color, translation, cutout"),
     ({"transition_start": 100}, "train.transition_start + train.transition_steps (100 batches) is longer"),
     # two processes draw 249 images each per epoch

@@ -5,7 +5,9 @@ All networks take and give images as float tensors in [-1, 1], NxCxHxW; `to_unit
 to any power-of-two image size from 16 to 128 and to 1 or 3 channels.
 
 - common.py: the image conversions and the supported sizes
-- generators.py: the ResNet generator with class-conditional BatchNorm
+- generators.py: the ResNet generator with class-conditional BatchNorm (per-class tables or BigGAN's), and
+  `build_generator`, the generator of train.arch
+- stylegan.py: the style-based generator (StyleGAN2)
 - discriminators.py: the projection discriminator
 - classifier.py: the judge's and the downstream arms' classifier
 - saving.py: saving and loading (a plain state_dict beside a ModelMeta JSON file)
@@ -14,8 +16,10 @@ to any power-of-two image size from 16 to 128 and to 1 or 3 channels.
 from pipeline.nets.classifier import Classifier
 from pipeline.nets.common import SUPPORTED_SIZES, check_image_size, to_uint8, to_unit_range
 from pipeline.nets.discriminators import Discriminator
-from pipeline.nets.generators import ConditionalBatchNorm2d, Generator
+from pipeline.nets.generators import ConditionalBatchNorm2d, Generator, build_generator
+from pipeline.nets.stylegan import StyleGenerator
 from pipeline.nets.saving import load_generator, load_judge, load_model, save_model, weights_hash
 
-__all__ = ["SUPPORTED_SIZES", "Classifier", "ConditionalBatchNorm2d", "Discriminator", "Generator", "check_image_size",
+__all__ = ["SUPPORTED_SIZES", "Classifier", "ConditionalBatchNorm2d", "Discriminator", "Generator", "StyleGenerator",
+           "build_generator", "check_image_size",
            "load_generator", "load_judge", "load_model", "save_model", "to_uint8", "to_unit_range", "weights_hash"]

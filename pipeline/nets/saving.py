@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.contracts import ModelMeta
 from pipeline.errors import InputError
 from pipeline.nets.classifier import Classifier
-from pipeline.nets.generators import Generator
+from pipeline.nets.generators import build_generator
 
 def save_model(model: nn.Module, folder: Path | str, name: str, meta: ModelMeta) -> None:
     """`<name>.pt` (a plain state_dict) and `<name>.json` (everything needed to rebuild it)."""
@@ -44,10 +44,15 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_generator(folder: Path | str) -> tuple[Generator, ModelMeta]:
-    """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json`."""
-    return load_model(folder, "generator_ema",
-                      lambda m: Generator(m.image_size, m.channels, len(m.class_names), m.z_dim, m.width))
+def load_generator(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
+    """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json` (whose
+    details.train, the train params it was made with, name its architecture; resnet when absent)."""
+    def build(meta: ModelMeta) -> nn.Module:
+        train = meta.details.get("train", {})
+        return build_generator(train.get("arch", "resnet"), meta.image_size, meta.channels, len(meta.class_names),
+                               meta.z_dim, meta.width, train.get("g_conditioning", "tables"))
+
+    return load_model(folder, "generator_ema", build)
 
 
 def load_judge(folder: Path | str) -> tuple[Classifier, ModelMeta]:
