@@ -119,19 +119,16 @@ class Snapshots(pl.Callback):
         self.workspace, self.budgets, self.epochs, self.seconds = workspace, budgets, epochs, seconds
         self.meta, self.seeds = meta, seeds
         self.clock = workspace / "gan-resume/seconds.json"  # training seconds at the end of each epoch
-        self.started = time.perf_counter()
+        self.started, self.before = time.perf_counter(), 0.0
 
     def on_train_start(self, trainer: pl.Trainer, module: ConditionalGAN) -> None:
-        self.started = time.perf_counter()
-
-    def trained_seconds(self, epoch: int) -> float:
+        """The clock starts from the seconds of the epoch a resumed training starts after."""
         done = read_json(self.clock) if self.clock.is_file() else {}
-        before = max((int(e) for e in done if int(e) < epoch), default=0)
-        return done.get(str(before), 0.0) + time.perf_counter() - self.started
+        self.started, self.before = time.perf_counter(), done.get(str(trainer.current_epoch), 0.0)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: ConditionalGAN) -> None:
         epoch = trainer.current_epoch + 1
-        seconds = self.trained_seconds(epoch)
+        seconds = self.before + time.perf_counter() - self.started
         done = read_json(self.clock) if self.clock.is_file() else {}
         write_json(self.clock, done | {str(epoch): round(seconds, 1)})
         for budget in self.budgets:
