@@ -93,7 +93,7 @@ def make_workspace(workspace: Path, overrides: list[str]) -> None:
     params_file = workspace / "params.yaml"
     raw = overridden(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     # measured one thread at a time; a class the GAN cannot fill is a result here, not a stop
-    raw = overridden(raw, ["evaluate.workers=1", "generate.allow_short=true"])
+    raw = overridden(raw, ["evaluate.workers=1", "generate.on_short=fill"])
     if params_file.is_file():
         if yaml.safe_load(params_file.read_text()) != raw:
             raise SystemExit(f"{params_file}: made with other params; use another workspace")

@@ -88,7 +88,7 @@ def short_run_params(source: Path, image_format: str, accelerator: str) -> dict:
         "judge": TINY_CLASSIFIER,
         "train": {"max_epochs": 1, "accelerator": accelerator, "sample_every_n_epochs": 1},
         # a GAN of one epoch fools no judge: keep what passes the memorisation check
-        "generate": {"check_label": False, "allow_short": True, "max_attempts": 4},
+        "generate": {"check_label": False, "on_short": "fill", "max_attempts": 4},
         "merge": {"format": image_format},
         "evaluate": {"seeds": 1, "workers": 1, "classifier": TINY_CLASSIFIER, "kid_subsets": 10,
                      "max_images_per_class": 500},

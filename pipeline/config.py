@@ -20,6 +20,8 @@ import yaml
 from pipeline.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
+# keys that a newer key replaced -> what to write instead
+REPLACED_KEYS = {"generate.allow_short": "generate.on_short: fill (keep what passed and warn) or fail (stop)"}
 
 
 def bounded(default: Any, **rules: Any) -> Any:
@@ -144,9 +146,11 @@ class GenerateParams:
     # informative: of `pool` times as many, keep those the judge labels as the class but is least sure of
     selection: Literal["first", "diverse", "informative"] = "informative"
     pool: int = bounded(4, ge=1)
-    # a class may draw max_attempts candidates per image it needs before it counts as failed
+    # a class may draw max_attempts candidates per image it needs before it counts as short
     max_attempts: int = bounded(20, ge=1)
-    allow_short: bool = False  # true: a failed class keeps what it has instead of stopping the stage
+    # a short class (fewer images passed than planned; the gate never lowers its bar): fill keeps what
+    # passed, warns, and its real images fill the rest of its sampling mass (merge); fail stops the stage
+    on_short: Literal["fill", "fail"] = "fill"
     # hardware of the sampling (Lightning's predict loop), as in train; auto picks the GPU when there is
     # one. The images do not depend on the number of processes; on the CPU they can, in the last bit of
     # a pixel, on the threads per process (PyTorch picks its kernels by thread count; OMP_NUM_THREADS).
@@ -253,6 +257,8 @@ def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in raw:
+        if f"{prefix}{key}" in REPLACED_KEYS:
+            raise ConfigError(f"{origin}: {prefix}{key} was replaced by {REPLACED_KEYS[prefix + key]}")
         if key not in fields:
             raise ConfigError(
                 f"{origin}: {prefix}{key} is not a known key (known in {where}: {', '.join(fields)})"

@@ -129,13 +129,21 @@ class SyntheticSummary:
     short: int
     label_thresholds: dict[str, float]  # class name -> minimum judge probability of the intended class
     copy_thresholds: dict[str, float]  # class name -> judge-feature distance below which an image is a copy
+    planned: dict[str, int]  # class name -> synthetic images the plan asked for (0: none needed)
+    # class name -> {"passed": n, "planned": m} for each class that fewer images than planned passed
+    # (generate.on_short: fill): its real images fill the rest of its sampling mass (merge)
+    short_classes: dict[str, dict[str, int]]
     params: dict
 
     FILE = "summary.json"
 
     @classmethod
     def read(cls, folder: Path) -> "SyntheticSummary":
-        return cls(**read_json(Path(folder) / cls.FILE))
+        path = Path(folder) / cls.FILE
+        raw = read_json(path)
+        if set(raw) != {f.name for f in dataclasses.fields(cls)}:
+            raise InputError(f"{path}: written by another version of the generate stage; rerun it")
+        return cls(**raw)
 
     def write(self, folder: Path) -> None:
         write_json(Path(folder) / self.FILE, dataclasses.asdict(self))

@@ -34,8 +34,8 @@ from pipeline.utility import best_classical, gain, read_arm_inputs, run_arms, su
 HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy")
 
 
-def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(accepted synthetic rows, possibly none; augmented manifest), checked against each other and data/prepared."""
+def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, SyntheticSummary]:
+    """(accepted synthetic rows, possibly none; generate's summary), checked against data/augmented and data/prepared."""
     synthetic = read_accepted_synthetic(paths.synthetic, stats)
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
@@ -47,7 +47,7 @@ def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, pd.Da
     card = read_json(paths.augmented / "dataset.json")
     if [c["class_name"] for c in card["classes"]] != stats.class_names:
         raise InputError(f"{paths.augmented}/dataset.json: its classes are not those of data/prepared; rerun merge")
-    return synthetic, merged
+    return synthetic, summary
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
@@ -55,7 +55,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
     judge, judge_meta = nets.load_judge(paths.judge)
     check_made_for(judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats, f"{paths.judge}/judge.json")
-    synthetic_rows, merged_rows = read_inputs(paths, stats)
+    synthetic_rows, summary = read_inputs(paths, stats)
     prepared_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
 
     train, val, test = (load_split(paths.prepared, stats, split) for split in ("train", "val", "test"))
@@ -67,7 +67,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     synthetic_probabilities, synthetic_features = predict(judge, synthetic[0])
     copy_bars = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
     quality = pd.DataFrame([
-        {"class_name": name} | class_quality(
+        {"class_name": name, "planned": summary.planned[name]} | class_quality(
             y, train_features[train[1] == y], test_features[test[1] == y], synthetic_features[synthetic[1] == y],
             test_probabilities.argmax(dim=1)[test[1] == y], synthetic_probabilities.argmax(dim=1)[synthetic[1] == y],
             copy_bars[y], cfg, params.seed)
@@ -111,11 +111,14 @@ def metrics_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataF
         "tail_classes": [class_names[label] for label in tail],
         "quality_mean_over_classes": {
             key: number(value) for key, value in
-            quality[quality["synthetic"] > 0].drop(columns=["class_name", "verdict", "reason", "real_train",
-                                                            "real_test", "synthetic"]).mean().items()
+            quality[quality["synthetic"] > 0].drop(columns=["class_name", "planned", "verdict", "reason",
+                                                            "real_train", "real_test", "synthetic"]).mean().items()
             if pd.notna(value)},
         "verdicts": {verdict.replace(" ", "_"): int((quality["verdict"] == verdict).sum())
                      for verdict in (*VERDICTS, NO_SYNTHETIC)},
+        # the classes that fewer synthetic images passed the gate than planned (their real images fill the rest)
+        "short_classes": {row.class_name: {"passed": int(row.synthetic), "planned": int(row.planned)}
+                          for row in quality.itertuples() if row.synthetic < row.planned},
     }
     if "gap_closed" in augmented_gain:
         document["gap_closed"] = number(augmented_gain["gap_closed"])

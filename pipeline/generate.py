@@ -10,8 +10,10 @@
    the same number of threads per process).
 3. Gate every candidate in the judge's feature space (gate.py): the label check and the memorisation
    check. Candidates are drawn in rounds, one batch per class that still needs some, until the
-   class's target is met, or until it has drawn `max_attempts` candidates per image it needs; then
-   the stage fails naming the class, or with `allow_short` keeps what it has.
+   class's target is met, or until it has drawn `max_attempts` candidates per image it needs. A class
+   that falls short (the gate never lowers its bar) keeps what passed with `on_short: fill`: a warning
+   names it, plan.csv and summary.json record it, and merge fills the rest of its sampling mass with
+   its real images; `on_short: fail` stops the stage naming the class.
 4. Select (gate.py): `selection: first` keeps the first candidates that pass; `diverse` lets `pool`
    times as many pass and keeps a spread-out subset of them, so that the synthetic images add what
    the few real ones do not show; `informative` keeps the passing candidates the judge labels correctly
@@ -183,10 +185,11 @@ def run(params: Params, paths: Paths = Paths()) -> None:
                 message = (f"class {row.class_name!r}: {accepted} of {row.planned} images passed the gate after "
                            f"{candidates} candidates (acceptance rate {accepted / candidates:.1%}, "
                            f"generate.max_attempts {cfg.max_attempts})")
-                if not cfg.allow_short:
+                if cfg.on_short == "fail":
                     raise GateError(message + "; lower generate.label_pass_rate, train the GAN longer, raise "
-                                    "generate.max_attempts or set generate.allow_short: true")
-                print(f"generate: warning: {message}; kept short (generate.allow_short)", file=sys.stderr)
+                                    "generate.max_attempts or set generate.on_short: fill")
+                print(f"generate: warning: {message}; kept what passed, and its real images fill the rest of "
+                      "the class (generate.on_short: fill)", file=sys.stderr)
 
         generator_hash = nets.weights_hash(generator)
         plan["generated"], plan["candidates"], plan["acceptance_rate"] = zip(*outcome)
@@ -204,6 +207,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             candidates=int(plan["candidates"].sum()), short=int(plan["short"].sum()),
             label_thresholds=dict(zip(plan["class_name"], plan["label_threshold"])),
             copy_thresholds=dict(zip(plan["class_name"], plan["copy_threshold"])),
+            planned={row.class_name: int(row.planned) for row in plan.itertuples()},
+            short_classes={row.class_name: {"passed": int(row.generated), "planned": int(row.planned)}
+                           for row in plan.itertuples() if row.short > 0},
             # where the images were sampled does not change them, so the hardware is no part of their record
             params={"seed": params.seed, "generate": {key: value for key, value in params_to_dict(cfg).items()
                                                       if key not in HARDWARE_PARAMS}},

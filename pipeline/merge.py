@@ -10,7 +10,10 @@ data/augmented/
 `train/` loads with torchvision's ImageFolder with the same class indices as the prepared data. The
 `weight` column is a per-image sampling weight (sampling.class_weights): every class gets the same
 total mass and, within a class that has synthetic images, `merge.synthetic_share` of it goes to them.
-Drawing this way keeps the synthetic images from swamping a rare class's few real ones.
+Drawing this way keeps the synthetic images from swamping a rare class's few real ones. A class that
+fell short at the gate (generate.on_short: fill) puts only passed/planned of that share on its
+synthetic images, so each weighs what it would in a full class and its real images draw the rest;
+with no synthetic images at all, every class is drawn from its real images equally often.
 
 DVC stores and compares every file of an output, which gets slow at tens of thousands of images:
 `merge.format: shards` publishes the images as tar files of `merge.shard_size` images each instead
@@ -55,9 +58,17 @@ def link_or_copy(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def merged_weights(labels, synthetic, num_classes: int, synthetic_share: float):
-    """The manifest's `weight` column: class-balanced, `synthetic_share` of a mixed class on its
-    synthetic images, averaging 1, rounded so that the CSV is stable."""
+def synthetic_shares(synthetic_share: float, class_names: list[str],
+                     short_classes: dict[str, dict[str, int]]) -> np.ndarray:
+    """Per class, the share of its sampling mass on its synthetic images: `synthetic_share`, times
+    passed/planned for a short class."""
+    return np.array([synthetic_share * short_classes[name]["passed"] / short_classes[name]["planned"]
+                     if name in short_classes else synthetic_share for name in class_names])
+
+
+def merged_weights(labels, synthetic, num_classes: int, synthetic_share: float | np.ndarray):
+    """The manifest's `weight` column: class-balanced, `synthetic_share` (one, or one per class) of a
+    mixed class on its synthetic images, averaging 1, rounded so that the CSV is stable."""
     weights = class_weights(labels, num_classes, balance=1.0, synthetic=synthetic, synthetic_share=synthetic_share)
     return (weights * len(weights) / weights.sum()).round(9)
 
@@ -92,7 +103,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
                     for label, origin, path in zip(rows["label"], rows["origin"], rows["path"])]
     rows = rows.sort_values(["label", "path"], ignore_index=True)
     rows["weight"] = merged_weights(rows["label"].to_numpy(), (rows["origin"] == "synthetic").to_numpy(),
-                                    stats.num_classes, params.merge.synthetic_share)
+                                    stats.num_classes, synthetic_shares(params.merge.synthetic_share,
+                                                                        stats.class_names, summary.short_classes))
     rows["judge_prediction"] = rows["judge_prediction"].astype("Int64")
     image_folder, shards = params.merge.format != "shards", params.merge.format != "imagefolder"
     if shards:
@@ -111,9 +123,11 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         write_manifest(manifest, out / "manifest.csv")
         card = dataset_card(manifest, stats, summary, params, sha256_file(out / "manifest.csv"))
         write_json(out / "dataset.json", card)
+    short = ", ".join(f"{name!r} ({s['passed']} of {s['planned']})" for name, s in summary.short_classes.items())
     print(f"merge: data/augmented version {card['version'][:12]}: {card['counts']['real']} real + "
           f"{card['counts']['synthetic']} synthetic images in {len(folder_of)} classes"
-          + (f"; {rows['shard'].nunique()} shards in {paths.augmented}/shards" if shards else ""))
+          + (f"; {rows['shard'].nunique()} shards in {paths.augmented}/shards" if shards else "")
+          + (f"; short classes, their real images drawn for the shortfall: {short}" if short else ""))
 
 
 def write_shards(out: Path, rows: pd.DataFrame) -> None:
@@ -134,6 +148,7 @@ def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: Syntheti
     """What the augmented dataset is and what made it; no timestamps, so equal inputs give equal bytes."""
     per_class = manifest.groupby(["label", "origin"]).size().unstack(fill_value=0)
     mass = manifest.groupby("label")["weight"].sum()
+    synthetic_mass = manifest[manifest["origin"] == "synthetic"].groupby("label")["weight"].sum()
     return {
         "version": version,
         "image_size": stats.image_size,
@@ -148,11 +163,14 @@ def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: Syntheti
                 "folder": c.folder,
                 "real": int(per_class.get("real", {}).get(c.label, 0)),
                 "synthetic": int(per_class.get("synthetic", {}).get(c.label, 0)),
+                "planned": summary.planned[c.class_name],
                 "sampling_mass": round(float(mass[c.label] / mass.sum()), 6),
+                "synthetic_share": round(float(synthetic_mass.get(c.label, 0.0) / mass[c.label]), 6),
             }
             for c in stats.classes
         ],
         "counts": {origin: int((manifest["origin"] == origin).sum()) for origin in ("real", "synthetic")},
+        "short_classes": summary.short_classes,
         "source": stats.source,
         "source_fingerprint": stats.source_fingerprint,
         "generator_hash": summary.generator_hash,

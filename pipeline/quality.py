@@ -103,12 +103,19 @@ def class_verdict(label_agreement: float, judge_real_recall: float, memorised: f
 
 
 def add_verdicts(quality: pd.DataFrame, recall_change: np.ndarray, rules: VerdictParams) -> pd.DataFrame:
-    """`quality` with the columns recall_change, verdict and reason."""
+    """`quality` (with `planned`, the synthetic images generate planned per class) with the columns
+    recall_change, verdict and reason; a short class's reason says how short it fell."""
     quality = quality.assign(recall_change=recall_change)
-    verdicts = [
-        class_verdict(row.label_agreement, row.judge_real_recall, row.memorised_share, row.recall_change, rules)
-        if row.synthetic > 0 else (NO_SYNTHETIC, "the class is at or above the target")
-        for row in quality.itertuples()
-    ]
+    verdicts = []
+    for row in quality.itertuples():
+        if row.synthetic == 0:
+            verdicts.append((NO_SYNTHETIC, f"none of {row.planned} planned images passed the gate; its real images "
+                                           "fill the class" if row.planned else "the class is at or above the target"))
+            continue
+        verdict, reason = class_verdict(row.label_agreement, row.judge_real_recall, row.memorised_share,
+                                        row.recall_change, rules)
+        if row.synthetic < row.planned:
+            reason += f"; short: {row.synthetic} of {row.planned} passed the gate, its real images fill the rest"
+        verdicts.append((verdict, reason))
     quality["verdict"], quality["reason"] = zip(*verdicts)
     return quality

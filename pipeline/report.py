@@ -229,7 +229,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     arms = read_table(paths.tables / "utility.csv", UTILITY_COLUMNS)
     runs = read_table(paths.tables / "utility_runs.csv", ["arm", "seed", "balanced_accuracy"])
     recalls = read_table(paths.tables / "recall.csv", ["class_name", "real_mean", "augmented_mean"])
-    quality = read_table(paths.tables / "quality.csv", ["class_name", "real_train", "synthetic", "verdict", "reason"])
+    quality = read_table(paths.tables / "quality.csv", ["class_name", "real_train", "synthetic", "planned", "verdict",
+                                                        "reason"])
     nearest = read_table(paths.tables / "nearest_real.csv", ["label", "synthetic_path", "train_path",
                                                              "relative_distance"])
     for table, name in ((recalls, "recall.csv"), (quality, "quality.csv")):

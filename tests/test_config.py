@@ -44,6 +44,8 @@ def test_repository_params_load_and_are_the_code_defaults():
         ({"evaluate": {"workers": "many"}}, "params.yaml: evaluate.workers must be auto or an integer, got 'many'"),
         ({"generate": {"label_pass_rate": 0}}, "params.yaml: generate.label_pass_rate must be > 0.0, got 0.0"),
         ({"report": {"seeds": 3}}, "params.yaml: report.seeds is not a known key"),
+        ({"generate": {"allow_short": True}}, "params.yaml: generate.allow_short was replaced by generate.on_short: "
+                                              "fill (keep what passed and warn) or fail (stop)"),
     ],
 )
 def test_bad_params_name_the_key(raw, message):

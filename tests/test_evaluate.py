@@ -16,11 +16,12 @@ from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 
 from pipeline import evaluate
 from pipeline.classifier import AugmentedBatches, TrainingSet, fit, predict
-from pipeline.config import ClassifierParams
+from pipeline.config import ClassifierParams, VerdictParams
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
 from pipeline.io import read_manifest, write_manifest
 from pipeline.paths import Paths
+from pipeline.quality import add_verdicts
 from pipeline.contracts import ARMS
 from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 
@@ -143,6 +144,18 @@ def test_the_arms_read_the_same_images_from_shards_as_from_the_imagefolder(evalu
     assert image_hashes(from_files.merged_images) == image_hashes(from_shards.merged_images)
     assert sorted(from_files.merged_weights) == pytest.approx(sorted(from_shards.merged_weights))
     assert len(order) == len(from_shards.merged_labels)
+
+
+def test_a_short_class_keeps_its_verdict_and_its_reason_says_how_short():
+    quality = pd.DataFrame({"class_name": ["full", "short", "none passed", "balanced"], "planned": [40, 80, 80, 0],
+                            "synthetic": [40, 19, 0, 0], "label_agreement": [0.9, 0.9, np.nan, np.nan],
+                            "judge_real_recall": 0.9, "memorised_share": [0.0, 0.0, np.nan, np.nan]})
+    verdicts = add_verdicts(quality, np.array([0.01, 0.01, 0.0, 0.0]), VerdictParams()).set_index("class_name")
+    assert verdicts["verdict"].tolist() == ["use", "use", "no synthetic images", "no synthetic images"]
+    assert "short" not in verdicts.loc["full", "reason"]
+    assert verdicts.loc["short", "reason"].endswith("; short: 19 of 80 passed the gate, its real images fill the rest")
+    assert verdicts.loc["none passed", "reason"] == "none of 80 planned images passed the gate; its real images fill the class"
+    assert verdicts.loc["balanced", "reason"] == "the class is at or above the target"
 
 
 def test_best_classical_is_chosen_on_val_and_the_gain_is_paired_by_seed():

@@ -256,8 +256,7 @@ def test_a_copy_of_a_training_image_never_passes_the_gate(workspace):
     original = nets.Generator
     nets.Generator = CopyingGenerator
     try:
-        generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20, "allow_short": True, "max_attempts": 1}),
-                     workspace)
+        generate.run(tiny_params(generate={**NO_LABEL_CHECK, "target": 20, "max_attempts": 1}), workspace)
     finally:
         nets.Generator = original
     manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
@@ -294,18 +293,32 @@ def test_truncation_changes_the_images(workspace):
     assert len(truncated) == len(plain) == 8 and set(truncated.values()).isdisjoint(plain.values())
 
 
-def test_a_class_that_fails_the_gate_names_itself_and_its_acceptance_rate(workspace):
-    save_untrained_models(workspace)
-    # pass rate 0.05: a candidate must be surer than 95 % of the real val images of its class, which
-    # an untrained generator's candidates rarely are
-    strict = {"label_pass_rate": 0.05, "max_attempts": 2, "target": 20, "check_memorisation": False}
-    with pytest.raises(GateError, match=r"class '\d': \d+ of \d+ images passed the gate after \d+ candidates "
-                                        r"\(acceptance rate \d+\.\d%.*generate.allow_short"):
-        generate.run(tiny_params(generate=strict), workspace)
+# pass rate 0.05: a candidate must be surer than 95 % of the real val images of its class, which an
+# untrained generator's candidates rarely are
+STRICT_GATE = {"label_pass_rate": 0.05, "max_attempts": 2, "target": 20, "check_memorisation": False}
 
-    generate.run(tiny_params(generate={**strict, "allow_short": True}), workspace)
+
+def test_with_on_short_fail_a_short_class_stops_the_stage_naming_itself_and_its_acceptance_rate(workspace):
+    save_untrained_models(workspace)
+    with pytest.raises(GateError, match=r"class '\d': \d+ of \d+ images passed the gate after \d+ candidates "
+                                        r"\(acceptance rate \d+\.\d%.*or set generate.on_short: fill$"):
+        generate.run(tiny_params(generate={**STRICT_GATE, "on_short": "fail"}), workspace)
+    assert not workspace.synthetic.exists()  # nothing published
+
+
+def test_with_on_short_fill_a_short_class_keeps_what_passed_and_says_so(workspace, capsys):
+    save_untrained_models(workspace)
+    generate.run(tiny_params(generate=STRICT_GATE), workspace)  # on_short: fill, the default
     plan = plan_of(workspace)
-    assert plan["short"].sum() > 0 and (plan["candidates"] == 2 * plan["planned"]).all()
+    short = plan[plan["short"] > 0]
+    assert len(short) > 0 and (plan["candidates"] == 2 * plan["planned"]).all()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generate: warning:")]
+    assert [line.split("'")[1] for line in warnings] == short.index.tolist()  # one line per short class
+    assert all(line.endswith("its real images fill the rest of the class (generate.on_short: fill)") for line in warnings)
+    summary = SyntheticSummary.read(workspace.synthetic)
+    assert summary.short_classes == {name: {"passed": int(row.generated), "planned": int(row.planned)}
+                                     for name, row in short.iterrows()}
+    assert summary.planned == plan["planned"].to_dict() and summary.short == short["short"].sum()
     manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     assert len(manifest) == plan["candidates"].sum()
     rejected = manifest[~manifest["accepted"]]

@@ -56,6 +56,10 @@ def test_class_weights_balance_classes_and_split_rare_classes_by_the_share():
     assert np.allclose(weights[labels == 1][~synthetic[labels == 1]], weights[8])  # equal within an origin
     assert np.allclose(weights[labels == 2], class_mass[2] / 4)
     assert np.isclose(merge.merged_weights(labels, synthetic, 3, 0.25).mean(), 1.0)
+    # a share per class: class 1's synthetic images get 0.1 of its mass, the classes stay balanced
+    per_class = class_weights(labels, 3, synthetic=synthetic, synthetic_share=np.array([0.25, 0.1, 0.25]))
+    assert np.allclose(np.bincount(labels, weights=per_class), class_mass)
+    assert np.isclose(per_class[synthetic].sum(), 0.1 * class_mass[1])
 
 
 @pytest.mark.parametrize("balance, expected", [(0.0, [0.8, 0.2]), (1.0, [0.5, 0.5]), (0.5, [2 / 3, 1 / 3])])
@@ -112,6 +116,27 @@ def test_with_nothing_to_generate_merge_publishes_the_real_images_every_class_dr
     card = read_json(paths.augmented / "dataset.json")
     assert card["counts"] == {"real": len(manifest), "synthetic": 0}
     assert "0 synthetic images in 10 classes" in capsys.readouterr().out
+
+
+def test_a_short_class_keeps_its_mass_and_its_real_images_are_drawn_for_the_shortfall(generated, capsys):
+    """generate.on_short: fill kept 12 of 24 planned images of class 9 (summary.json says so)."""
+    summary = read_json(generated.synthetic / "summary.json")
+    passed = summary["planned"]["9"]
+    summary["planned"]["9"], summary["short_classes"] = 2 * passed, {"9": {"passed": passed, "planned": 2 * passed}}
+    (generated.synthetic / "summary.json").write_text(json.dumps(summary))
+    merge.run(tiny_params(), generated)
+    manifest = read_merged(generated)
+    mass = manifest.groupby("class_name")["weight"].sum()
+    assert np.allclose(mass, mass.iloc[0])  # still balanced
+    synthetic_mass = manifest[manifest["origin"] == "synthetic"].groupby("class_name")["weight"].sum() / mass
+    assert np.isclose(synthetic_mass["9"], SHARE * 0.5)  # half the images: half the share, the rest on real ones
+    assert np.isclose(synthetic_mass["8"], SHARE)
+    card = read_json(generated.augmented / "dataset.json")
+    assert card["short_classes"] == {"9": {"passed": passed, "planned": 2 * passed}}
+    shares = {c["class_name"]: (c["synthetic"], c["planned"], c["synthetic_share"]) for c in card["classes"]}
+    assert shares["9"] == (passed, 2 * passed, pytest.approx(SHARE * 0.5)) and shares["0"] == (0, 0, 0.0)
+    assert f"short classes, their real images drawn for the shortfall: '9' ({passed} of {2 * passed})" in \
+        capsys.readouterr().out
 
 
 def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fails(generated, monkeypatch):

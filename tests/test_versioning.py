@@ -21,7 +21,7 @@ VERSIONING_PARAMS = merge_dicts(TINY_PARAMS, {
     "data": {"source": "data/builtin/digits.yaml"},  # inside the repository, as a user's clone has it
     "train": {"max_epochs": 1, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1, "samples_per_class": 2},
     # a one-epoch judge and GAN: the label check must accept nearly anything, or nothing would pass
-    "generate": {"target": 20, "label_pass_rate": 1.0, "allow_short": True},
+    "generate": {"target": 20, "label_pass_rate": 1.0},
     "merge": {"synthetic_share": 0.5},
 })
 OUTPUTS = ("data", "models")
