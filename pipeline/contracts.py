@@ -133,6 +133,7 @@ class SyntheticSummary:
     # class name -> {"passed": n, "planned": m} for each class that fewer images than planned passed
     # (generate.on_short: fill): its real images fill the rest of its sampling mass (merge)
     short_classes: dict[str, dict[str, int]]
+    environment: dict  # "judge", "train", "generate": what each computed with (pipeline/environment.py)
     params: dict
 
     FILE = "summary.json"

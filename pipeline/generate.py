@@ -46,6 +46,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline import nets
 from pipeline.config import GenerateParams, Params, params_to_dict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for
+from pipeline.environment import environment
 from pipeline.errors import GateError
 from pipeline.gan import HARDWARE_PARAMS, CandidateSampler, sample_batches, trainer_settings
 from pipeline.gate import ClassGate, build_gates, select_passing
@@ -153,7 +154,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     _say(f"generate: plan for target {cfg.target!r}, {plan['planned'].sum()} synthetic images:")
     _say(plan[["class_name", "real", "planned"]].to_string(index=False))
 
-    trainer = pl.Trainer(**trainer_settings(cfg, torch.cuda.device_count(), "generate"),
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate")
+    trainer = pl.Trainer(**settings,
                          use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
@@ -210,6 +212,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             planned={row.class_name: int(row.planned) for row in plan.itertuples()},
             short_classes={row.class_name: {"passed": int(row.generated), "planned": int(row.planned)}
                            for row in plan.itertuples() if row.short > 0},
+            environment={"judge": judge_meta.details.get("environment"),
+                         "train": generator_meta.details.get("environment"),
+                         "generate": environment(settings["accelerator"])},
             # where the images were sampled does not change them, so the hardware is no part of their record
             params={"seed": params.seed, "generate": {key: value for key, value in params_to_dict(cfg).items()
                                                       if key not in HARDWARE_PARAMS}},

@@ -17,6 +17,7 @@ from pipeline import nets
 from pipeline.classifier import TrainingSet, fit, predict
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
+from pipeline.environment import environment
 from pipeline.io import atomic_output
 from pipeline.metrics import balanced_accuracy
 from pipeline.paths import Paths
@@ -37,7 +38,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             logger.experiment.make_summary()
 
     details = {"steps": history["steps"], "source_fingerprint": stats.source_fingerprint,
-               "params": {"seed": params.seed, "judge": params_to_dict(recipe)}}
+               "params": {"seed": params.seed, "judge": params_to_dict(recipe)},
+               "environment": environment("cpu")}  # the classifier recipe trains on the CPU
     if len(val_labels):
         predicted, truth = predict(model, val_images)[0].argmax(dim=1).numpy(), val_labels.numpy()
         details["val_balanced_accuracy"] = round(balanced_accuracy(truth, predicted), 6)

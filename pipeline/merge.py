@@ -36,6 +36,7 @@ import pandas as pd
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for,
                                 read_accepted_synthetic)
+from pipeline.environment import environment
 from pipeline.io import atomic_output, json_text, read_manifest, sha256_file, write_json, write_manifest, write_tar
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
@@ -175,6 +176,7 @@ def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: Syntheti
         "source_fingerprint": stats.source_fingerprint,
         "generator_hash": summary.generator_hash,
         "judge_hash": summary.judge_hash,
+        "environment": {**summary.environment, "merge": environment("cpu")},  # what each stage computed with
         "params": {
             "seed": params.seed,
             "data": stats.params["data"],

@@ -40,6 +40,7 @@ DETAIL_COLUMNS = ("real_test", "frechet", "frechet_floor", "kid", "kid_floor", "
                   "coverage", "copy_threshold", "synthetic_to_train_median", "test_to_train_median", "memorised_share",
                   "recall_change")
 VERDICT_STYLE = {"use": "use", "use with care": "care", "do not use": "avoid", NO_SYNTHETIC: "none"}
+ENVIRONMENT_STAGES = ("judge", "train", "generate", "merge")  # the stages whose environment the card collects
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -186,6 +187,17 @@ def page_environment() -> jinja2.Environment:
     return environment
 
 
+def environment_rows(environment: dict) -> list[list[str]]:
+    """The card's environment block as table rows: what (python, each package, device, ...), then its
+    value in each of ENVIRONMENT_STAGES ("not recorded" for a stage whose output predates the record)."""
+    flat = {stage: {"python": env["python"], **env["packages"], **{k: v for k, v in env.items()
+                                                                    if k not in ("python", "packages")}}
+            for stage in ENVIRONMENT_STAGES if (env := environment.get(stage))}
+    keys = list(next(iter(flat.values()), {}))
+    return [[key] + [("" if flat[stage][key] is None else str(flat[stage][key])) if stage in flat else "not recorded"
+                     for stage in ENVIRONMENT_STAGES] for key in keys]
+
+
 def paired_runs(runs: pd.DataFrame, baseline: str) -> list[dict]:
     """Per seed: augmented and the best classical arm's test balanced accuracy, and their difference."""
     by_arm = runs.pivot_table(index="seed", columns="arm", values="balanced_accuracy")
@@ -216,6 +228,7 @@ def render_page(params: Params, stats: PreparedStats, metrics: dict, card: dict,
         detail_columns=[c for c in DETAIL_COLUMNS if quality[c].notna().any()],
         evaluate=params.evaluate, rules=params.evaluate.verdict, report=params.report,
         figures={name: data_uri(png) for name, png in figures.items() if not name.startswith("samples_")},
+        environment_stages=ENVIRONMENT_STAGES, environment=environment_rows(card["environment"]),
         card_json=json_text(card), params_json=json_text(params_to_dict(params)),
     )
 
@@ -236,6 +249,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     for table, name in ((recalls, "recall.csv"), (quality, "quality.csv")):
         check_classes(table, stats, paths.tables / name)
     card = read_json(paths.augmented / "dataset.json")
+    if "environment" not in card:
+        raise InputError(f"{paths.augmented}/dataset.json: has no environment block (an older merge wrote it); "
+                         "rerun merge")
 
     figures = make_figures(params, paths, stats, quality, recalls, nearest)
     page = render_page(params, stats, metrics, card, arms, runs, quality, recalls, figures)

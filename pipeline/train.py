@@ -29,6 +29,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import Params, TrainParams, params_to_dict
 from pipeline.contracts import ModelMeta
+from pipeline.environment import environment
 from pipeline.errors import ConfigError
 from pipeline.gan import ConditionalGAN, TrainImages, sample_grid, trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
@@ -136,7 +137,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     ema_generator = module.generator_ema.module
     meta = ModelMeta(data.image_size, data.channels, data.class_names, cfg.g_width, z_dim=cfg.z_dim, details={
         "train_counts": data.counts, "epochs": trainer.current_epoch, "batches": int(module.batches_seen),
-        "batch_size": data.batch_size, "seed": params.seed, "train": params_to_dict(cfg)})
+        "batch_size": data.batch_size, "seed": params.seed, "train": params_to_dict(cfg),
+        "environment": environment(settings["accelerator"])})
     with atomic_output(paths.gan) as out:
         save_model(ema_generator, out, "generator_ema", meta)
         shutil.copy2(resume_dir / CHECKPOINT, out / CHECKPOINT)

@@ -147,7 +147,7 @@ def write_synthetic(paths: Paths, images_by_label: dict) -> None:
     SyntheticSummary("hand-made", "hand-made", stats.image_size, stats.channels, stats.class_names,
                      generated=len(rows) - 1, candidates=len(rows), short=0, label_thresholds={}, copy_thresholds={},
                      planned={name: len(images_by_label.get(label, [])) for label, name in enumerate(stats.class_names)},
-                     short_classes={}, params={"generate": {}}).write(paths.synthetic)
+                     short_classes={}, environment={}, params={"generate": {}}).write(paths.synthetic)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 import json
 import os
+import platform
+from importlib.metadata import version
 import tarfile
 import warnings
 from pathlib import Path
@@ -137,6 +139,20 @@ def test_a_short_class_keeps_its_mass_and_its_real_images_are_drawn_for_the_shor
     assert shares["9"] == (passed, 2 * passed, pytest.approx(SHARE * 0.5)) and shares["0"] == (0, 0, 0.0)
     assert f"short classes, their real images drawn for the shortfall: '9' ({passed} of {2 * passed})" in \
         capsys.readouterr().out
+
+
+def test_the_card_says_what_made_the_data_version(generated):
+    merge.run(tiny_params(), generated)
+    environment = read_json(generated.augmented / "dataset.json")["environment"]
+    assert set(environment) == {"judge", "train", "generate", "merge"}
+    assert environment["judge"] is None and environment["train"] is None  # models saved without a record (by the test)
+    for stage in ("generate", "merge"):
+        made = environment[stage]
+        assert made["python"] == platform.python_version()
+        assert made["device"] == ("gpu" if stage == "generate" and torch.cuda.is_available() else "cpu")
+        assert {name: made["packages"][name] for name in ("torch", "numpy", "albumentations")} == {
+            name: version(name) for name in ("torch", "numpy", "albumentations")}
+        assert made["threads"] == torch.get_num_threads() and made["cpu_capability"] and made["device_name"]
 
 
 def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fails(generated, monkeypatch):

@@ -177,6 +177,18 @@ def test_with_no_synthetic_images_the_page_renders_with_its_synthetic_columns_em
     assert "0 synthetic training images" in " ".join(" ".join(page.text).split())
 
 
+def test_the_page_shows_what_made_the_data_version(reported):
+    card = read_json(Paths(reported).augmented / "dataset.json")
+    table = Page(Paths(reported).html.read_text(encoding="utf-8")).table_with("what")
+    assert table[0] == ["what", "judge", "train", "generate", "merge"]
+    rows = {row[0]: row[1:] for row in table[1:]}
+    merge_made = card["environment"]["merge"]
+    assert rows["torch"][3] == merge_made["packages"]["torch"] and rows["python"][3] == merge_made["python"]
+    assert rows["threads"][3] == str(merge_made["threads"]) and rows["cpu_capability"][3] == merge_made["cpu_capability"]
+    assert {"numpy", "albumentations", "device", "device_name"} <= set(rows)
+    assert rows["torch"][:3] == ["not recorded"] * 3  # conftest's hand-made synthetic images record no stage before merge
+
+
 def test_editing_the_template_changes_only_the_page(evaluated, reported, tmp_path, monkeypatch):
     templates = shutil.copytree(report.TEMPLATES, tmp_path / "templates")
     template = templates / report.TEMPLATE
