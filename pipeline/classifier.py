@@ -1,6 +1,7 @@
 """The one classifier recipe: the judge, and every downstream arm of evaluate, are trained by `fit`.
 
-A small CNN (nets.Classifier) learns from uint8 images held in memory, each drawn batch augmented by
+The network of `arch` (nets.build_classifier: the small CNN nets.Classifier by default, a torchvision
+model, or your own) learns from uint8 images held in memory, each drawn batch augmented by
 albumentations (`classifier_augmentation`, `AugmentedBatches`), with AdamW, under Lightning's Trainer. Every
 `eval_every` updates it is scored on the real val split; training stops when the val balanced
 accuracy has not improved for `patience` scorings (or at `max_steps`), and the best-on-val weights
@@ -23,6 +24,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
 
@@ -81,7 +83,7 @@ class ClassifierModule(pl.LightningModule):
     def __init__(self, image_size: int, channels: int, num_classes: int, recipe: ClassifierParams,
                  log_prior: torch.Tensor | None = None, validated: bool = True):
         super().__init__()
-        self.net = nets.Classifier(image_size, channels, num_classes, recipe.width)
+        self.net = nets.build_classifier(recipe.arch, image_size, channels, num_classes, recipe.width)
         self.recipe, self.validated = recipe, validated
         self.register_buffer("log_prior", log_prior if log_prior is not None else torch.zeros(num_classes))
         self.val_predictions, self.val_labels = [], []
@@ -131,7 +133,7 @@ def log_prior(frequencies: np.ndarray, tau: float) -> torch.Tensor:
 
 def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, num_classes: int,
         recipe: ClassifierParams, seed: int, logger=False,
-        initial_weights: dict[str, torch.Tensor] | None = None) -> tuple[nets.Classifier, dict]:
+        initial_weights: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict]:
     """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went.
     `initial_weights` (a network's state_dict) replaces the seed's initial weights: fine-tuning."""
     pl.seed_everything(seed, verbose=False)
@@ -175,14 +177,20 @@ def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, n
 
 
 @torch.inference_mode()
-def predict(model: nets.Classifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class probabilities, penultimate features) of uint8 images, computed in batches."""
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities, features) of uint8 images, computed in batches; the features are the input of
+    the network's output layer (nets.logits_and_features: the judge's networks have one)."""
     model.eval()
     probabilities, features = [], []
-    for batch in images.split(batch_size):
-        batch_features = model.features(nets.to_unit_range(batch))
-        probabilities.append(model.head(batch_features).softmax(dim=1))
+    for batch in images.split(batch_size):  # an empty tensor splits into one empty batch
+        logits, batch_features = nets.logits_and_features(model, nets.to_unit_range(batch))
+        probabilities.append(logits.softmax(dim=1))
         features.append(batch_features)
-    if not probabilities:
-        return torch.empty(0, model.head[-1].out_features), torch.empty(0, model.feature_dim)
     return torch.cat(probabilities), torch.cat(features)
+
+
+@torch.inference_mode()
+def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The class that any classification network gives each uint8 image (the argmax of its logits)."""
+    model.eval()
+    return torch.cat([model(nets.to_unit_range(batch)).argmax(dim=1) for batch in images.split(batch_size)])

@@ -64,7 +64,11 @@ class DataParams:
 class ClassifierParams:
     """One classifier recipe (pipeline/classifier.py): the judge, and every downstream arm of evaluate."""
 
-    width: int = bounded(32, ge=4)  # channels of the first convolution of nets.Classifier
+    # the network (pipeline/nets/classifier.py): small_cnn (nets.Classifier), a torchvision classification
+    # model by name (e.g. resnet18: untrained, adapted to the channels and small images), or
+    # package.module:factory (your own nn.Module, made by factory(num_classes=, channels=, image_size=))
+    arch: str = "small_cnn"
+    width: int = bounded(32, ge=4)  # channels of the first convolution of small_cnn
     batch_size: int = bounded(64, ge=1)
     augment_group: int = bounded(8, ge=1)  # drawn images that share one random affine (one albumentations call)
     lr: float = bounded(3e-3, gt=0.0)

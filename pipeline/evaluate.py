@@ -86,7 +86,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
     # 3. verdicts
     quality = add_verdicts(quality, (recalls["augmented_mean"] - recalls[f"{baseline}_mean"]).to_numpy(), cfg.verdict)
-    metrics = metrics_document(arms, augmented_gain, quality, tail, stats.class_names)
+    metrics = metrics_document(arms, augmented_gain, quality, tail, stats.class_names,
+                               nets.classifier_name(cfg.classifier.arch, cfg.classifier.width))
     with atomic_output(paths.tables) as tables:
         for name, table in (("utility.csv", arms), ("utility_runs.csv", runs.drop(columns=["recall", "seconds"])),
                             ("recall.csv", recalls), ("quality.csv", quality), ("nearest_real.csv", nearest)):
@@ -96,14 +97,16 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
 
 def metrics_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataFrame, tail: list[int],
-                     class_names: list[str]) -> dict:
-    """reports/metrics.json: the headline numbers only (per-class detail is in reports/tables)."""
+                     class_names: list[str], classifier: str) -> dict:
+    """reports/metrics.json: the headline numbers only (per-class detail is in reports/tables), and the
+    network every arm trained (`classifier`): the verdict holds for that network."""
     def number(value):
         return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
 
     utility = {row["arm"]: {name: {"mean": number(row[f"{name}_mean"]), "std": number(row[f"{name}_std"])}
                             for name in HEADLINE} for _, row in arms.iterrows()}
     document = {
+        "classifier": classifier,
         "utility": {arm: utility[arm] for arm in ARMS if arm in utility},
         "best_classical": augmented_gain["baseline"],
         "augmented_gain": {key: number(augmented_gain[key])

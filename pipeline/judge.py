@@ -3,8 +3,9 @@
 The judge is a classifier of the real data, trained once with the project's one classifier recipe
 (pipeline/classifier.py) on the train split, every class drawn equally often, early-stopped on the
 val split. The generate stage's quality gate asks it whether a synthetic image shows its intended
-class and measures memorisation in its feature space (`Classifier.features`); the evaluate stage
-uses the same features. Val is never trained on: the judge must not know more about a rare class
+class and measures memorisation in its feature space (the input of its output layer:
+`nets.logits_and_features`, so `judge.arch` must end in a linear layer); the evaluate stage uses the
+same features. Val is never trained on: the judge must not know more about a rare class
 than the generator and the downstream classifiers do.
 """
 
@@ -27,6 +28,8 @@ from pipeline.sampling import class_weights
 def run(params: Params, paths: Paths = Paths()) -> None:
     recipe = params.judge
     stats = PreparedStats.read(paths.prepared)
+    nets.check_classifier(recipe.arch, stats.image_size, stats.channels, stats.num_classes, recipe.width, "judge.arch",
+                          features=True)
     train_images, train_labels = load_split(paths.prepared, stats, "train")
     val_images, val_labels = load_split(paths.prepared, stats, "val")
     balanced = TrainingSet(train_images, train_labels, class_weights(train_labels.numpy(), stats.num_classes))

@@ -176,6 +176,10 @@ def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: Syntheti
         "source_fingerprint": stats.source_fingerprint,
         "generator_hash": summary.generator_hash,
         "judge_hash": summary.judge_hash,
+        # merge runs before evaluate and does not read its params: the card points to the verdict
+        "downstream_verdict": "measured by the evaluate stage for one downstream classifier, which "
+                              "reports/metrics.json names (`classifier`, from evaluate.classifier.arch); "
+                              "it holds for that classifier",
         "environment": {**summary.environment, "merge": environment("cpu")},  # what each stage computed with
         "params": {
             "seed": params.seed,

@@ -31,7 +31,7 @@ from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
-METRICS_KEYS = ("utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
+METRICS_KEYS = ("classifier", "utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
 UTILITY_COLUMNS = ["arm", "balanced_accuracy_mean", "balanced_accuracy_std", "tail_recall_mean", "tail_recall_std",
                    "accuracy_mean", "macro_f1_mean", "val_balanced_accuracy_mean", "steps_mean"]
 QUALITY_BARS = ("label_agreement", "precision", "recall", "coverage", "memorised_share")

@@ -1,7 +1,8 @@
 """Is a classifier better off with the synthetic images? The downstream arms and their protocol.
 
-Every arm trains the same recipe (pipeline/classifier.py: early-stopped on the real val split, best
-weights kept) and differs only in its training data and how it is drawn:
+Every arm trains the same recipe (pipeline/classifier.py: the network of evaluate.classifier.arch,
+early-stopped on the real val split, best weights kept) and differs only in its training data and how
+it is drawn:
 - real: the imbalanced real train images, drawn uniformly;
 - classical: the same images, each rare class randomly oversampled (repeats) to the largest;
 - classical_la: the real images drawn naturally, with the logit-adjusted loss (Menon et al., 2021);
@@ -28,7 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.classifier import TrainingSet, drawn_frequencies, fit, predict
+from pipeline import nets
+from pipeline.classifier import TrainingSet, drawn_frequencies, fit, predict_labels
 from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_rows
 from pipeline.dataset import load_augmented
@@ -98,6 +100,9 @@ def run_arms(inputs: ArmInputs, val: tuple[torch.Tensor, torch.Tensor], test: tu
     The runs are spread over `cfg.workers` processes (auto: one per CPU core), each training with one
     thread, so the results are the same whatever the number of workers.
     """
+    _, channels, size, _ = inputs.merged_images.shape
+    nets.check_classifier(cfg.classifier.arch, size, channels, inputs.num_classes, cfg.classifier.width,
+                          "evaluate.classifier.arch")
     arms = arms or list(arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, first_seed))
     jobs = [(seed, arm) for seed in range(first_seed, first_seed + cfg.seeds) for arm in arms]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers)
@@ -132,7 +137,7 @@ def _run_job(job: tuple[int, str]) -> dict:
     started = time.perf_counter()
     data = arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, seed)[arm]
     model, history = fit(data, *val, inputs.num_classes, cfg.classifier, seed)
-    predicted = predict(model, test[0])[0].argmax(dim=1).numpy()
+    predicted = predict_labels(model, test[0]).numpy()
     scores = classification_scores(test[1].numpy(), predicted, inputs.num_classes, tail)
     return {"arm": arm, "seed": seed, "steps": history["steps"], "seconds": round(time.perf_counter() - started, 1),
             "val_balanced_accuracy": history["best_val_balanced_accuracy"], **scores}

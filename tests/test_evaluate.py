@@ -190,6 +190,7 @@ def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs
 def test_metrics_json_has_the_headline_keys_and_no_per_class_detail(evaluated):
     root, _ = evaluated
     metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["classifier"] == "small_cnn (width 4)"  # the network the verdict holds for
     assert set(metrics["utility"]) == set(ARMS)  # the tiny source was thinned, so the oracle exists
     for arm in ARMS:
         for score in ("balanced_accuracy", "tail_recall"):

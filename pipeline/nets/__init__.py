@@ -9,11 +9,12 @@ to any power-of-two image size from 16 to 128 and to 1 or 3 channels.
   `build_generator`, the generator of train.arch
 - stylegan.py: the style-based generator (StyleGAN2)
 - discriminators.py: the projection discriminator
-- classifier.py: the judge's and the downstream arms' classifier
+- classifier.py: the judge's and the downstream arms' classifier: small_cnn, a torchvision model or your own
 - saving.py: saving and loading (a plain state_dict beside a ModelMeta JSON file)
 """
 
-from pipeline.nets.classifier import Classifier
+from pipeline.nets.classifier import (Classifier, build_classifier, check_classifier, classifier_name,
+                                      logits_and_features)
 from pipeline.nets.common import SUPPORTED_SIZES, check_image_size, to_uint8, to_unit_range
 from pipeline.nets.discriminators import Discriminator
 from pipeline.nets.generators import ConditionalBatchNorm2d, Generator, build_generator
@@ -22,4 +23,5 @@ from pipeline.nets.saving import load_generator, load_judge, load_model, save_mo
 
 __all__ = ["SUPPORTED_SIZES", "Classifier", "ConditionalBatchNorm2d", "Discriminator", "Generator", "StyleGenerator",
            "build_generator", "check_image_size",
-           "load_generator", "load_judge", "load_model", "save_model", "to_uint8", "to_unit_range", "weights_hash"]
+           "load_generator", "load_judge", "load_model", "save_model", "to_uint8", "to_unit_range", "weights_hash",
+           "build_classifier", "check_classifier", "classifier_name", "logits_and_features"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.contracts import ModelMeta
 from pipeline.errors import InputError
-from pipeline.nets.classifier import Classifier
+from pipeline.nets.classifier import SMALL_CNN, build_classifier
 from pipeline.nets.generators import build_generator
 
 def save_model(model: nn.Module, folder: Path | str, name: str, meta: ModelMeta) -> None:
@@ -55,6 +55,11 @@ def load_generator(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
     return load_model(folder, "generator_ema", build)
 
 
-def load_judge(folder: Path | str) -> tuple[Classifier, ModelMeta]:
-    """The judge stage's classifier: `judge.pt` + `judge.json`."""
-    return load_model(folder, "judge", lambda m: Classifier(m.image_size, m.channels, len(m.class_names), m.width))
+def load_judge(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
+    """The judge stage's classifier: `judge.pt` + `judge.json`, a network of the `arch` of the judge params
+    that judge.json records (small_cnn where it records none)."""
+    def build(meta: ModelMeta) -> nn.Module:
+        arch = meta.details.get("params", {}).get("judge", {}).get("arch", SMALL_CNN)
+        return build_classifier(arch, meta.image_size, meta.channels, len(meta.class_names), meta.width)
+
+    return load_model(folder, "judge", build)
