@@ -35,7 +35,8 @@ HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_bal
 
 
 def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, SyntheticSummary]:
-    """(accepted synthetic rows, possibly none; generate's summary), checked against data/augmented and data/prepared."""
+    """(accepted synthetic rows, possibly none; generate's summary), checked against data/augmented and
+    data/prepared."""
     synthetic = read_accepted_synthetic(paths.synthetic, stats)
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")

@@ -154,7 +154,8 @@ def test_a_short_class_keeps_its_verdict_and_its_reason_says_how_short():
     assert verdicts["verdict"].tolist() == ["use", "use", "no synthetic images", "no synthetic images"]
     assert "short" not in verdicts.loc["full", "reason"]
     assert verdicts.loc["short", "reason"].endswith("; short: 19 of 80 passed the gate, its real images fill the rest")
-    assert verdicts.loc["none passed", "reason"] == "none of 80 planned images passed the gate; its real images fill the class"
+    assert verdicts.loc["none passed", "reason"] == ("none of 80 planned images passed the gate; its real images fill "
+                                                     "the class")
     assert verdicts.loc["balanced", "reason"] == "the class is at or above the target"
 
 

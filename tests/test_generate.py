@@ -314,7 +314,8 @@ def test_with_on_short_fill_a_short_class_keeps_what_passed_and_says_so(workspac
     assert len(short) > 0 and (plan["candidates"] == 2 * plan["planned"]).all()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generate: warning:")]
     assert [line.split("'")[1] for line in warnings] == short.index.tolist()  # one line per short class
-    assert all(line.endswith("its real images fill the rest of the class (generate.on_short: fill)") for line in warnings)
+    assert all(line.endswith("its real images fill the rest of the class (generate.on_short: fill)")
+               for line in warnings)
     summary = SyntheticSummary.read(workspace.synthetic)
     assert summary.short_classes == {name: {"passed": int(row.generated), "planned": int(row.planned)}
                                      for name, row in short.iterrows()}

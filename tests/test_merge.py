@@ -106,7 +106,8 @@ def test_with_nothing_to_generate_merge_publishes_the_real_images_every_class_dr
     paths = Paths(copy_outputs(prepared_tiny, tmp_path))
     save_untrained_models(paths)
     generate.run(tiny_params(generate={"target": 0}), paths)
-    assert "generate: nothing to generate: the plan for target 0 asks for no synthetic images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "generate: nothing to generate: the plan for target 0 asks for no synthetic images" in printed
     assert read_manifest(paths.synthetic / "manifest.csv", MANIFEST_COLUMNS)["label"].dtype == np.int64  # no rows
     merge.run(tiny_params(), paths)
     stats = PreparedStats.read(paths.prepared)

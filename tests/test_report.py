@@ -184,9 +184,10 @@ def test_the_page_shows_what_made_the_data_version(reported):
     rows = {row[0]: row[1:] for row in table[1:]}
     merge_made = card["environment"]["merge"]
     assert rows["torch"][3] == merge_made["packages"]["torch"] and rows["python"][3] == merge_made["python"]
-    assert rows["threads"][3] == str(merge_made["threads"]) and rows["cpu_capability"][3] == merge_made["cpu_capability"]
+    assert rows["threads"][3] == str(merge_made["threads"])
+    assert rows["cpu_capability"][3] == merge_made["cpu_capability"]
     assert {"numpy", "albumentations", "device", "device_name"} <= set(rows)
-    assert rows["torch"][:3] == ["not recorded"] * 3  # conftest's hand-made synthetic images record no stage before merge
+    assert rows["torch"][:3] == ["not recorded"] * 3  # conftest's hand-made synthetic images: no stage before merge
 
 
 def test_editing_the_template_changes_only_the_page(evaluated, reported, tmp_path, monkeypatch):
