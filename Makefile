@@ -5,14 +5,15 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: repro test lint params-reference example-report install clean-venv
+.PHONY: repro test lock lint params-reference example-report install clean-venv
 
 install: $(VENV)/.installed
 
-# Reinstalled only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The exact versions of constraints.txt (the ranges of pyproject.toml, resolved by `make lock`);
+# reinstalled only when either file changes.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 repro: install
@@ -20,6 +21,16 @@ repro: install
 
 test: install
 	python -m pytest -q
+
+# constraints.txt afresh: pyproject.toml's ranges resolved to the newest versions pip finds, in a throwaway
+# venv and without installing anything (.venv is untouched until the next `make install`)
+LOCK_VENV := $(CURDIR)/.lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --dry-run --ignore-installed \
+		--report $(LOCK_VENV)/report.json -e '.[dev]'
+	$(LOCK_VENV)/bin/python .ci/lock.py $(LOCK_VENV)/report.json constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # ruff, configured in pyproject.toml: the linter, then the formatter in check mode (changes nothing)
 lint: install
