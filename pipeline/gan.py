@@ -240,7 +240,10 @@ class ConditionalGAN(pl.LightningModule):
         self.ema_real_logit.lerp_(real_logits.detach().mean(), 0.01)
         self.ema_fake_logit.lerp_(fake_logits.detach().mean(), 0.01)
         if cfg.ada_target is not None:
-            self.real_signs += torch.stack([real_logits.detach().sign().sum(), real_logits.new_tensor(float(n))])
+            signs = torch.stack([real_logits.detach().sign().sum(), real_logits.new_tensor(float(n))])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(signs)  # every process adapts the same probability (DDP)
+            self.real_signs += signs
         return loss, logged
 
     def generator_step_loss(self, labels: torch.Tensor, strength: float) -> tuple[torch.Tensor, dict]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import copy_outputs, tiny_params
+from conftest import TINY_PARAMS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import generate, judge, train
 from pipeline.augment import diff_augment
 from pipeline.config import params_to_dict
@@ -197,3 +197,18 @@ def test_the_train_stage_trains_each_family_resumes_it_and_generate_samples_from
 
     generate.run(params, paths)  # the saved generator is rebuilt by its architecture and samples
     assert len(list(paths.synthetic.rglob("*.png"))) > 0
+
+
+def test_the_style_based_generator_with_the_wasserstein_loss_and_adaptive_augmentation_trains_under_ddp(workspace):
+    # no adjustment of the augmentation probability within the epoch: the signs of D's outputs add up
+    options = {**FAMILIES["stylegan2"], **FAMILIES["wgan-gp"], **FAMILIES["ada"], "ada_interval": 100}
+    write_params(workspace.root, merge_dicts(TINY_PARAMS, {"train": {**FAST, **options, "accelerator": "cpu",
+                                                                     "devices": 2, "strategy": "ddp"}}))
+    result = run_cli("train", cwd=workspace.root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    generator, meta = load_generator(workspace.gan)
+    assert type(generator).__name__ == "StyleGenerator"
+    assert meta.details["batches"] == 498 // (32 * 2)  # each process trains on half of every epoch
+    state = torch.load(workspace.gan_resume / train.CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
+    # the signs of both processes' real images, summed over the processes, so both adapt the same probability
+    assert float(state["real_signs"][1]) == meta.details["batches"] * 32 * 2
