@@ -15,8 +15,11 @@ PROJECT = "gan-rebalance"
 def main(report: str, output: str = "constraints.txt") -> None:
     resolved = json.loads(Path(report).read_text(encoding="utf-8"))
     marker = resolved["environment"]
-    pins = sorted((item["metadata"]["name"], item["metadata"]["version"]) for item in resolved["install"]
-                  if item["metadata"]["name"] != PROJECT)
+    pins = sorted(
+        (item["metadata"]["name"], item["metadata"]["version"])
+        for item in resolved["install"]
+        if item["metadata"]["name"] != PROJECT
+    )
     lines = [
         "# The exact versions that `make test`, `make repro` and .ci/run install",
         "# (pip install -c constraints.txt -e '.[dev]'); pyproject.toml keeps the ranges for other environments.",

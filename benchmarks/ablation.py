@@ -9,8 +9,9 @@ models into scratch folders and never touches the workspace):
 For every ablation it reruns the stages the change touches (train onwards for a GAN mechanism,
 generate onwards for a gate mechanism, merge for the synthetic share, none for the classifier's
 balanced logit adjustment) with params.yaml plus that one change, trains the `augmented` arm over
-the paired seeds, and prints its val balanced accuracy beside the default's, with the paired difference and its 95 % interval; the two classical arms are
-printed for reference. The test split is not read. GAN ablations retrain the GAN: on 2 CPU cores they take minutes each.
+the paired seeds, and prints its val balanced accuracy beside the default's, with the paired
+difference and its 95 % interval; the two classical arms are printed for reference. The test split is
+not read. GAN ablations retrain the GAN: on 2 CPU cores they take minutes each.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import merge_dicts  # noqa: E402  (the tests' deep merge of params dicts, as scale.py uses it)
+from conftest import merge_dicts
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.metrics import mean_std, paired_difference, tail_classes
@@ -48,7 +49,9 @@ ABLATIONS = {
     "selection diverse": ({"generate": {"selection": "diverse"}}, "generate"),
     "synthetic share 0.5 (the default until 2026-12-04)": ({"merge": {"synthetic_share": 0.5}}, "merge"),
     "synthetic share 0 (no synthetic draws: the classical arm's data, drawn by weights)": (
-        {"merge": {"synthetic_share": 0.0}}, "merge"),
+        {"merge": {"synthetic_share": 0.0}},
+        "merge",
+    ),
     "no balanced logit adjustment": ({"evaluate": {"balanced_logit_adjustment": 0.0}}, "evaluate"),
 }
 STAGES = ("train", "generate", "merge")  # the stages an ablation reruns; "evaluate": only the arms' recipe changes
@@ -74,8 +77,9 @@ def val_scores(paths: Paths, seeds: int, arm: str = "augmented") -> list[float]:
     cfg = dataclasses.replace(params.evaluate, seeds=seeds)
     stats = PreparedStats.read(paths.prepared)
     val = load_split(paths.prepared, stats, "val")
-    runs = run_arms(read_arm_inputs(paths, stats), val, val, tail_classes(stats.split_counts("train")), cfg,
-                    params.seed, arms=[arm])
+    runs = run_arms(
+        read_arm_inputs(paths, stats), val, val, tail_classes(stats.split_counts("train")), cfg, params.seed, arms=[arm]
+    )
     return runs.sort_values("seed")["val_balanced_accuracy"].tolist()
 
 

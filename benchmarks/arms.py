@@ -62,10 +62,17 @@ def main() -> None:
     cfg = params.evaluate if args.seeds is None else dataclasses.replace(params.evaluate, seeds=args.seeds)
     stats = PreparedStats.read(paths.prepared)
     inputs = read_arm_inputs(paths, stats)
-    inputs = dataclasses.replace(inputs, merged_weights=merged_weights(
-        inputs.merged_labels.numpy(), inputs.merged_synthetic, stats.num_classes, params.merge.synthetic_share))
-    arms = args.arms.split(",") if args.arms else list(arm_training_sets(inputs, cfg.logit_adjustment,
-                                                                               cfg.balanced_logit_adjustment, params.seed))
+    inputs = dataclasses.replace(
+        inputs,
+        merged_weights=merged_weights(
+            inputs.merged_labels.numpy(), inputs.merged_synthetic, stats.num_classes, params.merge.synthetic_share
+        ),
+    )
+    arms = (
+        args.arms.split(",")
+        if args.arms
+        else list(arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, params.seed))
+    )
     val = load_split(paths.prepared, stats, "val")
     # Without --test the test split is never read: the runs are scored on val twice (their per-run lines
     # then say "test" of what is val).
@@ -74,8 +81,10 @@ def main() -> None:
     runs = run_arms(inputs, val, test, tail_classes(stats.split_counts("train")), cfg, params.seed, arms=arms)
     scores = ["val_balanced_accuracy", "steps"] + (["balanced_accuracy", "tail_recall"] if args.test else [])
     table = runs.groupby("arm", sort=False)[scores].agg(["mean", "std"])
-    print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s; overrides {args.set or 'none'}, "
-          f"budget x{args.budget:g}")
+    print(
+        f"{len(runs)} runs in {time.perf_counter() - started:.0f} s; overrides {args.set or 'none'}, "
+        f"budget x{args.budget:g}"
+    )
     print(table.round(4).to_string())
     if args.test:
         ranking = table[("balanced_accuracy", "mean")].sort_values(ascending=False)
@@ -85,8 +94,10 @@ def main() -> None:
         by_seed = {arm: rows.sort_values("seed") for arm, rows in runs.groupby("arm")}
         for score in ("balanced_accuracy", "tail_recall"):
             difference, low, high = paired_difference(by_seed["augmented"][score], by_seed[baseline][score])
-            print(f"augmented minus {baseline} (best classical on val), {split} {score}: {difference:+.4f} "
-                  f"(95 % interval {low:+.4f} to {high:+.4f}, {len(by_seed[baseline])} paired seeds)")
+            print(
+                f"augmented minus {baseline} (best classical on val), {split} {score}: {difference:+.4f} "
+                f"(95 % interval {low:+.4f} to {high:+.4f}, {len(by_seed[baseline])} paired seeds)"
+            )
 
 
 if __name__ == "__main__":

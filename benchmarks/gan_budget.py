@@ -83,8 +83,13 @@ def overridden(raw: dict, pairs: list[str]) -> dict:
 
 
 def stage(name: str, cwd: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline", name], cwd=cwd, capture_output=True, text=True,
-                            env=os.environ | {"PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", name],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
     if result.returncode != 0:
         raise SystemExit(f"{cwd}: {name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
 
@@ -114,8 +119,15 @@ class Snapshots(pl.Callback):
     """At the end of each budget's epoch (or the first epoch past its seconds), save the EMA generator
     to `budgets/xK/models/gan` and measure it in a subprocess; the training waits, so one thing runs at a time."""
 
-    def __init__(self, workspace: Path, budgets: list[float], epochs: dict[float, int] | None,
-                 seconds: dict[float, float] | None, meta: dict, seeds: int):
+    def __init__(
+        self,
+        workspace: Path,
+        budgets: list[float],
+        epochs: dict[float, int] | None,
+        seconds: dict[float, float] | None,
+        meta: dict,
+        seeds: int,
+    ):
         self.workspace, self.budgets, self.epochs, self.seconds = workspace, budgets, epochs, seconds
         self.meta, self.seeds = meta, seeds
         self.clock = workspace / "gan-resume/seconds.json"  # training seconds at the end of each epoch
@@ -135,16 +147,29 @@ class Snapshots(pl.Callback):
             folder = self.workspace / f"budgets/x{budget:g}"
             due = (epoch >= self.epochs[budget]) if self.epochs else (seconds >= self.seconds[budget])
             if due and not (folder / "result.json").is_file():
-                if not (folder / "models/gan/generator_ema.pt").is_file():  # else saved before a kill: measured as saved
-                    details = self.meta["details"] | {"epochs": epoch, "batches": int(module.batches_seen),
-                                                      "train_seconds": round(seconds, 1)}
-                    save_model(module.generator_ema.module, folder / "models/gan", "generator_ema",
-                               ModelMeta(**(self.meta | {"details": details})))
-                    print(f"x{budget:g}: {epoch} epochs, {int(module.batches_seen)} batches, {seconds:.0f} s",
-                          flush=True)
+                if not (
+                    folder / "models/gan/generator_ema.pt"
+                ).is_file():  # else saved before a kill: measured as saved
+                    details = self.meta["details"] | {
+                        "epochs": epoch,
+                        "batches": int(module.batches_seen),
+                        "train_seconds": round(seconds, 1),
+                    }
+                    save_model(
+                        module.generator_ema.module,
+                        folder / "models/gan",
+                        "generator_ema",
+                        ModelMeta(**(self.meta | {"details": details})),
+                    )
+                    print(
+                        f"x{budget:g}: {epoch} epochs, {int(module.batches_seen)} batches, {seconds:.0f} s", flush=True
+                    )
                 paused = time.perf_counter()
-                subprocess.run([sys.executable, __file__, "measure", str(folder), "--seeds", str(self.seeds)],
-                               check=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+                subprocess.run(
+                    [sys.executable, __file__, "measure", str(folder), "--seeds", str(self.seeds)],
+                    check=True,
+                    env=os.environ | {"PYTHONPATH": str(REPO)},
+                )
                 self.started += time.perf_counter() - paused  # measuring is not training time
         if all((self.workspace / f"budgets/x{b:g}/result.json").is_file() for b in self.budgets):
             trainer.should_stop = True  # a seconds budget has no fixed last epoch
@@ -162,8 +187,11 @@ def train_with_snapshots(workspace: Path, budgets: list[float], seconds_of: Path
         reference = json.loads((seconds_of / "budgets/x1/result.json").read_text())["train_seconds"]
         epochs, seconds, max_epochs = None, {b: b * reference for b in budgets}, 1_000_000
     resume_dir = workspace / "gan-resume"
-    made_with = sha256_bytes(json.dumps({"train": params_to_dict(cfg), "seed": params.seed,
-                                         "budgets": budgets, "seconds": seconds}, sort_keys=True).encode())
+    made_with = sha256_bytes(
+        json.dumps(
+            {"train": params_to_dict(cfg), "seed": params.seed, "budgets": budgets, "seconds": seconds}, sort_keys=True
+        ).encode()
+    )
     checkpoint = resume_dir / "last.ckpt"
     stamp = resume_dir / "fingerprint.json"
     if not (checkpoint.is_file() and stamp.is_file() and read_json(stamp)["fingerprint"] == made_with):
@@ -171,17 +199,34 @@ def train_with_snapshots(workspace: Path, budgets: list[float], seconds_of: Path
         resume_dir.mkdir(parents=True)
         write_json(stamp, {"fingerprint": made_with})
         checkpoint = None
-    meta = {"image_size": data.image_size, "channels": data.channels, "class_names": data.class_names,
-            "width": cfg.g_width, "z_dim": cfg.z_dim,
-            "details": {"train_counts": data.counts, "batch_size": data.batch_size, "seed": params.seed,
-                        "train": params_to_dict(cfg)}}
+    meta = {
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "class_names": data.class_names,
+        "width": cfg.g_width,
+        "z_dim": cfg.z_dim,
+        "details": {
+            "train_counts": data.counts,
+            "batch_size": data.batch_size,
+            "seed": params.seed,
+            "train": params_to_dict(cfg),
+        },
+    }
     pl.seed_everything(params.seed, workers=True, verbose=False)
     module = ConditionalGAN(params_to_dict(cfg), data.image_size, data.channels, data.num_classes)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=pl.loggers.CSVLogger(resume_dir, name="log"),
-        log_every_n_steps=25, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[LastCheckpoint(dirpath=resume_dir, filename="last", enable_version_counter=False),
-                   Snapshots(workspace, budgets, epochs, seconds, meta, seeds)])
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        logger=pl.loggers.CSVLogger(resume_dir, name="log"),
+        log_every_n_steps=25,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            LastCheckpoint(dirpath=resume_dir, filename="last", enable_version_counter=False),
+            Snapshots(workspace, budgets, epochs, seconds, meta, seeds),
+        ],
+    )
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint)
 
 
@@ -214,13 +259,18 @@ def measure(folder: Path, seeds: int) -> None:
     if not classical_file.is_file():
         runs = run_arms(inputs, val, val, tail, cfg, params.seed, arms=list(CLASSICAL_ARMS))
         runs.to_pickle(classical_file)
-    runs = pd.concat([pd.read_pickle(classical_file),
-                      run_arms(inputs, val, val, tail, cfg, params.seed, arms=["augmented", "synthetic_only"])])
+    runs = pd.concat(
+        [
+            pd.read_pickle(classical_file),
+            run_arms(inputs, val, val, tail, cfg, params.seed, arms=["augmented", "synthetic_only"]),
+        ]
+    )
     by_arm = {arm: rows.sort_values("seed") for arm, rows in runs.groupby("arm")}
     baseline = max(CLASSICAL_ARMS, key=lambda arm: by_arm[arm]["val_balanced_accuracy"].mean())
     gain, low, high = paired_difference(by_arm["augmented"]["balanced_accuracy"], by_arm[baseline]["balanced_accuracy"])
-    tail_gain, tail_low, tail_high = paired_difference(by_arm["augmented"]["tail_recall"],
-                                                       by_arm[baseline]["tail_recall"])
+    tail_gain, tail_low, tail_high = paired_difference(
+        by_arm["augmented"]["tail_recall"], by_arm[baseline]["tail_recall"]
+    )
 
     judge, _ = load_judge(paths.judge)
     train = load_split(paths.prepared, stats, "train")
@@ -232,27 +282,49 @@ def measure(folder: Path, seeds: int) -> None:
     plan = pd.read_csv(paths.synthetic / "plan.csv")
     classes = []
     for label, name in enumerate(stats.class_names):
-        row = class_quality(label, train_features[train[1] == label], val_features[val[1] == label],
-                            synthetic_features[synthetic[1] == label], val_probabilities.argmax(1)[val[1] == label],
-                            synthetic_probabilities.argmax(1)[synthetic[1] == label], bars[label], cfg, params.seed)
+        row = class_quality(
+            label,
+            train_features[train[1] == label],
+            val_features[val[1] == label],
+            synthetic_features[synthetic[1] == label],
+            val_probabilities.argmax(1)[val[1] == label],
+            synthetic_probabilities.argmax(1)[synthetic[1] == label],
+            bars[label],
+            cfg,
+            params.seed,
+        )
         recall = np.mean([r[label] for r in by_arm["synthetic_only"]["recall"]])
-        classes.append({"class_name": name, "cas_recall": float(recall),
-                        "acceptance_rate": plan.loc[label, "acceptance_rate"]} | row)
+        classes.append(
+            {"class_name": name, "cas_recall": float(recall), "acceptance_rate": plan.loc[label, "acceptance_rate"]}
+            | row
+        )
     per_class = pd.DataFrame(classes)
     with_synthetic = per_class[per_class["synthetic"] > 0]
     meta = read_json(paths.gan / "generator_ema.json")["details"]
     result = {
-        "budget": folder.name, "epochs": meta["epochs"], "batches": meta["batches"],
-        "train_seconds": meta["train_seconds"], "generate_seconds": round(generate_seconds, 1),
-        "seeds": seeds, "synthetic": int(plan["generated"].sum()), "short": int(plan["short"].sum()),
+        "budget": folder.name,
+        "epochs": meta["epochs"],
+        "batches": meta["batches"],
+        "train_seconds": meta["train_seconds"],
+        "generate_seconds": round(generate_seconds, 1),
+        "seeds": seeds,
+        "synthetic": int(plan["generated"].sum()),
+        "short": int(plan["short"].sum()),
         "acceptance_rate": float(plan["generated"].sum() / max(plan["candidates"].sum(), 1)),
         "cas": float(by_arm["synthetic_only"]["val_balanced_accuracy"].mean()),
         "augmented": float(by_arm["augmented"]["val_balanced_accuracy"].mean()),
-        "best_classical": baseline, "classical": float(by_arm[baseline]["val_balanced_accuracy"].mean()),
-        "gain": gain, "gain_low": low, "gain_high": high,
-        "tail_gain": tail_gain, "tail_gain_low": tail_low, "tail_gain_high": tail_high,
-        **{key: float(with_synthetic[key].mean()) for key in
-           ("recall", "coverage", "frechet", "memorised_share", "label_agreement")},
+        "best_classical": baseline,
+        "classical": float(by_arm[baseline]["val_balanced_accuracy"].mean()),
+        "gain": gain,
+        "gain_low": low,
+        "gain_high": high,
+        "tail_gain": tail_gain,
+        "tail_gain_low": tail_low,
+        "tail_gain_high": tail_high,
+        **{
+            key: float(with_synthetic[key].mean())
+            for key in ("recall", "coverage", "frechet", "memorised_share", "label_agreement")
+        },
         "classes": per_class.drop(columns=["real_train", "real_test"]).to_dict("records"),
     }
     write_json(folder / "result.json", result)
@@ -261,8 +333,20 @@ def measure(folder: Path, seeds: int) -> None:
 
 # --- presenting ----------------------------------------------------------------------------------
 
-COLUMNS = ("batches", "train_seconds", "cas", "augmented", "classical", "gain", "tail_gain", "recall", "coverage",
-           "frechet", "memorised_share", "acceptance_rate")
+COLUMNS = (
+    "batches",
+    "train_seconds",
+    "cas",
+    "augmented",
+    "classical",
+    "gain",
+    "tail_gain",
+    "recall",
+    "coverage",
+    "frechet",
+    "memorised_share",
+    "acceptance_rate",
+)
 
 
 def results(workspace: Path) -> pd.DataFrame:
@@ -271,42 +355,55 @@ def results(workspace: Path) -> pd.DataFrame:
 
 
 def row_text(result: dict) -> str:
-    return (f"{result['budget']}: {result['batches']} batches ({result['train_seconds']:.0f} s): CAS {result['cas']:.3f}, "
-            f"augmented {result['augmented']:.3f} vs {result['best_classical']} {result['classical']:.3f}: "
-            f"{result['gain']:+.4f} ({result['gain_low']:+.4f} to {result['gain_high']:+.4f}), tail "
-            f"{result['tail_gain']:+.4f}; recall {result['recall']:.3f}, coverage {result['coverage']:.3f}, "
-            f"Fréchet {result['frechet']:.2f}, memorised {result['memorised_share']:.3f}")
+    return (
+        f"{result['budget']}: {result['batches']} batches ({result['train_seconds']:.0f} s): CAS {result['cas']:.3f}, "
+        f"augmented {result['augmented']:.3f} vs {result['best_classical']} {result['classical']:.3f}: "
+        f"{result['gain']:+.4f} ({result['gain_low']:+.4f} to {result['gain_high']:+.4f}), tail "
+        f"{result['tail_gain']:+.4f}; recall {result['recall']:.3f}, coverage {result['coverage']:.3f}, "
+        f"Fréchet {result['frechet']:.2f}, memorised {result['memorised_share']:.3f}"
+    )
 
 
 def table(workspaces: list[Path]) -> None:
-    print("| workspace | budget | batches | train s | CAS | augmented | best classical | gain (95 % interval) | "
-          "tail gain (95 % interval) | recall | coverage | Fréchet | memorised | acceptance |")
+    print(
+        "| workspace | budget | batches | train s | CAS | augmented | best classical | gain (95 % interval) | "
+        "tail gain (95 % interval) | recall | coverage | Fréchet | memorised | acceptance |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for workspace in workspaces:
         for r in results(workspace).to_dict("records"):
-            print(f"| {workspace.name} | {r['budget']} | {r['batches']} | {r['train_seconds']:.0f} | {r['cas']:.3f} | "
-                  f"{r['augmented']:.3f} | {r['best_classical']} {r['classical']:.3f} | {r['gain']:+.3f} "
-                  f"({r['gain_low']:+.3f} to {r['gain_high']:+.3f}) | {r['tail_gain']:+.3f} ({r['tail_gain_low']:+.3f} "
-                  f"to {r['tail_gain_high']:+.3f}) | {r['recall']:.3f} | {r['coverage']:.3f} | {r['frechet']:.2f} | "
-                  f"{r['memorised_share']:.3f} | {r['acceptance_rate']:.2f} |")
+            print(
+                f"| {workspace.name} | {r['budget']} | {r['batches']} | {r['train_seconds']:.0f} | {r['cas']:.3f} | "
+                f"{r['augmented']:.3f} | {r['best_classical']} {r['classical']:.3f} | {r['gain']:+.3f} "
+                f"({r['gain_low']:+.3f} to {r['gain_high']:+.3f}) | {r['tail_gain']:+.3f} ({r['tail_gain_low']:+.3f} "
+                f"to {r['tail_gain_high']:+.3f}) | {r['recall']:.3f} | {r['coverage']:.3f} | {r['frechet']:.2f} | "
+                f"{r['memorised_share']:.3f} | {r['acceptance_rate']:.2f} |"
+            )
 
 
 def figure(out: Path, workspaces: list[Path]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("cas", "CAS (synthetic only), val"), ("gain", "augmented − best classical, val"),
-              ("recall", "recall of synthetic (judge features)"), ("coverage", "coverage of synthetic"),
-              ("frechet", "Fréchet distance to real val"), ("memorised_share", "memorised share")]
+    panels = [
+        ("cas", "CAS (synthetic only), val"),
+        ("gain", "augmented − best classical, val"),
+        ("recall", "recall of synthetic (judge features)"),
+        ("coverage", "coverage of synthetic"),
+        ("frechet", "Fréchet distance to real val"),
+        ("memorised_share", "memorised share"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     for workspace in workspaces:
         frame = results(workspace)
-        for ax, (key, title) in zip(axes.flat, panels):
-            line, = ax.plot(frame["batches"], frame[key], marker="o", label=workspace.name)
+        for ax, (key, _) in zip(axes.flat, panels):
+            (line,) = ax.plot(frame["batches"], frame[key], marker="o", label=workspace.name)
             if key == "gain":
-                ax.fill_between(frame["batches"], frame["gain_low"], frame["gain_high"], alpha=0.15,
-                                color=line.get_color())
+                ax.fill_between(
+                    frame["batches"], frame["gain_low"], frame["gain_high"], alpha=0.15, color=line.get_color()
+                )
     for ax, (key, title) in zip(axes.flat, panels):
         ax.set_xscale("log")
         ax.set_title(title, fontsize=10)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from pipeline import generate, nets, prepare  # noqa: E402
-from pipeline.config import load_params, params_from_dict  # noqa: E402
-from pipeline.contracts import ModelMeta, PreparedStats, SyntheticSummary  # noqa: E402
-from pipeline.paths import Paths  # noqa: E402
+from pipeline import generate, nets, prepare
+from pipeline.config import load_params, params_from_dict
+from pipeline.contracts import ModelMeta, PreparedStats, SyntheticSummary
+from pipeline.paths import Paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,21 +48,30 @@ def main() -> None:
         train, judge = defaults.train, defaults.judge
         size, channels = stats.image_size, stats.channels
         generator = nets.Generator(size, channels, stats.num_classes, train.z_dim, train.g_width)
-        nets.save_model(generator.eval(), paths.gan, "generator_ema",
-                        ModelMeta(size, channels, stats.class_names, train.g_width, z_dim=train.z_dim))
+        nets.save_model(
+            generator.eval(),
+            paths.gan,
+            "generator_ema",
+            ModelMeta(size, channels, stats.class_names, train.g_width, z_dim=train.z_dim),
+        )
         classifier = nets.Classifier(size, channels, stats.num_classes, judge.width)
-        nets.save_model(classifier.eval(), paths.judge, "judge", ModelMeta(size, channels, stats.class_names, judge.width))
+        nets.save_model(
+            classifier.eval(), paths.judge, "judge", ModelMeta(size, channels, stats.class_names, judge.width)
+        )
 
-        params = params_from_dict({"seed": 0, "data": {"source": source},
-                                   "generate": {"target": target, "check_label": False}})
+        params = params_from_dict(
+            {"seed": 0, "data": {"source": source}, "generate": {"target": target, "check_label": False}}
+        )
         start, start_cpu = time.perf_counter(), time.process_time()
         generate.run(params, paths)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         made = SyntheticSummary.read(paths.synthetic).generated
         # CPU time next to wall time: on a machine shared with other jobs the wall time says little
-        print(f"\n{made} images of {size}x{size} generated, gated and written in {seconds:.1f} s "
-              f"({cpu_seconds:.1f} s of CPU) on {torch.get_num_threads()} thread(s): {made / seconds:.0f} images/s "
-              f"(generator width {train.g_width}, judge width {judge.width}, batch {params.generate.batch_size})")
+        print(
+            f"\n{made} images of {size}x{size} generated, gated and written in {seconds:.1f} s "
+            f"({cpu_seconds:.1f} s of CPU) on {torch.get_num_threads()} thread(s): {made / seconds:.0f} images/s "
+            f"(generator width {train.g_width}, judge width {judge.width}, batch {params.generate.batch_size})"
+        )
 
 
 if __name__ == "__main__":

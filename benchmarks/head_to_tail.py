@@ -46,7 +46,7 @@ def invert(generator: nets.Generator, images: torch.Tensor, labels: torch.Tensor
     optimiser = torch.optim.Adam([z], lr=0.05)
     for step in range(steps):
         optimiser.zero_grad()
-        loss = ((generator(z, labels) - target) ** 2).mean() + 1e-3 * (z ** 2).mean()
+        loss = ((generator(z, labels) - target) ** 2).mean() + 1e-3 * (z**2).mean()
         loss.backward()
         optimiser.step()
         if step % 50 == 0 or step == steps - 1:
@@ -60,14 +60,21 @@ def with_synthetic(inputs: ArmInputs, synthetic: dict[int, torch.Tensor], num_cl
     images = torch.cat([inputs.merged_images[real], *synthetic.values()])
     labels = torch.cat([inputs.merged_labels[real], *(torch.full((len(v),), k) for k, v in synthetic.items())])
     is_synthetic = np.r_[np.zeros(int(real.sum()), bool), np.ones(len(labels) - int(real.sum()), bool)]
-    return dataclasses.replace(inputs, merged_images=images, merged_labels=labels, merged_synthetic=is_synthetic,
-                               merged_weights=merged_weights(labels.numpy(), is_synthetic, num_classes, share))
+    return dataclasses.replace(
+        inputs,
+        merged_images=images,
+        merged_labels=labels,
+        merged_synthetic=is_synthetic,
+        merged_weights=merged_weights(labels.numpy(), is_synthetic, num_classes, share),
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="Adam steps of the inversion")
-    parser.add_argument("--min-donor-count", type=int, default=40, help="classes with at least this many train images donate")
+    parser.add_argument(
+        "--min-donor-count", type=int, default=40, help="classes with at least this many train images donate"
+    )
     parser.add_argument("--seeds", type=int, help="paired seeds (default: evaluate.seeds)")
     args = parser.parse_args()
 
@@ -89,7 +96,9 @@ def main() -> None:
     gates = build_gates(judge, stats, paths, params.generate)
     inputs = read_arm_inputs(paths, stats)
     translated, committed = {}, {}
-    for label, planned in enumerate(plan_counts(counts, params.generate.target, params.generate.max_synthetic_per_real)):
+    for label, planned in enumerate(
+        plan_counts(counts, params.generate.target, params.generate.max_synthetic_per_real)
+    ):
         if not planned:
             continue
         others = donor_labels != label
@@ -97,28 +106,48 @@ def main() -> None:
             candidates = nets.to_uint8(generator(latents[others], torch.full((int(others.sum()),), label)))
         verdicts, features = gates[label](candidates)
         passing = verdicts["accepted"].to_numpy()
-        chosen = select_passing("informative", planned, features[passing], verdicts["nn_distance"].to_numpy()[passing],
-                                verdicts["judge_confidence"].to_numpy()[passing],
-                                verdicts["judge_prediction"].to_numpy()[passing] == label)
+        chosen = select_passing(
+            "informative",
+            planned,
+            features[passing],
+            verdicts["nn_distance"].to_numpy()[passing],
+            verdicts["judge_confidence"].to_numpy()[passing],
+            verdicts["judge_prediction"].to_numpy()[passing] == label,
+        )
         translated[label] = candidates[torch.from_numpy(np.flatnonzero(passing)[chosen])]
         committed[label] = inputs.merged_images[torch.tensor(inputs.merged_synthetic) & (inputs.merged_labels == label)]
         real_features = predict(judge, val_images[val_labels == label])[1]
-        spread = {name: precision_recall_density_coverage(real_features, predict(judge, images)[1], params.evaluate.k)
-                  for name, images in (("translated", translated[label]), ("random", committed[label]))}
-        print(f"class {stats.class_names[label]!r}: {counts[label]} real, {planned} planned; translated: "
-              f"{passing.sum()} of {len(passing)} passed the gate, {len(translated[label])} kept; against real val "
-              + ", ".join(f"{name} precision {s['precision']:.2f} recall {s['recall']:.2f} coverage {s['coverage']:.2f}"
-                          for name, s in spread.items()), flush=True)
+        spread = {
+            name: precision_recall_density_coverage(real_features, predict(judge, images)[1], params.evaluate.k)
+            for name, images in (("translated", translated[label]), ("random", committed[label]))
+        }
+        print(
+            f"class {stats.class_names[label]!r}: {counts[label]} real, {planned} planned; translated: "
+            f"{passing.sum()} of {len(passing)} passed the gate, {len(translated[label])} kept; against real val "
+            + ", ".join(
+                f"{name} precision {s['precision']:.2f} recall {s['recall']:.2f} coverage {s['coverage']:.2f}"
+                for name, s in spread.items()
+            ),
+            flush=True,
+        )
 
     def top_up(label: int, first: int) -> torch.Tensor:  # `first` translated images, then random-latent ones
-        return torch.cat([translated[label][:first], committed[label][:len(committed[label]) - first]])
+        return torch.cat([translated[label][:first], committed[label][: len(committed[label]) - first]])
 
     variants = {
         "default": inputs,
-        "translated": with_synthetic(inputs, {k: top_up(k, len(v)) for k, v in translated.items()},
-                                     stats.num_classes, params.merge.synthetic_share),
-        "mix": with_synthetic(inputs, {k: top_up(k, min(len(v), len(committed[k]) // 2)) for k, v in translated.items()},
-                              stats.num_classes, params.merge.synthetic_share),
+        "translated": with_synthetic(
+            inputs,
+            {k: top_up(k, len(v)) for k, v in translated.items()},
+            stats.num_classes,
+            params.merge.synthetic_share,
+        ),
+        "mix": with_synthetic(
+            inputs,
+            {k: top_up(k, min(len(v), len(committed[k]) // 2)) for k, v in translated.items()},
+            stats.num_classes,
+            params.merge.synthetic_share,
+        ),
     }
     cfg = params.evaluate if args.seeds is None else dataclasses.replace(params.evaluate, seeds=args.seeds)
     val, tail = (val_images, val_labels), tail_classes(counts)

@@ -71,8 +71,10 @@ def main() -> None:
             continue
         name_of_seed[seed] = name
         low, high = row["augmented_gain.ci95_low"], row["augmented_gain.ci95_high"]
-        print(f"{name:<28} {seed:>4} {row['best_classical']:<14} {row[GAIN]:>+7.3f} "
-              f"{low:>+8.3f} to {high:>+6.3f} {row['augmented_gain.tail_recall']:>+7.3f}")
+        print(
+            f"{name:<28} {seed:>4} {row['best_classical']:<14} {row[GAIN]:>+7.3f} "
+            f"{low:>+8.3f} to {high:>+6.3f} {row['augmented_gain.tail_recall']:>+7.3f}"
+        )
         realisations.append((row[GAIN], row["augmented_gain.tail_recall"]))
     if not realisations:
         print("no realisation has evaluate's metrics: run `dvc repro`, then `dvc exp run -S seed=N`")
@@ -82,8 +84,10 @@ def main() -> None:
     tail_mean, tail_low, tail_high = paired_difference(list(tails), [0.0] * len(tails))
     interval = "(one realisation: no interval)" if math.isinf(low) else f"{low:+.3f} to {high:+.3f}"
     tail_interval = "" if math.isinf(tail_low) else f" ({tail_low:+.3f} to {tail_high:+.3f})"
-    print(f"realisations={len(gains)} mean_gain={mean:+.4f} interval_over_realisations={interval} "
-          f"ahead_in={sum(g > 0 for g in gains)} mean_tail_gain={tail_mean:+.4f}{tail_interval}")
+    print(
+        f"realisations={len(gains)} mean_gain={mean:+.4f} interval_over_realisations={interval} "
+        f"ahead_in={sum(g > 0 for g in gains)} mean_tail_gain={tail_mean:+.4f}{tail_interval}"
+    )
 
 
 if __name__ == "__main__":

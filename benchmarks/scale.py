@@ -49,9 +49,11 @@ STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report"
 DATASET = "data/augmented"
 REFERENCE = "published-imagefolder"  # the reference: the published images one PNG per file, tracked by `dvc add`
 IMAGE_OUTPUTS = {"prepare": ["data/prepared", "data/holdout"], "generate": ["data/synthetic"], "merge": [DATASET]}
-PEAK_RSS_WRAPPER = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
-                    "_, status, usage = os.wait4(child.pid, 0); open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
-                    "sys.exit(os.waitstatus_to_exitcode(status))")
+PEAK_RSS_WRAPPER = (
+    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[2:]); "
+    "_, status, usage = os.wait4(child.pid, 0); open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
+    "sys.exit(os.waitstatus_to_exitcode(status))"
+)
 # offsets of the copies of an image past the first, which is the image as it is
 SHIFTS = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]
 
@@ -76,35 +78,54 @@ def write_source(folder: Path, n_images: int) -> str:
         item = items[order[place]]
         shift = SHIFTS[(copy - 1 + place) % len(SHIFTS)] if copy else (0, 0)  # the copies of an image differ
         (folder / folder_of[item.class_name] / f"{index:07d}.png").write_bytes(
-            encode_png(np.roll(item.pixels, shift, axis=(0, 1))))
+            encode_png(np.roll(item.pixels, shift, axis=(0, 1)))
+        )
     return name
 
 
 def short_run_params(source: Path, image_format: str, accelerator: str) -> dict:
     """The project's params.yaml with overrides for a short, compute-light run on `source`."""
     project = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
-    return merge_dicts(project, {
-        "data": {"source": str(source), "imbalance": {"profile": "exponential", "ratio": 10}},
-        "judge": TINY_CLASSIFIER,
-        "train": {"max_epochs": 1, "accelerator": accelerator, "sample_every_n_epochs": 1},
-        # a GAN of one epoch fools no judge: keep what passes the memorisation check
-        "generate": {"check_label": False, "on_short": "fill", "max_attempts": 4},
-        "merge": {"format": image_format},
-        "evaluate": {"seeds": 1, "workers": 1, "classifier": TINY_CLASSIFIER, "kid_subsets": 10,
-                     "max_images_per_class": 500},
-    })
+    return merge_dicts(
+        project,
+        {
+            "data": {"source": str(source), "imbalance": {"profile": "exponential", "ratio": 10}},
+            "judge": TINY_CLASSIFIER,
+            "train": {"max_epochs": 1, "accelerator": accelerator, "sample_every_n_epochs": 1},
+            # a GAN of one epoch fools no judge: keep what passes the memorisation check
+            "generate": {"check_label": False, "on_short": "fill", "max_attempts": 4},
+            "merge": {"format": image_format},
+            "evaluate": {
+                "seeds": 1,
+                "workers": 1,
+                "classifier": TINY_CLASSIFIER,
+                "kid_subsets": 10,
+                "max_images_per_class": 500,
+            },
+        },
+    )
 
 
 def measured(command: list[str], cwd: Path) -> tuple[float, float, str]:
     """Run a command: (seconds, peak MiB of its processes, last line of its error output or '' on success)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+    }
     print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         peak_file = Path(scratch) / "peak-kib"
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, str(peak_file), *command], cwd=cwd, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_WRAPPER, str(peak_file), *command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
         seconds = time.perf_counter() - start
         peak_mib = int(peak_file.read_text()) / 1024  # ru_maxrss is in KiB on Linux
     # the stage's own last error line: DVC's last line only names the stage that failed
@@ -165,9 +186,14 @@ def dvc_operations(repo: Path, clone: Path, target: str, published: tuple[int, i
     and `dvc checkout` there after deleting it."""
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    rows = [(f"{prefix}{step}", *published, *measured([*dvc, command, target], cwd))
-            for step, command, cwd in (("dvc push", "push", repo), ("dvc status", "status", repo),
-                                       ("dvc pull (fresh clone)", "pull", clone))]
+    rows = [
+        (f"{prefix}{step}", *published, *measured([*dvc, command, target], cwd))
+        for step, command, cwd in (
+            ("dvc push", "push", repo),
+            ("dvc status", "status", repo),
+            ("dvc pull (fresh clone)", "pull", clone),
+        )
+    ]
     shutil.rmtree(clone / target)
     return rows + [(f"{prefix}dvc checkout (deleted)", *published, *measured([*dvc, "checkout", target], clone))]
 
@@ -183,22 +209,33 @@ def unpack_shards(dataset: Path, folder: Path) -> None:
 
 
 def print_table(rows: list[tuple], args: argparse.Namespace) -> None:
-    print(f"\n{args.images} source images, merge.format {args.format}, train on {args.accelerator}, "
-          f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the end)")
+    print(
+        f"\n{args.images} source images, merge.format {args.format}, train on {args.accelerator}, "
+        f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the end)"
+    )
     print(f"{'step':<37}{'images':>9}{'files':>9}{'seconds':>10}{'peak MiB':>10}")
     for step, images, files, seconds, peak, failure in rows:
-        print(f"{step:<37}{images if images is not None else '':>9}{files if files is not None else '':>9}"
-              f"{seconds:>10.1f}{peak:>10.0f}" + (f"  FAILED: {failure}" if failure else ""))
+        print(
+            f"{step:<37}{images if images is not None else '':>9}{files if files is not None else '':>9}"
+            f"{seconds:>10.1f}{peak:>10.0f}" + (f"  FAILED: {failure}" if failure else "")
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=10_000, help="images in the generated source")
-    parser.add_argument("--format", choices=("imagefolder", "shards", "both"), default="shards",
-                        help="merge.format: how data/augmented is published")
+    parser.add_argument(
+        "--format",
+        choices=("imagefolder", "shards", "both"),
+        default="shards",
+        help="merge.format: how data/augmented is published",
+    )
     parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu", help="train.accelerator")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="with --format shards: skip timing the same images as an ImageFolder")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="with --format shards: skip timing the same images as an ImageFolder",
+    )
     parser.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temporary one)")
     args = parser.parse_args()
     if args.keep:

@@ -2,7 +2,8 @@
 
 Run from the repository root after `dvc repro merge` (it reads the workspace and writes nothing):
 
-    python benchmarks/synthetic_use.py [--variants all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5,finetune:classical,finetune:all] [--seeds 5]
+    python benchmarks/synthetic_use.py [--seeds 5] \
+        [--variants all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5,finetune:classical,finetune:all]
 
 Each variant trains the augmented arm's recipe (the manifest's class-balanced weights, the
 evaluate params' classifier) on the paired seeds and is scored on val; the paired difference to the
@@ -45,8 +46,9 @@ from pipeline.paths import Paths
 from pipeline.utility import arm_training_sets, read_arm_inputs
 
 
-def mixed_with_real(images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray, lowest: float,
-                    seed: int) -> torch.Tensor:
+def mixed_with_real(
+    images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray, lowest: float, seed: int
+) -> torch.Tensor:
     """The images with each synthetic one blended with a random real image of its class (see `mix:L`)."""
     rng = np.random.default_rng(seed)
     classes, mixed = labels.numpy(), images.clone()
@@ -59,9 +61,17 @@ def mixed_with_real(images: torch.Tensor, labels: torch.Tensor, synthetic: np.nd
     return mixed
 
 
-def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthetic: np.ndarray,
-                judge_probabilities: torch.Tensor, train_counts: np.ndarray, share: float,
-                balanced_logit_adjustment: float, seed: int) -> TrainingSet:
+def variant_set(
+    variant: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    synthetic: np.ndarray,
+    judge_probabilities: torch.Tensor,
+    train_counts: np.ndarray,
+    share: float,
+    balanced_logit_adjustment: float,
+    seed: int,
+) -> TrainingSet:
     """The training set of one variant (see the module's docstring), logit-adjusted as the augmented arm is."""
     num_classes = len(train_counts)
     adjustment = {"logit_adjustment": balanced_logit_adjustment, "class_frequencies": train_counts / train_counts.sum()}
@@ -69,8 +79,9 @@ def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthe
     if kind in ("mix", "soft"):  # every image as published, drawn by the published weights
         weights = merged_weights(labels.numpy(), synthetic, num_classes, share)
         if kind == "mix":
-            return TrainingSet(mixed_with_real(images, labels, synthetic, float(value), seed), labels, weights,
-                               **adjustment)
+            return TrainingSet(
+                mixed_with_real(images, labels, synthetic, float(value), seed), labels, weights, **adjustment
+            )
         targets = torch.nn.functional.one_hot(labels, num_classes).float()
         alpha = float(value)
         targets[synthetic] = (1 - alpha) * targets[synthetic] + alpha * judge_probabilities[synthetic]
@@ -78,8 +89,12 @@ def variant_set(variant: str, images: torch.Tensor, labels: torch.Tensor, synthe
     below = {"all": np.inf, "none": 0, "below": float(value or 0)}[kind]
     keep = ~synthetic | (train_counts[labels.numpy()] < below)
     index = torch.from_numpy(np.flatnonzero(keep))
-    return TrainingSet(images[index], labels[index],
-                       merged_weights(labels.numpy()[keep], synthetic[keep], num_classes, share), **adjustment)
+    return TrainingSet(
+        images[index],
+        labels[index],
+        merged_weights(labels.numpy()[keep], synthetic[keep], num_classes, share),
+        **adjustment,
+    )
 
 
 _CONTEXT: dict = {}
@@ -101,8 +116,17 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
             data = arm_training_sets(c["inputs"], *c["logit_adjustments"], seed)[name]
         else:
             inputs = c["inputs"]
-            data = variant_set(name, inputs.merged_images, inputs.merged_labels, inputs.merged_synthetic,
-                               c["probabilities"], c["counts"], c["share"], c["logit_adjustments"][1], c["mix_seed"])
+            data = variant_set(
+                name,
+                inputs.merged_images,
+                inputs.merged_labels,
+                inputs.merged_synthetic,
+                c["probabilities"],
+                c["counts"],
+                c["share"],
+                c["logit_adjustments"][1],
+                c["mix_seed"],
+            )
         model, history = fit(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
         recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
@@ -110,7 +134,9 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5,finetune:classical,finetune:all")
+    parser.add_argument(
+        "--variants", default="all,below:100,below:50,none,soft:0.5,soft:1,mix:0.5,finetune:classical,finetune:all"
+    )
     parser.add_argument("--seeds", type=int)
     args = parser.parse_args()
 
@@ -120,11 +146,16 @@ def main() -> None:
     inputs = read_arm_inputs(paths, stats)
     judge, _ = nets.load_judge(paths.judge)
     synthetic = torch.tensor(inputs.merged_synthetic)
-    context = {"inputs": inputs, "probabilities": predict(judge, inputs.merged_images)[0],
-               "counts": np.array(stats.split_counts("train")),
-               "share": params.merge.synthetic_share, "val": load_split(paths.prepared, stats, "val"),
-               "recipe": params.evaluate.classifier, "mix_seed": params.seed,
-               "logit_adjustments": (params.evaluate.logit_adjustment, params.evaluate.balanced_logit_adjustment)}
+    context = {
+        "inputs": inputs,
+        "probabilities": predict(judge, inputs.merged_images)[0],
+        "counts": np.array(stats.split_counts("train")),
+        "share": params.merge.synthetic_share,
+        "val": load_split(paths.prepared, stats, "val"),
+        "recipe": params.evaluate.classifier,
+        "mix_seed": params.seed,
+        "logit_adjustments": (params.evaluate.logit_adjustment, params.evaluate.balanced_logit_adjustment),
+    }
     label_probability = context["probabilities"][synthetic].gather(1, inputs.merged_labels[synthetic, None])
     print(f"judge's mean probability of the intended class on the synthetic images: {label_probability.mean():.3f}")
 
@@ -132,8 +163,9 @@ def main() -> None:
     seeds = range(params.seed, params.seed + (args.seeds or params.evaluate.seeds))
     jobs = [(variant, seed) for variant in variants for seed in seeds]
     workers = len(os.sched_getaffinity(0))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                             initargs=(context,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(context,)
+    ) as pool:
         runs = pd.DataFrame(list(pool.map(_run, jobs)), columns=["variant", "seed", "val"])
     scores = runs.pivot(index="seed", columns="variant", values="val")[variants]
     for variant in variants:

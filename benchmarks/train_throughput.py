@@ -14,7 +14,8 @@ Lightning is timed from the start to the end of its training loop; its fixed sta
 printed apart (a training of thousands of batches amortises it). Run
 after `python -m pipeline prepare` (from the repository root, or `--root` a workspace):
 
-    python benchmarks/train_throughput.py [--batches 30] [--rounds 3] [--accelerator cpu|gpu] [--families default,stylegan2]
+    python benchmarks/train_throughput.py [--batches 30] [--rounds 3] [--accelerator cpu|gpu] \
+        [--families default,stylegan2]
 
 Families: default (params.yaml's train section) and each option of the train stage beside it
 (stylegan2, biggan, wgan-gp, ada). Per family it prints
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import tempfile
 import time
@@ -65,9 +67,16 @@ class LoopClock(pl.Callback):
 def lightning_seconds(cfg: TrainParams, data: TrainImages, batches: int, settings: dict, log_dir: str) -> float:
     module = ConditionalGAN(params_to_dict(cfg), data.image_size, data.channels, data.num_classes)
     clock = LoopClock()
-    trainer = pl.Trainer(**settings, max_steps=batches + batches // cfg.d_steps,  # every optimiser step counts
-                         logger=CSVLogger(log_dir), log_every_n_steps=5, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
+    trainer = pl.Trainer(
+        **settings,
+        max_steps=batches + batches // cfg.d_steps,  # every optimiser step counts
+        logger=CSVLogger(log_dir),
+        log_every_n_steps=5,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+    )
     start = time.perf_counter()
     trainer.fit(module, data.train_dataloader())
     STARTUP.append(time.perf_counter() - start - clock.seconds)
@@ -77,8 +86,14 @@ def lightning_seconds(cfg: TrainParams, data: TrainImages, batches: int, setting
 STARTUP: list[float] = []  # the Trainer's seconds outside the loop, per fit
 
 
-def raw_seconds(cfg: TrainParams, data: TrainImages, batches: int, device: torch.device, bf16: bool,
-                memory_format: torch.memory_format = torch.channels_last) -> float:
+def raw_seconds(
+    cfg: TrainParams,
+    data: TrainImages,
+    batches: int,
+    device: torch.device,
+    bf16: bool,
+    memory_format: torch.memory_format = torch.channels_last,
+) -> float:
     module = ConditionalGAN(params_to_dict(cfg), data.image_size, data.channels, data.num_classes).to(device)
     module.memory_format = memory_format
     module.generator.to(memory_format=memory_format)
@@ -120,8 +135,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="a workspace with params.yaml and data/prepared")
     parser.add_argument("--batches", type=int, default=30, help="batches per timed run (default 30)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (default 3)")
-    parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="auto: the GPU (bf16-mixed) when there is one, else the CPU")
+    parser.add_argument(
+        "--accelerator",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="auto: the GPU (bf16-mixed) when there is one, else the CPU",
+    )
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     args = parser.parse_args()
 
@@ -133,18 +152,24 @@ def main() -> None:
     device = torch.device("cuda" if settings["accelerator"] == "gpu" else "cpu")
     bf16 = settings["precision"] == "bf16-mixed"
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{name}, {settings['precision']}; {data.image_size}x{data.image_size}x{data.channels}, "
-          f"batch {base.batch_size}, {args.batches} batches per run, g_width {base.g_width}, d_width {base.d_width}")
+    print(
+        f"{name}, {settings['precision']}; {data.image_size}x{data.image_size}x{data.channels}, "
+        f"batch {base.batch_size}, {args.batches} batches per run, g_width {base.g_width}, d_width {base.d_width}"
+    )
 
     images = base.batch_size * args.batches
     ratios = {}
     with tempfile.TemporaryDirectory() as log_dir:
         for family in args.families.split(","):
             cfg = dataclasses.replace(base, **FAMILIES[family])
-            runs = {"lightning": lambda n: lightning_seconds(cfg, data, n, settings, log_dir),
-                    "raw": lambda n: raw_seconds(cfg, data, n, device, bf16)}
+            runs = {
+                "lightning": functools.partial(lightning_seconds, cfg, data, settings=settings, log_dir=log_dir),
+                "raw": functools.partial(raw_seconds, cfg, data, device=device, bf16=bf16),
+            }
             if family == "default":
-                runs["raw_contiguous"] = lambda n: raw_seconds(cfg, data, n, device, bf16, torch.contiguous_format)
+                runs["raw_contiguous"] = functools.partial(
+                    raw_seconds, cfg, data, device=device, bf16=bf16, memory_format=torch.contiguous_format
+                )
             pl.seed_everything(params.seed, verbose=False)
             for run in runs.values():
                 run(2)  # warm-up: first-call costs of each path
@@ -153,14 +178,17 @@ def main() -> None:
                 seconds = {key: run(args.batches) for key, run in runs.items()}
                 for key, value in seconds.items():
                     totals[key] += value
-                print(f"{family} round {round_}: " + ", ".join(f"{key} {images / value:.1f} img/s"
-                                                             for key, value in seconds.items()))
+                print(
+                    f"{family} round {round_}: "
+                    + ", ".join(f"{key} {images / value:.1f} img/s" for key, value in seconds.items())
+                )
             rates = {key: args.rounds * images / total for key, total in totals.items()}
             print(f"{family} total: " + ", ".join(f"{key} {rate:.1f} img/s" for key, rate in rates.items()))
             ratios[f"lightning_vs_raw_throughput_ratio[{family}]"] = rates["lightning"] / rates["raw"]
             if "raw_contiguous" in rates:
                 ratios["channels_last_vs_contiguous_throughput_ratio"] = rates["raw"] / rates["raw_contiguous"]
-    print(f"Lightning's start-up outside the training loop: {sum(STARTUP) / len(STARTUP):.2f} s per fit (not in the ratios)")
+    startup = sum(STARTUP) / len(STARTUP)
+    print(f"Lightning's start-up outside the training loop: {startup:.2f} s per fit (not in the ratios)")
     for key, value in ratios.items():
         print(f"{key}={value:.3f}")
 

@@ -69,15 +69,21 @@ def main() -> None:
 
     pl.seed_everything(0)
     augment = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))  # no flips: they change digits
-    data = AugmentedDataModule(args.root, train_transform=T.Compose([augment, *TO_NETWORK]),
-                               val_transform=T.Compose(TO_NETWORK), test_transform=T.Compose(TO_NETWORK),
-                               batch_size=args.batch_size, num_workers=args.num_workers)
+    data = AugmentedDataModule(
+        args.root,
+        train_transform=T.Compose([augment, *TO_NETWORK]),
+        val_transform=T.Compose(TO_NETWORK),
+        test_transform=T.Compose(TO_NETWORK),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
     model = Classifier(torchvision_classifier(args.arch, data.image_size, data.channels, data.num_classes), args.lr)
     trainer = pl.Trainer(max_steps=args.max_steps, logger=False, enable_checkpointing=False)
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, verbose=False)
-    print(f"{args.arch}: balanced accuracy {model.score:.3f} on the real test split "
-          f"after {trainer.global_step} updates")
+    print(
+        f"{args.arch}: balanced accuracy {model.score:.3f} on the real test split after {trainer.global_step} updates"
+    )
 
 
 if __name__ == "__main__":

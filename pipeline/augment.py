@@ -70,4 +70,3 @@ def diff_augment(images: torch.Tensor, policy: list[str], probability: float = 1
             applied = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < probability
             images = torch.where(applied, augmented, images)
     return images
-

@@ -42,7 +42,8 @@ def classifier_augmentation(seed: int) -> A.Compose:
     meaning of digits and text). Seeded: the same seed gives the same stream of random parameters."""
     return A.Compose(
         [A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=0, p=1.0)],
-        seed=seed, strict=False,
+        seed=seed,
+        strict=False,
     )
 
 
@@ -74,14 +75,25 @@ class AugmentedBatches:
 
     def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         drawn = self.images[indices]
-        augmented = np.concatenate([self.transform(images=drawn[start:start + self.group])["images"]
-                                    for start in range(0, len(indices), self.group)])
+        augmented = np.concatenate(
+            [
+                self.transform(images=drawn[start : start + self.group])["images"]
+                for start in range(0, len(indices), self.group)
+            ]
+        )
         return torch.from_numpy(augmented).permute(0, 3, 1, 2), self.labels[indices]
 
 
 class ClassifierModule(pl.LightningModule):
-    def __init__(self, image_size: int, channels: int, num_classes: int, recipe: ClassifierParams,
-                 log_prior: torch.Tensor | None = None, validated: bool = True):
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        recipe: ClassifierParams,
+        log_prior: torch.Tensor | None = None,
+        validated: bool = True,
+    ):
         super().__init__()
         self.net = nets.build_classifier(recipe.arch, image_size, channels, num_classes, recipe.width)
         self.recipe, self.validated = recipe, validated
@@ -131,9 +143,16 @@ def log_prior(frequencies: np.ndarray, tau: float) -> torch.Tensor:
     return torch.tensor(tau * np.log(np.maximum(frequencies, 1e-12)), dtype=torch.float32)
 
 
-def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, num_classes: int,
-        recipe: ClassifierParams, seed: int, logger=False,
-        initial_weights: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, dict]:
+def fit(
+    data: TrainingSet,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+    num_classes: int,
+    recipe: ClassifierParams,
+    seed: int,
+    logger=False,
+    initial_weights: dict[str, torch.Tensor] | None = None,
+) -> tuple[nn.Module, dict]:
     """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went.
     `initial_weights` (a network's state_dict) replaces the seed's initial weights: fine-tuning."""
     pl.seed_everything(seed, verbose=False)
@@ -154,25 +173,39 @@ def fit(data: TrainingSet, val_images: torch.Tensor, val_labels: torch.Tensor, n
         sampler = RandomSampler(indices, replacement=True, num_samples=draws, generator=generator)
     else:
         sampler = WeightedRandomSampler(torch.tensor(data.weights, dtype=torch.double), draws, generator=generator)
-    train_loader = DataLoader(indices, batch_size=recipe.batch_size, sampler=sampler,  # an epoch: eval_every updates
-                              collate_fn=AugmentedBatches(data.images, data.labels, seed, recipe.augment_group))
+    train_loader = DataLoader(
+        indices,
+        batch_size=recipe.batch_size,
+        sampler=sampler,  # an epoch: eval_every updates
+        collate_fn=AugmentedBatches(data.images, data.labels, seed, recipe.augment_group),
+    )
     val_loader = DataLoader(TensorDataset(val_images, val_labels), batch_size=500) if validate else None
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the images are in memory
         warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")  # no val split: no early stopping
-        best = ModelCheckpoint(dirpath=scratch, monitor=MONITOR, mode="max", save_weights_only=True,
-                               enable_version_counter=False)
+        best = ModelCheckpoint(
+            dirpath=scratch, monitor=MONITOR, mode="max", save_weights_only=True, enable_version_counter=False
+        )
         trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_epochs=max(1, recipe.max_steps // recipe.eval_every), logger=logger,
-            log_every_n_steps=min(50, recipe.eval_every), enable_progress_bar=False, enable_model_summary=False,
-            num_sanity_val_steps=0, enable_checkpointing=validate, limit_val_batches=None if validate else 0,
+            accelerator="cpu",
+            devices=1,
+            max_epochs=max(1, recipe.max_steps // recipe.eval_every),
+            logger=logger,
+            log_every_n_steps=min(50, recipe.eval_every),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            enable_checkpointing=validate,
+            limit_val_batches=None if validate else 0,
             callbacks=[best, EarlyStopping(MONITOR, mode="max", patience=recipe.patience)] if validate else [],
         )
         trainer.fit(module, train_loader, val_loader)
         if validate:
             module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
-    history = {"steps": trainer.global_step,
-               "best_val_balanced_accuracy": float(best.best_model_score) if validate else None}
+    history = {
+        "steps": trainer.global_step,
+        "best_val_balanced_accuracy": float(best.best_model_score) if validate else None,
+    }
     return module.net.eval(), history
 
 

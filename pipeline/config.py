@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union  # noqa: F401  (Optional: for stage sections)
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -52,7 +52,7 @@ class DataParams:
     source: str = "data/builtin/mnist5k.yaml"
     image_size: int = bounded(32, choices=(16, 32, 64, 128))  # the sizes the GAN's networks are built for
     channels: Literal["auto", "grayscale", "rgb"] = "auto"
-    max_per_class: Optional[int] = bounded(None, ge=2)  # at most this many images of a class per source split
+    max_per_class: int | None = bounded(None, ge=2)  # at most this many images of a class per source split
     imbalance: ImbalanceParams = field(default_factory=ImbalanceParams)
     val_fraction: float = bounded(0.1, ge=0.0, lt=1.0)
     test_fraction: float = bounded(0.2, gt=0.0, lt=1.0)
@@ -84,7 +84,8 @@ class TrainParams:
     batch_size: int = bounded(32, ge=1)  # reduced to the train split's size (with a note) when larger
     # networks (pipeline/nets: the generator of `arch`, the projection discriminator)
     arch: Literal["resnet", "stylegan2"] = "resnet"  # the generator family
-    g_conditioning: Literal["tables", "biggan"] = "tables"  # resnet: per-class norm tables | BigGAN's (shared embedding)
+    # resnet's class conditioning: per-class norm tables, or BigGAN's (a shared embedding, a hierarchical latent)
+    g_conditioning: Literal["tables", "biggan"] = "tables"
     z_dim: int = bounded(64, ge=1)
     g_width: int = bounded(16, ge=4)
     d_width: int = bounded(16, ge=4)
@@ -100,7 +101,7 @@ class TrainParams:
     diffaugment: list[Literal["color", "translation", "cutout"]] = bounded(["translation"])
     # adaptive augmentation (ADA): null, the diffaugment policy on every image; a number, the target of
     # E[sign(D(real))] that raises or lowers the probability of each augmentation of the policy
-    ada_target: Optional[float] = bounded(None, gt=0.0, lt=1.0)
+    ada_target: float | None = bounded(None, gt=0.0, lt=1.0)
     ada_kimg: float = bounded(20.0, gt=0.0)  # thousands of images over which the probability can go from 0 to 1
     ada_interval: int = bounded(4, ge=1)  # batches between two adjustments of the probability
     ema: bool = True  # false: "generator_ema" is a plain copy of the generator
@@ -113,7 +114,7 @@ class TrainParams:
     mode_seeking_weight: float = bounded(0.1, ge=0.0)  # mode seeking regularisation against collapse; 0: off
     # hardware: "auto" picks the GPU (bf16-mixed) when there is one, else the CPU (32-true)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: Union[Literal["auto"], int] = bounded("auto", ge=1)
+    devices: Literal["auto"] | int = bounded("auto", ge=1)
     num_nodes: int = bounded(1, ge=1)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when training on more than one device
@@ -125,19 +126,21 @@ class TrainParams:
 
     def __post_init__(self):
         if self.arch == "stylegan2" and self.g_conditioning != "tables":
-            raise ConfigError("params.yaml: train.g_conditioning biggan is an option of train.arch resnet; "
-                              "stylegan2 takes the class through its mapping network")
+            raise ConfigError(
+                "params.yaml: train.g_conditioning biggan is an option of train.arch resnet; "
+                "stylegan2 takes the class through its mapping network"
+            )
 
 
 @dataclass(frozen=True)
 class GenerateParams:
     # "max" | an integer count | a fraction (0, 1] of the largest class
-    target: Union[str, int, float] = "max"
+    target: str | int | float = "max"
     # at most this many synthetic images per real train image of a class (null: no cap)
-    max_synthetic_per_real: Optional[float] = bounded(None, gt=0.0)
+    max_synthetic_per_real: float | None = bounded(None, gt=0.0)
     batch_size: int = bounded(500, ge=1)
     # null: normal latents; a number t: latents drawn from the normal truncated to [-t, t]
-    truncation: Optional[float] = bounded(None, gt=0.0)
+    truncation: float | None = bounded(None, gt=0.0)
     # gate check 1, label: the judge must give the intended class at least the probability that
     # `label_pass_rate` of the class's real val images reach (calibrated per class)
     check_label: bool = True
@@ -159,7 +162,7 @@ class GenerateParams:
     # one. The images do not depend on the number of processes; on the CPU they can, in the last bit of
     # a pixel, on the threads per process (PyTorch picks its kernels by thread count; OMP_NUM_THREADS).
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: Union[Literal["auto"], int] = bounded(1, ge=1)
+    devices: Literal["auto"] | int = bounded(1, ge=1)
     num_nodes: int = bounded(1, ge=1)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "32-true"  # auto: bf16-mixed on a GPU
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when sampling on more than one device
@@ -167,7 +170,9 @@ class GenerateParams:
     def __post_init__(self):
         target = self.target
         if isinstance(target, str) and target != "max":
-            raise ConfigError(f"params.yaml: generate.target must be max, an integer or a fraction in (0, 1], got {target!r}")
+            raise ConfigError(
+                f"params.yaml: generate.target must be max, an integer or a fraction in (0, 1], got {target!r}"
+            )
         if isinstance(target, int) and target < 0:
             raise ConfigError(f"params.yaml: generate.target must be >= 0, got {target}")
         if isinstance(target, float) and not 0.0 < target <= 1.0:
@@ -200,7 +205,7 @@ class VerdictParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     seeds: int = bounded(5, ge=1)  # paired seeds: every arm is trained once per seed
-    workers: Union[Literal["auto"], int] = bounded("auto", ge=1)  # processes training arms (auto: one per core)
+    workers: Literal["auto"] | int = bounded("auto", ge=1)  # processes training arms (auto: one per core)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)  # the downstream recipe
     logit_adjustment: float = bounded(1.0, gt=0.0)  # tau of the classical_la arm's logit-adjusted loss
     # tau of a logit adjustment by the real class frequencies for the arms drawn class-balanced (classical,
@@ -264,9 +269,7 @@ def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
         if f"{prefix}{key}" in REPLACED_KEYS:
             raise ConfigError(f"{origin}: {prefix}{key} was replaced by {REPLACED_KEYS[prefix + key]}")
         if key not in fields:
-            raise ConfigError(
-                f"{origin}: {prefix}{key} is not a known key (known in {where}: {', '.join(fields)})"
-            )
+            raise ConfigError(f"{origin}: {prefix}{key} is not a known key (known in {where}: {', '.join(fields)})")
     values = {}
     for name, f in fields.items():
         if name in raw:
@@ -287,9 +290,7 @@ def _check_type(hint: Any, value: Any, key: str, origin: str) -> Any:
     if origin_type is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(
-                f"{origin}: {key} must be one of {', '.join(map(str, allowed))}, got {_show(value)}"
-            )
+            raise ConfigError(f"{origin}: {key} must be one of {', '.join(map(str, allowed))}, got {_show(value)}")
         return value
     if origin_type in (Union, types.UnionType):
         options = typing.get_args(hint)
@@ -354,4 +355,3 @@ def _type_name(hint: Any) -> str:
 
 def _show(value: Any) -> str:
     return "null" if value is None else repr(value)
-

@@ -56,7 +56,7 @@ class PreparedStats:
     FILE = "stats.json"
 
     @classmethod
-    def read(cls, folder: Path) -> "PreparedStats":
+    def read(cls, folder: Path) -> PreparedStats:
         raw = read_json(Path(folder) / cls.FILE)
         raw["classes"] = [ClassInfo(**c) for c in raw["classes"]]
         return cls(**raw)
@@ -108,7 +108,7 @@ class ModelMeta:
     details: dict = field(default_factory=dict)  # what the stage records besides: params, scores, counts
 
     @classmethod
-    def read(cls, path: Path) -> "ModelMeta":
+    def read(cls, path: Path) -> ModelMeta:
         return cls(**read_json(path))
 
     def write(self, path: Path) -> None:
@@ -139,7 +139,7 @@ class SyntheticSummary:
     FILE = "summary.json"
 
     @classmethod
-    def read(cls, folder: Path) -> "SyntheticSummary":
+    def read(cls, folder: Path) -> SyntheticSummary:
         path = Path(folder) / cls.FILE
         raw = read_json(path)
         if set(raw) != {f.name for f in dataclasses.fields(cls)}:
@@ -160,21 +160,34 @@ def check_made_for(image_size: int, channels: int, class_names: list[str], stats
     if list(class_names) != stats.class_names:
         extra = [n for n in class_names if n not in stats.class_names]
         missing = [n for n in stats.class_names if n not in class_names]
-        detail = "; ".join(filter(None, [f"classes not in data/prepared: {extra}" if extra else "",
-                                         f"classes it lacks: {missing}" if missing else ""]))
-        raise InputError(f"{what}: made for other classes than data/prepared ({detail or 'same classes, other order'}); "
-                         "rerun the stage that makes it")
+        detail = "; ".join(
+            filter(
+                None,
+                [
+                    f"classes not in data/prepared: {extra}" if extra else "",
+                    f"classes it lacks: {missing}" if missing else "",
+                ],
+            )
+        )
+        raise InputError(
+            f"{what}: made for other classes than data/prepared ({detail or 'same classes, other order'}); "
+            "rerun the stage that makes it"
+        )
 
 
 def check_manifest_classes(manifest: pd.DataFrame, stats: PreparedStats, what: str) -> None:
     """Every (label, class_name) pair of a manifest must be a class of data/prepared."""
     pairs = manifest[["label", "class_name"]].drop_duplicates()
     names = stats.class_names
-    unknown = [f"{row.class_name!r} (label {row.label})" for row in pairs.itertuples()
-               if not 0 <= row.label < len(names) or names[row.label] != row.class_name]
+    unknown = [
+        f"{row.class_name!r} (label {row.label})"
+        for row in pairs.itertuples()
+        if not 0 <= row.label < len(names) or names[row.label] != row.class_name
+    ]
     if unknown:
-        raise InputError(f"{what}: classes that data/prepared does not have: {', '.join(unknown)}; "
-                         "rerun the stage that makes it")
+        raise InputError(
+            f"{what}: classes that data/prepared does not have: {', '.join(unknown)}; rerun the stage that makes it"
+        )
 
 
 def read_accepted_synthetic(folder: Path, stats: PreparedStats) -> pd.DataFrame:

@@ -37,30 +37,50 @@ class AugmentedDataModule(pl.LightningDataModule):
     """data/augmented for training, data/prepared's val and test splits for validating and testing, below
     `root` (default: the current folder, the repository root)."""
 
-    def __init__(self, root: Path | str = ".", train_transform: Callable | None = None,
-                 val_transform: Callable | None = None, test_transform: Callable | None = None,
-                 batch_size: int = 64, num_workers: int = 0):
+    def __init__(
+        self,
+        root: Path | str = ".",
+        train_transform: Callable | None = None,
+        val_transform: Callable | None = None,
+        test_transform: Callable | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.paths = Paths(Path(root))
-        self.transforms = {"train": train_transform or ToTensor(), "val": val_transform or ToTensor(),
-                           "test": test_transform or ToTensor()}
+        self.transforms = {
+            "train": train_transform or ToTensor(),
+            "val": val_transform or ToTensor(),
+            "test": test_transform or ToTensor(),
+        }
         self.batch_size, self.num_workers = batch_size, num_workers
         self.stats = PreparedStats.read(self.paths.prepared)
         card = read_json(self.paths.augmented / "dataset.json")
-        check_made_for(card["image_size"], card["channels"], [c["class_name"] for c in card["classes"]], self.stats,
-                       f"{self.paths.augmented}/dataset.json")
+        check_made_for(
+            card["image_size"],
+            card["channels"],
+            [c["class_name"] for c in card["classes"]],
+            self.stats,
+            f"{self.paths.augmented}/dataset.json",
+        )
         # what a network for this data needs to know
         self.class_names, self.num_classes = self.stats.class_names, self.stats.num_classes
         self.channels, self.image_size = self.stats.channels, self.stats.image_size
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set, self.manifest, self.sampler = load_augmented(self.paths.augmented,
-                                                                     transform=self.transforms["train"])
+        self.train_set, self.manifest, self.sampler = load_augmented(
+            self.paths.augmented, transform=self.transforms["train"]
+        )
         prepared = read_manifest(self.paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
         self.val_set, self.test_set = (
-            ManifestDataset(self.paths.prepared, prepared[prepared["split"] == split].reset_index(drop=True),
-                            self.stats.mode, self.transforms[split])
-            for split in ("val", "test"))
+            ManifestDataset(
+                self.paths.prepared,
+                prepared[prepared["split"] == split].reset_index(drop=True),
+                self.stats.mode,
+                self.transforms[split],
+            )
+            for split in ("val", "test")
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.sampler)
@@ -72,5 +92,10 @@ class AugmentedDataModule(pl.LightningDataModule):
         return self._loader(self.test_set)
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -15,8 +15,8 @@ class's draws on its synthetic images.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import pandas as pd
 import torch
@@ -34,8 +34,14 @@ GATE_NUMBERS = ["judge_confidence", "judge_prediction", "nn_distance"]
 class ManifestDataset(Dataset):
     """The images of a manifest, read from `root` (its files, or its tar shards), with their labels."""
 
-    def __init__(self, root: Path, manifest: pd.DataFrame, mode: str, transform: Optional[Callable] = None,
-                 from_shards: bool = False):
+    def __init__(
+        self,
+        root: Path,
+        manifest: pd.DataFrame,
+        mode: str,
+        transform: Callable | None = None,
+        from_shards: bool = False,
+    ):
         # where each image's bytes are: (file, offset, size); a whole file is (file, 0, -1)
         self.spans = shard_spans(root, manifest) if from_shards else [(root / path, 0, -1) for path in manifest["path"]]
         self.targets = manifest["label"].tolist()
@@ -62,8 +68,9 @@ def shard_spans(root: Path, manifest: pd.DataFrame) -> list[tuple[Path, int, int
     return spans
 
 
-def load_augmented(root: Path | str = "data/augmented", origin: Optional[str] = None,
-                   transform: Optional[Callable] = None) -> tuple[Dataset, pd.DataFrame, WeightedRandomSampler]:
+def load_augmented(
+    root: Path | str = "data/augmented", origin: str | None = None, transform: Callable | None = None
+) -> tuple[Dataset, pd.DataFrame, WeightedRandomSampler]:
     """(dataset, manifest, sampler) of the augmented dataset; `origin` "real" or "synthetic" keeps only those rows.
 
     With an origin, the sampler still draws every class equally often, over that origin's images.

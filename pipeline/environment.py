@@ -16,8 +16,18 @@ from pathlib import Path
 import torch
 
 # the installed packages whose versions can change a number the pipeline writes
-KEY_PACKAGES = ("torch", "torchvision", "pytorch-lightning", "numpy", "scipy", "scikit-learn", "pandas", "pillow",
-                "albumentations", "opencv-python-headless")
+KEY_PACKAGES = (
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "pillow",
+    "albumentations",
+    "opencv-python-headless",
+)
 
 
 def package_version(name: str) -> str | None:

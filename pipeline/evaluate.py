@@ -22,8 +22,19 @@ import pandas as pd
 from pipeline import nets
 from pipeline.classifier import predict
 from pipeline.config import Params
-from pipeline.contracts import (ARMS, MANIFEST_COLUMNS, NO_SYNTHETIC, VERDICTS, PreparedStats, SyntheticSummary, check_made_for,
-                                check_manifest_classes, load_rows, load_split, read_accepted_synthetic)
+from pipeline.contracts import (
+    ARMS,
+    MANIFEST_COLUMNS,
+    NO_SYNTHETIC,
+    VERDICTS,
+    PreparedStats,
+    SyntheticSummary,
+    check_made_for,
+    check_manifest_classes,
+    load_rows,
+    load_split,
+    read_accepted_synthetic,
+)
 from pipeline.errors import InputError
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
 from pipeline.metrics import copy_thresholds, tail_classes
@@ -55,7 +66,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.evaluate
     stats = PreparedStats.read(paths.prepared)
     judge, judge_meta = nets.load_judge(paths.judge)
-    check_made_for(judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats, f"{paths.judge}/judge.json")
+    check_made_for(
+        judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats, f"{paths.judge}/judge.json"
+    )
     synthetic_rows, summary = read_inputs(paths, stats)
     prepared_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
 
@@ -67,16 +80,32 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     test_probabilities, test_features = predict(judge, test[0])
     synthetic_probabilities, synthetic_features = predict(judge, synthetic[0])
     copy_bars = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
-    quality = pd.DataFrame([
-        {"class_name": name, "planned": summary.planned[name]} | class_quality(
-            y, train_features[train[1] == y], test_features[test[1] == y], synthetic_features[synthetic[1] == y],
-            test_probabilities.argmax(dim=1)[test[1] == y], synthetic_probabilities.argmax(dim=1)[synthetic[1] == y],
-            copy_bars[y], cfg, params.seed)
-        for y, name in enumerate(stats.class_names)
-    ])
-    nearest = nearest_real_table(synthetic_features, synthetic[1], synthetic_rows["path"].to_numpy(), train_features,
-                                 train[1], prepared_rows.loc[prepared_rows["split"] == "train", "path"].to_numpy(),
-                                 copy_bars)
+    quality = pd.DataFrame(
+        [
+            {"class_name": name, "planned": summary.planned[name]}
+            | class_quality(
+                y,
+                train_features[train[1] == y],
+                test_features[test[1] == y],
+                synthetic_features[synthetic[1] == y],
+                test_probabilities.argmax(dim=1)[test[1] == y],
+                synthetic_probabilities.argmax(dim=1)[synthetic[1] == y],
+                copy_bars[y],
+                cfg,
+                params.seed,
+            )
+            for y, name in enumerate(stats.class_names)
+        ]
+    )
+    nearest = nearest_real_table(
+        synthetic_features,
+        synthetic[1],
+        synthetic_rows["path"].to_numpy(),
+        train_features,
+        train[1],
+        prepared_rows.loc[prepared_rows["split"] == "train", "path"].to_numpy(),
+        copy_bars,
+    )
 
     # 2. downstream utility over paired seeds
     tail = tail_classes(stats.split_counts("train"))
@@ -87,42 +116,75 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
     # 3. verdicts
     quality = add_verdicts(quality, (recalls["augmented_mean"] - recalls[f"{baseline}_mean"]).to_numpy(), cfg.verdict)
-    metrics = metrics_document(arms, augmented_gain, quality, tail, stats.class_names,
-                               nets.classifier_name(cfg.classifier.arch, cfg.classifier.width))
+    metrics = metrics_document(
+        arms,
+        augmented_gain,
+        quality,
+        tail,
+        stats.class_names,
+        nets.classifier_name(cfg.classifier.arch, cfg.classifier.width),
+    )
     with atomic_output(paths.tables) as tables:
-        for name, table in (("utility.csv", arms), ("utility_runs.csv", runs.drop(columns=["recall", "seconds"])),
-                            ("recall.csv", recalls), ("quality.csv", quality), ("nearest_real.csv", nearest)):
+        for name, table in (
+            ("utility.csv", arms),
+            ("utility_runs.csv", runs.drop(columns=["recall", "seconds"])),
+            ("recall.csv", recalls),
+            ("quality.csv", quality),
+            ("nearest_real.csv", nearest),
+        ):
             table.to_csv(tables / name, index=False, lineterminator="\n", float_format="%.6f")
     write_atomically(paths.metrics, json_text(metrics))
     print(summary_line(metrics))
 
 
-def metrics_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataFrame, tail: list[int],
-                     class_names: list[str], classifier: str) -> dict:
+def metrics_document(
+    arms: pd.DataFrame,
+    augmented_gain: dict,
+    quality: pd.DataFrame,
+    tail: list[int],
+    class_names: list[str],
+    classifier: str,
+) -> dict:
     """reports/metrics.json: the headline numbers only (per-class detail is in reports/tables), and the
     network every arm trained (`classifier`): the verdict holds for that network."""
-    def number(value):
-        return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
 
-    utility = {row["arm"]: {name: {"mean": number(row[f"{name}_mean"]), "std": number(row[f"{name}_std"])}
-                            for name in HEADLINE} for _, row in arms.iterrows()}
+    def number(value):
+        return (
+            None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
+        )
+
+    utility = {
+        row["arm"]: {
+            name: {"mean": number(row[f"{name}_mean"]), "std": number(row[f"{name}_std"])} for name in HEADLINE
+        }
+        for _, row in arms.iterrows()
+    }
     document = {
         "classifier": classifier,
         "utility": {arm: utility[arm] for arm in ARMS if arm in utility},
         "best_classical": augmented_gain["baseline"],
-        "augmented_gain": {key: number(augmented_gain[key])
-                           for key in ("balanced_accuracy", "ci95_low", "ci95_high", "tail_recall")},
+        "augmented_gain": {
+            key: number(augmented_gain[key]) for key in ("balanced_accuracy", "ci95_low", "ci95_high", "tail_recall")
+        },
         "tail_classes": [class_names[label] for label in tail],
         "quality_mean_over_classes": {
-            key: number(value) for key, value in
-            quality[quality["synthetic"] > 0].drop(columns=["class_name", "planned", "verdict", "reason",
-                                                            "real_train", "real_test", "synthetic"]).mean().items()
-            if pd.notna(value)},
-        "verdicts": {verdict.replace(" ", "_"): int((quality["verdict"] == verdict).sum())
-                     for verdict in (*VERDICTS, NO_SYNTHETIC)},
+            key: number(value)
+            for key, value in quality[quality["synthetic"] > 0]
+            .drop(columns=["class_name", "planned", "verdict", "reason", "real_train", "real_test", "synthetic"])
+            .mean()
+            .items()
+            if pd.notna(value)
+        },
+        "verdicts": {
+            verdict.replace(" ", "_"): int((quality["verdict"] == verdict).sum())
+            for verdict in (*VERDICTS, NO_SYNTHETIC)
+        },
         # the classes that fewer synthetic images passed the gate than planned (their real images fill the rest)
-        "short_classes": {row.class_name: {"passed": int(row.synthetic), "planned": int(row.planned)}
-                          for row in quality.itertuples() if row.synthetic < row.planned},
+        "short_classes": {
+            row.class_name: {"passed": int(row.synthetic), "planned": int(row.planned)}
+            for row in quality.itertuples()
+            if row.synthetic < row.planned
+        },
     }
     if "gap_closed" in augmented_gain:
         document["gap_closed"] = number(augmented_gain["gap_closed"])
@@ -132,15 +194,25 @@ def metrics_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataF
 def summary_line(metrics: dict) -> str:
     gain_ = metrics["augmented_gain"]
     baseline = metrics["best_classical"]
-    line = (f"evaluate: balanced accuracy of augmented {metrics['utility']['augmented']['balanced_accuracy']['mean']:.3f} "
-            f"vs {baseline} {metrics['utility'][baseline]['balanced_accuracy']['mean']:.3f}: gain "
-            f"{gain_['balanced_accuracy']:+.3f} (95 % interval {_bound(gain_['ci95_low'])} to {_bound(gain_['ci95_high'])}), "
-            f"tail recall {gain_['tail_recall']:+.3f}")
+    line = (
+        f"evaluate: balanced accuracy of augmented {metrics['utility']['augmented']['balanced_accuracy']['mean']:.3f} "
+        f"vs {baseline} {metrics['utility'][baseline]['balanced_accuracy']['mean']:.3f}: gain "
+        f"{gain_['balanced_accuracy']:+.3f} "
+        f"(95 % interval {_bound(gain_['ci95_low'])} to {_bound(gain_['ci95_high'])}), "
+        f"tail recall {gain_['tail_recall']:+.3f}"
+    )
     if "gap_closed" in metrics and metrics["gap_closed"] is not None:
         line += f", gap to the oracle closed {metrics['gap_closed']:.0%}"
     verdicts = metrics["verdicts"]
-    return line + "; classes: " + ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in verdicts.items()
-                                           if count or name != "no_synthetic_images")
+    return (
+        line
+        + "; classes: "
+        + ", ".join(
+            f"{name.replace('_', ' ')} {count}"
+            for name, count in verdicts.items()
+            if count or name != "no_synthetic_images"
+        )
+    )
 
 
 def _bound(value: float | None) -> str:

@@ -30,9 +30,17 @@ from pipeline.config import GenerateParams, TrainParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import read_manifest, read_png
-from pipeline.losses import (adapted_probability, conditioning_strength, discriminator_loss, ema_with_warmup,
-                             generator_loss, gradient_penalty, group_spectral_norm, lecam_penalty,
-                             mode_seeking_penalty)
+from pipeline.losses import (
+    adapted_probability,
+    conditioning_strength,
+    discriminator_loss,
+    ema_with_warmup,
+    generator_loss,
+    gradient_penalty,
+    group_spectral_norm,
+    lecam_penalty,
+    mode_seeking_penalty,
+)
 from pipeline.nets import Discriminator, build_generator, check_image_size, to_uint8, to_unit_range
 from pipeline.sampling import class_weights
 
@@ -102,15 +110,18 @@ class TrainImages(pl.LightningDataModule):
     rejected before the Trainer starts. A batch size larger than the train split is reduced to it.
     """
 
-    def __init__(self, prepared_dir: Path, batch_size: int, balance: float, seed: int,
-                 memory_budget_mb: int | None = None):
+    def __init__(
+        self, prepared_dir: Path, batch_size: int, balance: float, seed: int, memory_budget_mb: int | None = None
+    ):
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
         self.stats = PreparedStats.read(self.prepared_dir)
         self.class_names = self.stats.class_names
         self.image_size, self.channels = self.stats.image_size, self.stats.channels
         if len(self.class_names) < 2:
-            raise InputError(f"{self.prepared_dir}: {len(self.class_names)} class(es); a conditional GAN needs at least 2")
+            raise InputError(
+                f"{self.prepared_dir}: {len(self.class_names)} class(es); a conditional GAN needs at least 2"
+            )
         check_image_size(self.image_size)
         self.counts = self.stats.split_counts("train")
         for name, count in zip(self.class_names, self.counts):
@@ -118,7 +129,7 @@ class TrainImages(pl.LightningDataModule):
                 raise InputError(f"{self.prepared_dir}: class {name!r} has no training image")
         self.batch_size = min(batch_size, sum(self.counts))
         self.balance, self.seed = balance, seed
-        self.decoded_bytes = sum(self.counts) * self.channels * self.image_size ** 2
+        self.decoded_bytes = sum(self.counts) * self.channels * self.image_size**2
         self.streams = memory_budget_mb is not None and self.decoded_bytes > memory_budget_mb * 2**20
 
     @property
@@ -137,8 +148,9 @@ class TrainImages(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         weights = torch.from_numpy(class_weights(self.labels.numpy(), self.num_classes, self.balance))
-        sampler = WeightedRandomSampler(weights, num_samples=len(self.labels), replacement=True,
-                                        generator=torch.Generator().manual_seed(self.seed))
+        sampler = WeightedRandomSampler(
+            weights, num_samples=len(self.labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
+        )
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True)
 
 
@@ -154,15 +166,17 @@ class ConditionalGAN(pl.LightningModule):
         self.save_hyperparameters(logger=False)  # in the checkpoint, not in DVCLive's params file
         self.cfg = cfg = TrainParams(**train)
         self.automatic_optimization = False
-        self.generator = build_generator(cfg.arch, image_size, channels, num_classes, cfg.z_dim, cfg.g_width,
-                                         cfg.g_conditioning)
+        self.generator = build_generator(
+            cfg.arch, image_size, channels, num_classes, cfg.z_dim, cfg.g_width, cfg.g_conditioning
+        )
         self.discriminator = Discriminator(image_size, channels, num_classes, cfg.d_width)
         # Channels-last convolutions are faster on the CPU (benchmarks/train_throughput.py measures by how much).
         self.memory_format = torch.channels_last
         self.generator.to(memory_format=self.memory_format)
         self.discriminator.to(memory_format=self.memory_format)
-        self.generator_ema = AveragedModel(self.generator, use_buffers=True,
-                                           multi_avg_fn=ema_with_warmup(cfg.ema_decay if cfg.ema else 0.0))
+        self.generator_ema = AveragedModel(
+            self.generator, use_buffers=True, multi_avg_fn=ema_with_warmup(cfg.ema_decay if cfg.ema else 0.0)
+        )
         self.generator_ema.requires_grad_(False)
         # Checkpointed state of the schedules and of LeCam's running averages of D's outputs. With two
         # optimisers trainer.global_step counts two per batch, so batches are counted here.
@@ -176,8 +190,10 @@ class ConditionalGAN(pl.LightningModule):
 
     def configure_optimizers(self):
         betas = (self.cfg.beta1, self.cfg.beta2)
-        return (torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_g, betas=betas),
-                torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr_d, betas=betas))
+        return (
+            torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr_g, betas=betas),
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr_d, betas=betas),
+        )
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -216,8 +232,9 @@ class ConditionalGAN(pl.LightningModule):
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, self.cfg.diffaugment, float(self.augment_probability))
 
-    def discriminator_step_loss(self, real: torch.Tensor, labels: torch.Tensor,
-                           strength: float) -> tuple[torch.Tensor, dict]:
+    def discriminator_step_loss(
+        self, real: torch.Tensor, labels: torch.Tensor, strength: float
+    ) -> tuple[torch.Tensor, dict]:
         """D's loss on real and fake images in one batch, augmented alike; fakes take the real batch's
         labels, so the class-balanced sampler balances them too. Also updates the running averages of
         D's outputs (LeCam, adaptive augmentation)."""
@@ -249,7 +266,7 @@ class ConditionalGAN(pl.LightningModule):
     def generator_step_loss(self, labels: torch.Tensor, strength: float) -> tuple[torch.Tensor, dict]:
         cfg, n = self.cfg, labels.shape[0]
         if cfg.mode_seeking_weight > 0:  # pairs of latents under one label: the second half repeats the first's
-            labels = torch.cat([labels[: n // 2], labels[: n // 2], labels[2 * (n // 2):]])
+            labels = torch.cat([labels[: n // 2], labels[: n // 2], labels[2 * (n // 2) :]])
         noise = self.noise(n)
         fake = self.generator(noise, labels, strength)
         fake_logits = self.discriminator(self.augment(fake), labels, strength).float()
@@ -259,7 +276,9 @@ class ConditionalGAN(pl.LightningModule):
             loss = loss + cfg.mode_seeking_weight * seeking
         norms = self.generator.conditional_norms()  # per-class tables: none with BigGAN conditioning or stylegan2
         if cfg.gsr_weight > 0 and norms:
-            logged["gsr"] = gsr = sum(group_spectral_norm(table.weight) for norm in norms for table in (norm.gain, norm.bias))
+            logged["gsr"] = gsr = sum(
+                group_spectral_norm(table.weight) for norm in norms for table in (norm.gain, norm.bias)
+            )
             loss = loss + cfg.gsr_weight * gsr
         return loss, logged
 
@@ -269,8 +288,11 @@ class ConditionalGAN(pl.LightningModule):
         cfg = self.cfg
         if cfg.ada_target is not None and int(self.batches_seen) % cfg.ada_interval == 0:
             total, count = self.real_signs.tolist()
-            self.augment_probability.fill_(adapted_probability(float(self.augment_probability), total / count,
-                                                               cfg.ada_target, int(count), cfg.ada_kimg))
+            self.augment_probability.fill_(
+                adapted_probability(
+                    float(self.augment_probability), total / count, cfg.ada_target, int(count), cfg.ada_kimg
+                )
+            )
             self.real_signs.zero_()
 
     def noise(self, n: int) -> torch.Tensor:
@@ -289,7 +311,9 @@ def latents(seeds: np.ndarray, z_dim: int, truncation: float | None) -> torch.Te
         if truncation is None:
             rows.append(torch.randn(z_dim, generator=generator))
         else:
-            rows.append(torch.nn.init.trunc_normal_(torch.empty(z_dim), a=-truncation, b=truncation, generator=generator))
+            rows.append(
+                torch.nn.init.trunc_normal_(torch.empty(z_dim), a=-truncation, b=truncation, generator=generator)
+            )
     return torch.stack(rows)
 
 
@@ -311,9 +335,11 @@ class CandidateSampler(pl.LightningModule):
         self.allow_zero_length_dataloader_with_multiple_devices = True  # fewer batches than processes
 
     def predict_dataloader(self) -> DataLoader:
-        items = [(number, torch.from_numpy(seeds.astype(np.int64)), torch.full((len(seeds),), label))
-                 for number, (seeds, label) in enumerate(self.batches)]
-        return DataLoader(items[self.global_rank::self.trainer.world_size], batch_size=None)
+        items = [
+            (number, torch.from_numpy(seeds.astype(np.int64)), torch.full((len(seeds),), label))
+            for number, (seeds, label) in enumerate(self.batches)
+        ]
+        return DataLoader(items[self.global_rank :: self.trainer.world_size], batch_size=None)
 
     def predict_step(self, batch, batch_idx):
         number, seeds, labels = batch
@@ -321,8 +347,9 @@ class CandidateSampler(pl.LightningModule):
         return number, to_uint8(self.generator(noise, labels)).cpu()
 
 
-def sample_batches(trainer: pl.Trainer, sampler: CandidateSampler,
-                   batches: list[tuple[np.ndarray, int]]) -> list[torch.Tensor] | None:
+def sample_batches(
+    trainer: pl.Trainer, sampler: CandidateSampler, batches: list[tuple[np.ndarray, int]]
+) -> list[torch.Tensor] | None:
     """The uint8 images of each batch of candidates (latent seeds, label), in order, on the first
     process; None on the others. Under DDP every process must call it with the same batches."""
     sampler.batches = batches

@@ -35,8 +35,9 @@ MIN_CALIBRATION_IMAGES = 5  # a class with fewer real val images is calibrated o
 # --- pure functions ------------------------------------------------------------------------------
 
 
-def label_thresholds(true_class_probability: np.ndarray, labels: np.ndarray, num_classes: int,
-                     pass_rate: float) -> list[float]:
+def label_thresholds(
+    true_class_probability: np.ndarray, labels: np.ndarray, num_classes: int, pass_rate: float
+) -> list[float]:
     """Per class, the judge probability of the true class that `pass_rate` of its real images reach.
 
     `true_class_probability[i]` is the judge's probability of image i's own class. A class with fewer
@@ -50,13 +51,16 @@ def label_thresholds(true_class_probability: np.ndarray, labels: np.ndarray, num
     return thresholds
 
 
-def gate_verdicts(confidence: np.ndarray, nn_distance: np.ndarray, cfg: GenerateParams, label_threshold: float,
-                  copy_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def gate_verdicts(
+    confidence: np.ndarray, nn_distance: np.ndarray, cfg: GenerateParams, label_threshold: float, copy_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(accepted, reject_reason) per candidate of one class; a disabled check never rejects."""
     low_confidence = cfg.check_label & (confidence < label_threshold)
     too_close = cfg.check_memorisation & (nn_distance < copy_threshold)
     reasons = np.select(
-        [low_confidence & too_close, low_confidence, too_close], ["low_confidence;too_close", "low_confidence", "too_close"], ""
+        [low_confidence & too_close, low_confidence, too_close],
+        ["low_confidence;too_close", "low_confidence", "too_close"],
+        "",
     )
     return ~(low_confidence | too_close), reasons
 
@@ -77,8 +81,14 @@ def farthest_point_selection(candidates: np.ndarray, distance_to_anchors: np.nda
     return np.sort(np.array(chosen))
 
 
-def select_passing(selection: str, count: int, features: np.ndarray, nn_distance: np.ndarray,
-                   confidence: np.ndarray, judged_correct: np.ndarray) -> np.ndarray:
+def select_passing(
+    selection: str,
+    count: int,
+    features: np.ndarray,
+    nn_distance: np.ndarray,
+    confidence: np.ndarray,
+    judged_correct: np.ndarray,
+) -> np.ndarray:
     """Ascending indices of the passing candidates of a class to keep (at most `count`), given their
     judge features, distances to the nearest real image, judge confidences in the class and whether
     the judge's prediction is the class, in the order drawn.
@@ -92,8 +102,12 @@ def select_passing(selection: str, count: int, features: np.ndarray, nn_distance
         return farthest_point_selection(features, nn_distance, count)
     if selection == "informative":
         correct, other = np.flatnonzero(judged_correct), np.flatnonzero(~judged_correct)
-        order = np.concatenate([correct[np.argsort(confidence[correct], kind="stable")],
-                                other[np.argsort(-confidence[other], kind="stable")]])
+        order = np.concatenate(
+            [
+                correct[np.argsort(confidence[correct], kind="stable")],
+                other[np.argsort(-confidence[other], kind="stable")],
+            ]
+        )
         return np.sort(order[:count])
     return np.arange(min(count, len(confidence)))
 
@@ -118,16 +132,19 @@ class ClassGate:
         probabilities, features = predict(self.judge, images, batch_size=len(images))
         distances, nearest = self.real_index.kneighbors(features.numpy())
         confidence = probabilities[:, self.label].numpy()
-        accepted, reasons = gate_verdicts(confidence, distances[:, 0], self.cfg, self.label_threshold,
-                                          self.copy_threshold)
-        return pd.DataFrame({
-            "accepted": accepted,
-            "reject_reason": reasons,
-            "judge_confidence": confidence.astype(np.float64).round(6),
-            "judge_prediction": probabilities.argmax(dim=1).numpy(),
-            "nn_distance": distances[:, 0].round(6),
-            "nearest_real": self.real_paths[nearest[:, 0]],
-        }), features.numpy()
+        accepted, reasons = gate_verdicts(
+            confidence, distances[:, 0], self.cfg, self.label_threshold, self.copy_threshold
+        )
+        return pd.DataFrame(
+            {
+                "accepted": accepted,
+                "reject_reason": reasons,
+                "judge_confidence": confidence.astype(np.float64).round(6),
+                "judge_prediction": probabilities.argmax(dim=1).numpy(),
+                "nn_distance": distances[:, 0].round(6),
+                "nearest_real": self.real_paths[nearest[:, 0]],
+            }
+        ), features.numpy()
 
 
 def build_gates(judge: nets.Classifier, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
@@ -139,17 +156,30 @@ def build_gates(judge: nets.Classifier, stats: PreparedStats, paths: Paths, cfg:
     _, train_features = predict(judge, train_images)
     val_probabilities, val_features = predict(judge, val_images)
     if len(val_labels):
-        calibration_probability, calibration_labels = val_probabilities[torch.arange(len(val_labels)), val_labels], val_labels
+        calibration_probability, calibration_labels = (
+            val_probabilities[torch.arange(len(val_labels)), val_labels],
+            val_labels,
+        )
     else:  # no val split: the train images are all there is (the judge knows them, so the bar is high)
         train_probabilities, _ = predict(judge, train_images)
         calibration_probability = train_probabilities[torch.arange(len(train_labels)), train_labels]
         calibration_labels = train_labels
-    label_bars = label_thresholds(calibration_probability.numpy(), calibration_labels.numpy(), stats.num_classes,
-                                  cfg.label_pass_rate)
+    label_bars = label_thresholds(
+        calibration_probability.numpy(), calibration_labels.numpy(), stats.num_classes, cfg.label_pass_rate
+    )
     copy_bars = copy_thresholds(train_features, train_labels, val_features, val_labels, stats.num_classes)
     gates = []
     for label in range(stats.num_classes):
         in_class = (train_labels == label).numpy()
-        gates.append(ClassGate(judge, label, NearestNeighbors(n_neighbors=1).fit(train_features[in_class].numpy()),
-                               train_paths[in_class], label_bars[label], copy_bars[label], cfg))
+        gates.append(
+            ClassGate(
+                judge,
+                label,
+                NearestNeighbors(n_neighbors=1).fit(train_features[in_class].numpy()),
+                train_paths[in_class],
+                label_bars[label],
+                copy_bars[label],
+                cfg,
+            )
+        )
     return gates

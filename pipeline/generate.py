@@ -113,7 +113,7 @@ class ClassDraws:
         # Batches follow the pass rate so far, so that a class draws little more than it needs.
         rate = max(self.passed / self.drawn if self.drawn else 1.0, 1.0 / self.cfg.max_attempts)
         size = min(self.cfg.batch_size, len(self.seeds) - self.drawn, math.ceil((self.wanted - self.passed) / rate))
-        return self.seeds[self.drawn:self.drawn + size]
+        return self.seeds[self.drawn : self.drawn + size]
 
     def take(self, seeds: np.ndarray, batch: torch.Tensor, gate: ClassGate) -> None:
         """Gate the batch of `next_seeds` and keep its candidates up to the one that meets the target."""
@@ -135,33 +135,52 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.generate
     stats = PreparedStats.read(paths.prepared)
     generator, generator_meta = nets.load_generator(paths.gan)
-    check_made_for(generator_meta.image_size, generator_meta.channels, generator_meta.class_names, stats,
-                   f"{paths.gan}/generator_ema.json")
+    check_made_for(
+        generator_meta.image_size,
+        generator_meta.channels,
+        generator_meta.class_names,
+        stats,
+        f"{paths.gan}/generator_ema.json",
+    )
     judge, judge_meta = nets.load_judge(paths.judge)
-    check_made_for(judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats,
-                   f"{paths.judge}/judge.json")
+    check_made_for(
+        judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats, f"{paths.judge}/judge.json"
+    )
     for model in (generator, judge):
         model.to(memory_format=torch.channels_last)  # about a third faster on the CPU
 
     real_counts = stats.split_counts("train")
-    plan = pd.DataFrame({
-        "label": [c.label for c in stats.classes],
-        "class_name": stats.class_names,
-        "folder": [c.folder for c in stats.classes],
-        "real": real_counts,
-        "planned": plan_counts(real_counts, cfg.target, cfg.max_synthetic_per_real),
-    })
+    plan = pd.DataFrame(
+        {
+            "label": [c.label for c in stats.classes],
+            "class_name": stats.class_names,
+            "folder": [c.folder for c in stats.classes],
+            "real": real_counts,
+            "planned": plan_counts(real_counts, cfg.target, cfg.max_synthetic_per_real),
+        }
+    )
     _say(f"generate: plan for target {cfg.target!r}, {plan['planned'].sum()} synthetic images:")
     _say(plan[["class_name", "real", "planned"]].to_string(index=False))
 
     settings = trainer_settings(cfg, torch.cuda.device_count(), "generate")
-    trainer = pl.Trainer(**settings,
-                         use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        **settings,
+        use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     sampler = CandidateSampler(generator, generator_meta.z_dim, cfg.truncation)
-    draws = [ClassDraws(row.label, candidate_seeds(params.seed, row.label, row.planned * cfg.max_attempts),
-                        row.planned * (1 if cfg.selection == "first" else cfg.pool), cfg) for row in plan.itertuples()]
+    draws = [
+        ClassDraws(
+            row.label,
+            candidate_seeds(params.seed, row.label, row.planned * cfg.max_attempts),
+            row.planned * (1 if cfg.selection == "first" else cfg.pool),
+            cfg,
+        )
+        for row in plan.itertuples()
+    ]
     gates = functools.cache(lambda: build_gates(judge, stats, paths, cfg))  # built where first needed
     plan_rows, manifests = list(plan.itertuples()), {}  # manifests: per label, once the class is written
     with contextlib.ExitStack() as stack:
@@ -184,51 +203,80 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             accepted, candidates = int(rows["accepted"].sum()), len(rows)
             outcome.append((accepted, candidates, round(accepted / candidates, 6) if candidates else None))
             if accepted < row.planned:
-                message = (f"class {row.class_name!r}: {accepted} of {row.planned} images passed the gate after "
-                           f"{candidates} candidates (acceptance rate {accepted / candidates:.1%}, "
-                           f"generate.max_attempts {cfg.max_attempts})")
+                message = (
+                    f"class {row.class_name!r}: {accepted} of {row.planned} images passed the gate after "
+                    f"{candidates} candidates (acceptance rate {accepted / candidates:.1%}, "
+                    f"generate.max_attempts {cfg.max_attempts})"
+                )
                 if cfg.on_short == "fail":
-                    raise GateError(message + "; lower generate.label_pass_rate, train the GAN longer, raise "
-                                    "generate.max_attempts or set generate.on_short: fill")
-                print(f"generate: warning: {message}; kept what passed, and its real images fill the rest of "
-                      "the class (generate.on_short: fill)", file=sys.stderr)
+                    raise GateError(
+                        message + "; lower generate.label_pass_rate, train the GAN longer, raise "
+                        "generate.max_attempts or set generate.on_short: fill"
+                    )
+                print(
+                    f"generate: warning: {message}; kept what passed, and its real images fill the rest of "
+                    "the class (generate.on_short: fill)",
+                    file=sys.stderr,
+                )
 
         generator_hash = nets.weights_hash(generator)
         plan["generated"], plan["candidates"], plan["acceptance_rate"] = zip(*outcome)
         plan["short"] = plan["planned"] - plan["generated"]
         plan["label_threshold"] = [round(g.label_threshold, 6) for g in gates()]
         plan["copy_threshold"] = [round(g.copy_threshold, 6) for g in gates()]
-        manifest = pd.concat([manifests[row.label] for row in plan_rows],
-                             ignore_index=True).reindex(columns=MANIFEST_COLUMNS + GATE_COLUMNS)
+        manifest = pd.concat([manifests[row.label] for row in plan_rows], ignore_index=True).reindex(
+            columns=MANIFEST_COLUMNS + GATE_COLUMNS
+        )
         manifest["source"] = generator_hash
         write_manifest(manifest, out / "manifest.csv")
         write_manifest(plan, out / "plan.csv")
         SyntheticSummary(
-            generator_hash=generator_hash, judge_hash=nets.weights_hash(judge), image_size=stats.image_size,
-            channels=stats.channels, class_names=stats.class_names, generated=int(plan["generated"].sum()),
-            candidates=int(plan["candidates"].sum()), short=int(plan["short"].sum()),
+            generator_hash=generator_hash,
+            judge_hash=nets.weights_hash(judge),
+            image_size=stats.image_size,
+            channels=stats.channels,
+            class_names=stats.class_names,
+            generated=int(plan["generated"].sum()),
+            candidates=int(plan["candidates"].sum()),
+            short=int(plan["short"].sum()),
             label_thresholds=dict(zip(plan["class_name"], plan["label_threshold"])),
             copy_thresholds=dict(zip(plan["class_name"], plan["copy_threshold"])),
             planned={row.class_name: int(row.planned) for row in plan.itertuples()},
-            short_classes={row.class_name: {"passed": int(row.generated), "planned": int(row.planned)}
-                           for row in plan.itertuples() if row.short > 0},
-            environment={"judge": judge_meta.details.get("environment"),
-                         "train": generator_meta.details.get("environment"),
-                         "generate": environment(settings["accelerator"])},
+            short_classes={
+                row.class_name: {"passed": int(row.generated), "planned": int(row.planned)}
+                for row in plan.itertuples()
+                if row.short > 0
+            },
+            environment={
+                "judge": judge_meta.details.get("environment"),
+                "train": generator_meta.details.get("environment"),
+                "generate": environment(settings["accelerator"]),
+            },
             # where the images were sampled does not change them, so the hardware is no part of their record
-            params={"seed": params.seed, "generate": {key: value for key, value in params_to_dict(cfg).items()
-                                                      if key not in HARDWARE_PARAMS}},
+            params={
+                "seed": params.seed,
+                "generate": {key: value for key, value in params_to_dict(cfg).items() if key not in HARDWARE_PARAMS},
+            },
         ).write(out)
     if plan["planned"].sum() == 0:
-        print(f"generate: nothing to generate: the plan for target {cfg.target!r} asks for no synthetic images; "
-              "merge publishes the real images, every class drawn equally often")
+        print(
+            f"generate: nothing to generate: the plan for target {cfg.target!r} asks for no synthetic images; "
+            "merge publishes the real images, every class drawn equally often"
+        )
     else:
-        print(f"generate: accepted {plan['generated'].sum()} of {plan['candidates'].sum()} candidates; "
-              f"{plan['short'].sum()} short")
+        print(
+            f"generate: accepted {plan['generated'].sum()} of {plan['candidates'].sum()} candidates; "
+            f"{plan['short'].sum()} short"
+        )
 
 
-def draw_in_rounds(trainer: pl.Trainer, sampler: CandidateSampler, draws: list[ClassDraws],
-                   gates: Callable[[], list[ClassGate]], finished: Callable[[ClassDraws], None]) -> None:
+def draw_in_rounds(
+    trainer: pl.Trainer,
+    sampler: CandidateSampler,
+    draws: list[ClassDraws],
+    gates: Callable[[], list[ClassGate]],
+    finished: Callable[[ClassDraws], None],
+) -> None:
     """Draw the candidates of every class in rounds of one batch per class that still draws, until none
     does. Every process samples its share of a round; the first gates the batches (it alone calls
     `gates`), hands each class that is done to `finished` and decides the next round."""
@@ -265,13 +313,18 @@ def write_class(plan_row, draw: ClassDraws, selection: str, out: Path) -> pd.Dat
     label, planned = plan_row.label, plan_row.planned
     if not draw.verdicts:
         return pd.DataFrame(columns=GATE_COLUMNS + ["path", "sha256", "seed"]).assign(
-            label=label, class_name=plan_row.class_name, split="train", origin="synthetic")
+            label=label, class_name=plan_row.class_name, split="train", origin="synthetic"
+        )
     rows = pd.concat(draw.verdicts, ignore_index=True)
     passing_rows = np.flatnonzero(rows["accepted"].to_numpy())
-    chosen = select_passing(selection, planned, np.concatenate(draw.features),
-                            rows.loc[passing_rows, "nn_distance"].to_numpy(),
-                            rows.loc[passing_rows, "judge_confidence"].to_numpy(),
-                            rows.loc[passing_rows, "judge_prediction"].to_numpy() == label)
+    chosen = select_passing(
+        selection,
+        planned,
+        np.concatenate(draw.features),
+        rows.loc[passing_rows, "nn_distance"].to_numpy(),
+        rows.loc[passing_rows, "judge_confidence"].to_numpy(),
+        rows.loc[passing_rows, "judge_prediction"].to_numpy() == label,
+    )
     rows.loc[passing_rows, "accepted"] = False
     rows.loc[passing_rows, "reject_reason"] = "not_selected"
     rows["path"], rows["sha256"] = "", ""

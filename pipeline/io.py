@@ -15,8 +15,8 @@ import re
 import shutil
 import tarfile
 import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -162,8 +162,12 @@ def read_manifest(path: Path | str, columns: list[str]) -> pd.DataFrame:
         raise InputError(f"{path}: not found (run the stage that makes it first)")
     # low_memory=False: pandas otherwise infers a column's type chunk by chunk in a long file, so a
     # column that is empty on real rows and numeric on synthetic ones could come back with mixed types
-    frame = pd.read_csv(path, dtype={"label": "int64", "class_name": str, "source": str, "sha256": str, "path": str},
-                        keep_default_na=False, low_memory=False)
+    frame = pd.read_csv(
+        path,
+        dtype={"label": "int64", "class_name": str, "source": str, "sha256": str, "path": str},
+        keep_default_na=False,
+        low_memory=False,
+    )
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: manifest lacks the columns {', '.join(missing)}")
@@ -191,7 +195,14 @@ def write_tar(path: Path | str, members: Iterable[tuple[str, bytes]]) -> None:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
-                len(data), 0, 0o644, 0, 0, "", "")
+                len(data),
+                0,
+                0o644,
+                0,
+                0,
+                "",
+                "",
+            )
             tar.addfile(info, io.BytesIO(data))
 
 

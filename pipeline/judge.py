@@ -28,8 +28,9 @@ from pipeline.sampling import class_weights
 def run(params: Params, paths: Paths = Paths()) -> None:
     recipe = params.judge
     stats = PreparedStats.read(paths.prepared)
-    nets.check_classifier(recipe.arch, stats.image_size, stats.channels, stats.num_classes, recipe.width, "judge.arch",
-                          features=True)
+    nets.check_classifier(
+        recipe.arch, stats.image_size, stats.channels, stats.num_classes, recipe.width, "judge.arch", features=True
+    )
     train_images, train_labels = load_split(paths.prepared, stats, "train")
     val_images, val_labels = load_split(paths.prepared, stats, "val")
     balanced = TrainingSet(train_images, train_labels, class_weights(train_labels.numpy(), stats.num_classes))
@@ -40,14 +41,20 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
             logger.experiment.make_summary()
 
-    details = {"steps": history["steps"], "source_fingerprint": stats.source_fingerprint,
-               "params": {"seed": params.seed, "judge": params_to_dict(recipe)},
-               "environment": environment("cpu")}  # the classifier recipe trains on the CPU
+    details = {
+        "steps": history["steps"],
+        "source_fingerprint": stats.source_fingerprint,
+        "params": {"seed": params.seed, "judge": params_to_dict(recipe)},
+        "environment": environment("cpu"),
+    }  # the classifier recipe trains on the CPU
     if len(val_labels):
         predicted, truth = predict(model, val_images)[0].argmax(dim=1).numpy(), val_labels.numpy()
         details["val_balanced_accuracy"] = round(balanced_accuracy(truth, predicted), 6)
-        details["val_recall_per_class"] = {name: round(float(np.mean(predicted[truth == label] == label)), 6)
-                                           for label, name in enumerate(stats.class_names) if (truth == label).any()}
+        details["val_recall_per_class"] = {
+            name: round(float(np.mean(predicted[truth == label] == label)), 6)
+            for label, name in enumerate(stats.class_names)
+            if (truth == label).any()
+        }
         print(f"judge: val balanced accuracy {details['val_balanced_accuracy']:.3f} after {history['steps']} updates")
     meta = ModelMeta(stats.image_size, stats.channels, stats.class_names, recipe.width, details=details)
     with atomic_output(paths.judge) as out:

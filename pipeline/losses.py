@@ -30,8 +30,9 @@ def generator_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()  # nonsaturating
 
 
-def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                     fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor
+) -> torch.Tensor:
     """WGAN-GP's penalty (Gulrajani et al., 2017): mean of (||grad_x critic(x_hat)||_2 - 1)^2 at
     x_hat = eps * real + (1 - eps) * fake, eps ~ U(0, 1) per image. Computed in float32 even under
     mixed precision, with the graph kept (double backward) so the critic's weights learn from it."""
@@ -45,8 +46,9 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
 # --- regularisers --------------------------------------------------------------------------------
 
 
-def lecam_penalty(real_logits: torch.Tensor, fake_logits: torch.Tensor,
-                  ema_real: torch.Tensor, ema_fake: torch.Tensor) -> torch.Tensor:
+def lecam_penalty(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, ema_real: torch.Tensor, ema_fake: torch.Tensor
+) -> torch.Tensor:
     """LeCam regularisation (Tseng et al., CVPR 2021): keeps D's outputs on real images near its
     recent average output on fakes and vice versa, so D cannot drift apart on a small data set."""
     return F.relu(real_logits - ema_fake).pow(2).mean() + F.relu(ema_real - fake_logits).pow(2).mean()
@@ -70,8 +72,8 @@ def mode_seeking_penalty(images: torch.Tensor, noise: torch.Tensor, eps: float =
     distance), so the generator is pushed to make different latents give different images instead of
     collapsing each class onto a few modes."""
     half = images.shape[0] // 2
-    image_distance = (images[:half] - images[half:2 * half]).abs().mean()
-    noise_distance = (noise[:half] - noise[half:2 * half]).abs().mean()
+    image_distance = (images[:half] - images[half : 2 * half]).abs().mean()
+    noise_distance = (noise[:half] - noise[half : 2 * half]).abs().mean()
     return 1.0 / (image_distance / noise_distance + eps)
 
 
@@ -101,8 +103,9 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def adapted_probability(probability: float, real_sign_mean: float, target: float, images: int,
-                        ada_kimg: float) -> float:
+def adapted_probability(
+    probability: float, real_sign_mean: float, target: float, images: int, ada_kimg: float
+) -> float:
     """Adaptive discriminator augmentation (Karras et al., "Training Generative Adversarial Networks
     with Limited Data", 2020): the overfitting heuristic r_t = E[sign(D(real))] over the last images
     above `target` means D is too sure of the real images, so the augmentation probability rises;

@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import (MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for,
-                                read_accepted_synthetic)
+from pipeline.contracts import (
+    MANIFEST_COLUMNS,
+    PreparedStats,
+    SyntheticSummary,
+    check_made_for,
+    read_accepted_synthetic,
+)
 from pipeline.environment import environment
 from pipeline.io import atomic_output, json_text, read_manifest, sha256_file, write_json, write_manifest, write_tar
 from pipeline.paths import Paths
@@ -47,7 +52,7 @@ SHARD_COLUMNS = ["shard", "key"]  # added to the manifest when the images are in
 LAYOUTS = {
     "imagefolder": "train/<folder>/{real,synthetic}_NNNNN.png: torchvision ImageFolder, class index = label",
     "shards": "shards/train-NNNNNN.tar: WebDataset samples <key>.png + <key>.json (the manifest row), "
-              "shuffled across shards; manifest.csv names each image's shard and key",
+    "shuffled across shards; manifest.csv names each image's shard and key",
 }
 
 
@@ -59,12 +64,19 @@ def link_or_copy(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def synthetic_shares(synthetic_share: float, class_names: list[str],
-                     short_classes: dict[str, dict[str, int]]) -> np.ndarray:
+def synthetic_shares(
+    synthetic_share: float, class_names: list[str], short_classes: dict[str, dict[str, int]]
+) -> np.ndarray:
     """Per class, the share of its sampling mass on its synthetic images: `synthetic_share`, times
     passed/planned for a short class."""
-    return np.array([synthetic_share * short_classes[name]["passed"] / short_classes[name]["planned"]
-                     if name in short_classes else synthetic_share for name in class_names])
+    return np.array(
+        [
+            synthetic_share * short_classes[name]["passed"] / short_classes[name]["planned"]
+            if name in short_classes
+            else synthetic_share
+            for name in class_names
+        ]
+    )
 
 
 def merged_weights(labels, synthetic, num_classes: int, synthetic_share: float | np.ndarray):
@@ -84,8 +96,10 @@ def shard_places(n_images: int, shard_size: int, rng: np.random.Generator) -> tu
 def manifest_records(frame: pd.DataFrame) -> Iterator[dict]:
     """Each row of a manifest as a dict of plain values (JSON null for an empty value)."""
     for row in frame.itertuples(index=False):
-        yield {column: None if pd.isna(value) else value.item() if isinstance(value, np.generic) else value
-               for column, value in zip(frame.columns, row)}
+        yield {
+            column: None if pd.isna(value) else value.item() if isinstance(value, np.generic) else value
+            for column, value in zip(frame.columns, row)
+        }
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
@@ -100,17 +114,23 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     synthetic = synthetic.assign(origin_path=lambda f: [paths.synthetic / p for p in f["path"]])
     rows = pd.concat([real, synthetic], ignore_index=True)
     # ImageFolder order: classes by label (class_folder_names keeps folder order = label order), files by name
-    rows["path"] = [f"train/{folder_of[label]}/{origin}_{Path(path).name}"
-                    for label, origin, path in zip(rows["label"], rows["origin"], rows["path"])]
+    rows["path"] = [
+        f"train/{folder_of[label]}/{origin}_{Path(path).name}"
+        for label, origin, path in zip(rows["label"], rows["origin"], rows["path"])
+    ]
     rows = rows.sort_values(["label", "path"], ignore_index=True)
-    rows["weight"] = merged_weights(rows["label"].to_numpy(), (rows["origin"] == "synthetic").to_numpy(),
-                                    stats.num_classes, synthetic_shares(params.merge.synthetic_share,
-                                                                        stats.class_names, summary.short_classes))
+    rows["weight"] = merged_weights(
+        rows["label"].to_numpy(),
+        (rows["origin"] == "synthetic").to_numpy(),
+        stats.num_classes,
+        synthetic_shares(params.merge.synthetic_share, stats.class_names, summary.short_classes),
+    )
     rows["judge_prediction"] = rows["judge_prediction"].astype("Int64")
     image_folder, shards = params.merge.format != "shards", params.merge.format != "imagefolder"
     if shards:
-        rows["shard"], rows["key"] = shard_places(len(rows), params.merge.shard_size,
-                                                  np.random.default_rng(params.seed))
+        rows["shard"], rows["key"] = shard_places(
+            len(rows), params.merge.shard_size, np.random.default_rng(params.seed)
+        )
 
     with atomic_output(paths.augmented) as out:
         if image_folder:
@@ -125,10 +145,12 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         card = dataset_card(manifest, stats, summary, params, sha256_file(out / "manifest.csv"))
         write_json(out / "dataset.json", card)
     short = ", ".join(f"{name!r} ({s['passed']} of {s['planned']})" for name, s in summary.short_classes.items())
-    print(f"merge: data/augmented version {card['version'][:12]}: {card['counts']['real']} real + "
-          f"{card['counts']['synthetic']} synthetic images in {len(folder_of)} classes"
-          + (f"; {rows['shard'].nunique()} shards in {paths.augmented}/shards" if shards else "")
-          + (f"; short classes, their real images drawn for the shortfall: {short}" if short else ""))
+    print(
+        f"merge: data/augmented version {card['version'][:12]}: {card['counts']['real']} real + "
+        f"{card['counts']['synthetic']} synthetic images in {len(folder_of)} classes"
+        + (f"; {rows['shard'].nunique()} shards in {paths.augmented}/shards" if shards else "")
+        + (f"; short classes, their real images drawn for the shortfall: {short}" if short else "")
+    )
 
 
 def write_shards(out: Path, rows: pd.DataFrame) -> None:
@@ -144,8 +166,9 @@ def _shard_members(samples: pd.DataFrame) -> Iterator[tuple[str, bytes]]:
         yield f"{key}.png", Path(origin_path).read_bytes()
 
 
-def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: SyntheticSummary, params: Params,
-                 version: str) -> dict:
+def dataset_card(
+    manifest: pd.DataFrame, stats: PreparedStats, summary: SyntheticSummary, params: Params, version: str
+) -> dict:
     """What the augmented dataset is and what made it; no timestamps, so equal inputs give equal bytes."""
     per_class = manifest.groupby(["label", "origin"]).size().unstack(fill_value=0)
     mass = manifest.groupby("label")["weight"].sum()
@@ -178,8 +201,8 @@ def dataset_card(manifest: pd.DataFrame, stats: PreparedStats, summary: Syntheti
         "judge_hash": summary.judge_hash,
         # merge runs before evaluate and does not read its params: the card points to the verdict
         "downstream_verdict": "measured by the evaluate stage for one downstream classifier, which "
-                              "reports/metrics.json names (`classifier`, from evaluate.classifier.arch); "
-                              "it holds for that classifier",
+        "reports/metrics.json names (`classifier`, from evaluate.classifier.arch); "
+        "it holds for that classifier",
         "environment": {**summary.environment, "merge": environment("cpu")},  # what each stage computed with
         "params": {
             "seed": params.seed,

@@ -43,8 +43,9 @@ def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
 
 
-def kernel_distance(a: torch.Tensor, b: torch.Tensor, subset_size: int = 1000, subsets: int = 100,
-                    seed: int = 0) -> tuple[float, float]:
+def kernel_distance(
+    a: torch.Tensor, b: torch.Tensor, subset_size: int = 1000, subsets: int = 100, seed: int = 0
+) -> tuple[float, float]:
     """KID: unbiased MMD^2 with the kernel (x.y / d + 1)^3, as mean and std over random subsets.
 
     The subset size shrinks to the smaller set, so a class of a handful of images still gets a value
@@ -101,8 +102,9 @@ def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k:
 # --- memorisation --------------------------------------------------------------------------------
 
 
-def nearest_neighbours(query: torch.Tensor, reference: torch.Tensor,
-                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(
+    query: torch.Tensor, reference: torch.Tensor, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query row: the distance to its nearest reference row, and that row's index.
     Computed in chunks of query rows, so memory stays at chunk x len(reference)."""
     results = [pairwise_distances(part, reference).min(dim=1) for part in query.split(chunk)]
@@ -132,8 +134,13 @@ def closest_real_pair(train: torch.Tensor, other: torch.Tensor, chunk: int = 102
 MIN_COPY_RULE_IMAGES = 5  # fewer real images than this: the closest pair says little about how close reals get
 
 
-def copy_thresholds(train: torch.Tensor, train_labels: torch.Tensor, held_out: torch.Tensor,
-                    held_out_labels: torch.Tensor, num_classes: int) -> list[float]:
+def copy_thresholds(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    held_out: torch.Tensor,
+    held_out_labels: torch.Tensor,
+    num_classes: int,
+) -> list[float]:
     """The copy rule's threshold per class: its closest_real_pair over its train and held-out features.
 
     A class with fewer than MIN_COPY_RULE_IMAGES real images, or without a pair, borrows the median
@@ -148,8 +155,9 @@ def copy_thresholds(train: torch.Tensor, train_labels: torch.Tensor, held_out: t
     known = [d for d, n in zip(pairs, sizes) if d is not None and n >= MIN_COPY_RULE_IMAGES]
     known = known or [d for d in pairs if d is not None]
     if not known:
-        raise InputError("no class has two distinct real images (train or val): the copy rule has no scale; "
-                         "add images to the source")
+        raise InputError(
+            "no class has two distinct real images (train or val): the copy rule has no scale; add images to the source"
+        )
     fallback = float(np.median(known))
     return [d if d is not None and n >= MIN_COPY_RULE_IMAGES else fallback for d, n in zip(pairs, sizes)]
 
@@ -173,7 +181,7 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def tail_classes(train_counts: list[int]) -> list[int]:
     """The rarest third of the classes by real train count (at least one; ties broken by label)."""
     order = sorted(range(len(train_counts)), key=lambda label: (train_counts[label], label))
-    return sorted(order[:max(1, round(len(train_counts) / 3))])
+    return sorted(order[: max(1, round(len(train_counts) / 3))])
 
 
 def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, tail: list[int]) -> dict:

@@ -17,8 +17,8 @@ import io
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,9 @@ def cap_per_class(labels: np.ndarray, groups: np.ndarray, cap: int | None, rng: 
     return keep
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator,
-                     class_names: list[str]) -> np.ndarray:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator, class_names: list[str]
+) -> np.ndarray:
     """A split name per item; every class keeps at least one train and one test item."""
     splits = np.empty(len(labels), dtype=object)
     for label, name in enumerate(class_names):
@@ -63,8 +64,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
         n_val = min(n - n_test - 1, round(n * val_fraction))
         order = rng.permutation(members)
         splits[order[:n_test]] = "test"
-        splits[order[n_test:n_test + n_val]] = "val"
-        splits[order[n_test + n_val:]] = "train"
+        splits[order[n_test : n_test + n_val]] = "val"
+        splits[order[n_test + n_val :]] = "train"
     return splits
 
 
@@ -75,7 +76,7 @@ def carve_val(splits: np.ndarray, labels: np.ndarray, val_fraction: float, rng: 
     for label in np.unique(labels):
         members = np.flatnonzero((labels == label) & (splits == "train"))
         n_val = min(len(members) - 1, round(len(members) * val_fraction))
-        splits[rng.permutation(members)[:max(0, n_val)]] = "val"
+        splits[rng.permutation(members)[: max(0, n_val)]] = "val"
     return splits
 
 
@@ -185,21 +186,30 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
     channels = 3 if cfg.channels == "rgb" or (cfg.channels == "auto" and checked.has_colour) else 1
     folders = class_folder_names(class_names)
-    counts = {split: {name: int(((labels == y) & (splits == split)).sum()) for y, name in enumerate(class_names)}
-              for split in (*SPLITS, HOLDOUT)}
+    counts = {
+        split: {name: int(((labels == y) & (splits == split)).sum()) for y, name in enumerate(class_names)}
+        for split in (*SPLITS, HOLDOUT)
+    }
     stats = PreparedStats(
-        image_size=cfg.image_size, channels=channels, mode="L" if channels == 1 else "RGB",
+        image_size=cfg.image_size,
+        channels=channels,
+        mode="L" if channels == 1 else "RGB",
         classes=[ClassInfo(i, n, f) for i, (n, f) in enumerate(zip(class_names, folders))],
-        counts={split: counts[split] for split in SPLITS}, holdout=counts[HOLDOUT], presplit=source.presplit,
-        skipped=len(checked.skipped), source=cfg.source, source_fingerprint=checked.fingerprint,
+        counts={split: counts[split] for split in SPLITS},
+        holdout=counts[HOLDOUT],
+        presplit=source.presplit,
+        skipped=len(checked.skipped),
+        source=cfg.source,
+        source_fingerprint=checked.fingerprint,
         params={"seed": params.seed, "data": params_to_dict(cfg)},
     )
     with _progress("prepare: write", int(np.isin(splits, [*SPLITS, HOLDOUT]).sum())) as bar:
         png_of = _png_maker(checked, cfg, channels, bar)
         with atomic_output(paths.prepared) as out:
             _write_images(out, png_of, kept, labels, splits, SPLITS, class_names, folders)
-            pd.DataFrame(checked.skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False,
-                                                                             lineterminator="\n")
+            pd.DataFrame(checked.skipped, columns=["path", "reason"]).to_csv(
+                out / "skipped.csv", index=False, lineterminator="\n"
+            )
             stats.write(out)
         with atomic_output(paths.holdout) as out:
             _write_images(out, png_of, kept, labels, splits, (HOLDOUT,), class_names, folders)
@@ -208,11 +218,15 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
 def _say(stats: PreparedStats, profile: str, ratio: float) -> None:
     train, val, test = (sum(stats.split_counts(s)) for s in SPLITS)
-    print(f"prepare: {train + val + test} images of {stats.num_classes} classes, {stats.channels} channel(s), "
-          f"{stats.image_size}x{stats.image_size}; train {train}, val {val}, test {test}; skipped {stats.skipped}")
+    print(
+        f"prepare: {train + val + test} images of {stats.num_classes} classes, {stats.channels} channel(s), "
+        f"{stats.image_size}x{stats.image_size}; train {train}, val {val}, test {test}; skipped {stats.skipped}"
+    )
     if stats.thinned:
-        print(f"prepare: thinned the train split ({profile}, ratio {ratio:g}); kept per class "
-              "(the rest is in data/holdout, for the oracle arm only):")
+        print(
+            f"prepare: thinned the train split ({profile}, ratio {ratio:g}); kept per class "
+            "(the rest is in data/holdout, for the oracle arm only):"
+        )
         for name, kept in zip(stats.class_names, stats.split_counts("train")):
             print(f"  {name}: {kept} of {kept + stats.holdout[name]}")
 
@@ -258,6 +272,7 @@ def _check_all(source: Source, cfg: DataParams) -> CheckedSource:
 
 def _png_maker(checked: CheckedSource, cfg: DataParams, channels: int, bar: tqdm) -> Callable[[int], bytes]:
     """png_of(i): the PNG of usable item i, decoded again from the source (the first pass kept no pixels)."""
+
     def png_of(index: int) -> bytes:
         item = checked.usable[index]
         try:
@@ -270,6 +285,7 @@ def _png_maker(checked: CheckedSource, cfg: DataParams, channels: int, bar: tqdm
         png = encode_png(fit(open_image(item, raw, cfg.max_image_pixels), cfg.image_size, channels))
         bar.update()
         return png
+
     return png_of
 
 
@@ -278,8 +294,9 @@ def _progress(desc: str, total: int, items=None) -> tqdm:
     return tqdm(items, total=total, desc=desc, unit="img", disable=total < PROGRESS_MIN_ITEMS, file=sys.stderr)
 
 
-def _thin_train(splits: np.ndarray, labels: np.ndarray, profile: str, ratio: float,
-                rng: np.random.Generator) -> np.ndarray:
+def _thin_train(
+    splits: np.ndarray, labels: np.ndarray, profile: str, ratio: float, rng: np.random.Generator
+) -> np.ndarray:
     """Move train items to the holdout to follow the imbalance profile; val and test are untouched."""
     n_classes = labels.max() + 1
     train_members = [np.flatnonzero((labels == y) & (splits == "train")) for y in range(n_classes)]

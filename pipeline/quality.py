@@ -12,13 +12,34 @@ import torch
 
 from pipeline.config import EvaluateParams, VerdictParams
 from pipeline.contracts import NO_SYNTHETIC
-from pipeline.metrics import (frechet_distance, kernel_distance, memorised_share, nearest_neighbours,
-                              precision_recall_density_coverage)
+from pipeline.metrics import (
+    frechet_distance,
+    kernel_distance,
+    memorised_share,
+    nearest_neighbours,
+    precision_recall_density_coverage,
+)
 
 # the columns of a class's quality row (class_quality), in order; a value that cannot be measured is NaN
-QUALITY_COLUMNS = ("real_train", "real_test", "synthetic", "judge_real_recall", "copy_threshold", "label_agreement",
-                   "synthetic_to_train_median", "test_to_train_median", "memorised_share", "frechet", "kid",
-                   "precision", "recall", "density", "coverage", "frechet_floor", "kid_floor")
+QUALITY_COLUMNS = (
+    "real_train",
+    "real_test",
+    "synthetic",
+    "judge_real_recall",
+    "copy_threshold",
+    "label_agreement",
+    "synthetic_to_train_median",
+    "test_to_train_median",
+    "memorised_share",
+    "frechet",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "frechet_floor",
+    "kid_floor",
+)
 NEAREST_COLUMNS = ["label", "synthetic_path", "train_path", "distance", "relative_distance"]
 
 
@@ -29,9 +50,17 @@ def subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     return features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:limit]]
 
 
-def class_quality(label: int, train: torch.Tensor, test: torch.Tensor, synthetic: torch.Tensor,
-                  test_predictions: torch.Tensor, synthetic_predictions: torch.Tensor, copy_threshold: float,
-                  cfg: EvaluateParams, seed: int) -> dict:
+def class_quality(
+    label: int,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    synthetic: torch.Tensor,
+    test_predictions: torch.Tensor,
+    synthetic_predictions: torch.Tensor,
+    copy_threshold: float,
+    cfg: EvaluateParams,
+    seed: int,
+) -> dict:
     """Fidelity, diversity and memorisation of one class's synthetic features: every QUALITY_COLUMNS
     key, NaN where there is no value (no synthetic images, too few images for a distribution metric).
 
@@ -40,9 +69,12 @@ def class_quality(label: int, train: torch.Tensor, test: torch.Tensor, synthetic
     at most `cfg.max_images_per_class` images of each set; nearest-neighbour distances use them all.
     """
     row = dict.fromkeys(QUALITY_COLUMNS, float("nan")) | {
-        "real_train": len(train), "real_test": len(test), "synthetic": len(synthetic),
+        "real_train": len(train),
+        "real_test": len(test),
+        "synthetic": len(synthetic),
         "judge_real_recall": float((test_predictions == label).double().mean()) if len(test) else float("nan"),
-        "copy_threshold": copy_threshold}
+        "copy_threshold": copy_threshold,
+    }
     if len(synthetic) == 0:
         return row
     row["label_agreement"] = float((synthetic_predictions == label).double().mean())
@@ -63,9 +95,15 @@ def class_quality(label: int, train: torch.Tensor, test: torch.Tensor, synthetic
     return row
 
 
-def nearest_real_table(synthetic: torch.Tensor, synthetic_labels: torch.Tensor, synthetic_paths: np.ndarray,
-                       train: torch.Tensor, train_labels: torch.Tensor, train_paths: np.ndarray,
-                       copy_thresholds: list[float]) -> pd.DataFrame:
+def nearest_real_table(
+    synthetic: torch.Tensor,
+    synthetic_labels: torch.Tensor,
+    synthetic_paths: np.ndarray,
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    train_paths: np.ndarray,
+    copy_thresholds: list[float],
+) -> pd.DataFrame:
     """Per synthetic image: its nearest real train image of its class, the distance, and that distance
     relative to the class's copy threshold (below 1: a copy by the copy rule). Closest first; no rows
     without synthetic images."""
@@ -74,27 +112,38 @@ def nearest_real_table(synthetic: torch.Tensor, synthetic_labels: torch.Tensor, 
         synthetic_rows = torch.nonzero(synthetic_labels == label).squeeze(1)
         train_rows = torch.nonzero(train_labels == label).squeeze(1)
         distances, nearest = nearest_neighbours(synthetic[synthetic_rows], train[train_rows])
-        tables.append(pd.DataFrame({
-            "label": label, "synthetic_path": synthetic_paths[synthetic_rows.numpy()],
-            "train_path": train_paths[train_rows[nearest].numpy()], "distance": distances.numpy(),
-            "relative_distance": (distances / copy_thresholds[label]).numpy()}))
+        tables.append(
+            pd.DataFrame(
+                {
+                    "label": label,
+                    "synthetic_path": synthetic_paths[synthetic_rows.numpy()],
+                    "train_path": train_paths[train_rows[nearest].numpy()],
+                    "distance": distances.numpy(),
+                    "relative_distance": (distances / copy_thresholds[label]).numpy(),
+                }
+            )
+        )
     if not tables:
         return pd.DataFrame(columns=NEAREST_COLUMNS)
     return pd.concat(tables).sort_values(["relative_distance", "synthetic_path"]).reset_index(drop=True)
 
 
-def class_verdict(label_agreement: float, judge_real_recall: float, memorised: float, recall_change: float,
-                  rules: VerdictParams) -> tuple[str, str]:
+def class_verdict(
+    label_agreement: float, judge_real_recall: float, memorised: float, recall_change: float, rules: VerdictParams
+) -> tuple[str, str]:
     """(verdict, reason) for one class's synthetic images; see VerdictParams for the rules."""
     failures = []
     if label_agreement < rules.min_relative_label_agreement * judge_real_recall:
-        failures.append(f"the judge recognises {label_agreement:.0%} of them, against {judge_real_recall:.0%} "
-                        f"of the real test images (< {rules.min_relative_label_agreement:.0%} of that)")
+        failures.append(
+            f"the judge recognises {label_agreement:.0%} of them, against {judge_real_recall:.0%} "
+            f"of the real test images (< {rules.min_relative_label_agreement:.0%} of that)"
+        )
     if memorised > rules.max_memorised_share:
         failures.append(f"{memorised:.1%} are copies (> {rules.max_memorised_share:.1%})")
     if recall_change < -rules.max_recall_drop:
-        failures.append(f"they cost {-recall_change:.3f} recall against the best classical arm "
-                        f"(> {rules.max_recall_drop:.3f})")
+        failures.append(
+            f"they cost {-recall_change:.3f} recall against the best classical arm (> {rules.max_recall_drop:.3f})"
+        )
     if failures:
         return "do not use", "; ".join(failures)
     if recall_change < 0:
@@ -109,11 +158,18 @@ def add_verdicts(quality: pd.DataFrame, recall_change: np.ndarray, rules: Verdic
     verdicts = []
     for row in quality.itertuples():
         if row.synthetic == 0:
-            verdicts.append((NO_SYNTHETIC, f"none of {row.planned} planned images passed the gate; its real images "
-                                           "fill the class" if row.planned else "the class is at or above the target"))
+            verdicts.append(
+                (
+                    NO_SYNTHETIC,
+                    f"none of {row.planned} planned images passed the gate; its real images fill the class"
+                    if row.planned
+                    else "the class is at or above the target",
+                )
+            )
             continue
-        verdict, reason = class_verdict(row.label_agreement, row.judge_real_recall, row.memorised_share,
-                                        row.recall_change, rules)
+        verdict, reason = class_verdict(
+            row.label_agreement, row.judge_real_recall, row.memorised_share, row.recall_change, rules
+        )
         if row.synthetic < row.planned:
             reason += f"; short: {row.synthetic} of {row.planned} passed the gate, its real images fill the rest"
         verdicts.append((verdict, reason))

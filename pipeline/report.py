@@ -23,8 +23,15 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no GUI backen
 from torchvision.utils import make_grid
 
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import (ARMS, MANIFEST_COLUMNS, NO_SYNTHETIC, VERDICTS, PreparedStats, load_rows,
-                                read_accepted_synthetic)
+from pipeline.contracts import (
+    ARMS,
+    MANIFEST_COLUMNS,
+    NO_SYNTHETIC,
+    VERDICTS,
+    PreparedStats,
+    load_rows,
+    read_accepted_synthetic,
+)
 from pipeline.errors import InputError
 from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, read_manifest, write_atomically
 from pipeline.paths import Paths
@@ -32,13 +39,35 @@ from pipeline.paths import Paths
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
 METRICS_KEYS = ("classifier", "utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
-UTILITY_COLUMNS = ["arm", "balanced_accuracy_mean", "balanced_accuracy_std", "tail_recall_mean", "tail_recall_std",
-                   "accuracy_mean", "macro_f1_mean", "val_balanced_accuracy_mean", "steps_mean"]
+UTILITY_COLUMNS = [
+    "arm",
+    "balanced_accuracy_mean",
+    "balanced_accuracy_std",
+    "tail_recall_mean",
+    "tail_recall_std",
+    "accuracy_mean",
+    "macro_f1_mean",
+    "val_balanced_accuracy_mean",
+    "steps_mean",
+]
 QUALITY_BARS = ("label_agreement", "precision", "recall", "coverage", "memorised_share")
 VERDICT_COLUMNS = ("label_agreement", "judge_real_recall", "memorised_share")
-DETAIL_COLUMNS = ("real_test", "frechet", "frechet_floor", "kid", "kid_floor", "precision", "recall", "density",
-                  "coverage", "copy_threshold", "synthetic_to_train_median", "test_to_train_median", "memorised_share",
-                  "recall_change")
+DETAIL_COLUMNS = (
+    "real_test",
+    "frechet",
+    "frechet_floor",
+    "kid",
+    "kid_floor",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "copy_threshold",
+    "synthetic_to_train_median",
+    "test_to_train_median",
+    "memorised_share",
+    "recall_change",
+)
 VERDICT_STYLE = {"use": "use", "use with care": "care", "do not use": "avoid", NO_SYNTHETIC: "none"}
 ENVIRONMENT_STAGES = ("judge", "train", "generate", "merge")  # the stages whose environment the card collects
 
@@ -50,8 +79,10 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     """One of evaluate's CSV tables, which must hold `columns` (others are ignored)."""
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage first)")
-    table = pd.read_csv(path, dtype={"class_name": str, "arm": str, "verdict": str, "reason": str,
-                                     "synthetic_path": str, "train_path": str})
+    table = pd.read_csv(
+        path,
+        dtype={"class_name": str, "arm": str, "verdict": str, "reason": str, "synthetic_path": str, "train_path": str},
+    )
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise InputError(f"{path}: lacks the columns {', '.join(missing)}; rerun the evaluate stage")
@@ -62,8 +93,9 @@ def read_metrics(path: Path) -> dict:
     metrics = read_json(path)
     missing = [key for key in METRICS_KEYS if key not in metrics]
     if missing or "augmented" not in metrics["utility"] or metrics["best_classical"] not in metrics["utility"]:
-        raise InputError(f"{path}: lacks {', '.join(missing) or 'the augmented or best classical arm'}; "
-                         "rerun the evaluate stage")
+        raise InputError(
+            f"{path}: lacks {', '.join(missing) or 'the augmented or best classical arm'}; rerun the evaluate stage"
+        )
     return metrics
 
 
@@ -94,13 +126,20 @@ def counts_figure(quality: pd.DataFrame) -> bytes:
     return png_of(figure)
 
 
-def grouped_bars(axes: Axes, frame: pd.DataFrame, columns: list[str], labels: list[str],
-                 errors: list[str] | None = None) -> None:
+def grouped_bars(
+    axes: Axes, frame: pd.DataFrame, columns: list[str], labels: list[str], errors: list[str] | None = None
+) -> None:
     positions = np.arange(len(frame))
     width = 0.8 / len(columns)
     for i, (column, label) in enumerate(zip(columns, labels)):
-        axes.bar(positions + (i - (len(columns) - 1) / 2) * width, frame[column].fillna(0.0), width, label=label,
-                 yerr=None if errors is None else frame[errors[i]].fillna(0.0), capsize=2)
+        axes.bar(
+            positions + (i - (len(columns) - 1) / 2) * width,
+            frame[column].fillna(0.0),
+            width,
+            label=label,
+            yerr=None if errors is None else frame[errors[i]].fillna(0.0),
+            capsize=2,
+        )
     axes.set_ylim(0, 1.25)  # room for the legend above the bars
     axes.legend(fontsize=8, ncol=len(columns), loc="upper center")
 
@@ -118,8 +157,9 @@ def class_metrics_figure(quality: pd.DataFrame, recalls: pd.DataFrame, arms: lis
     return png_of(figure)
 
 
-def closest_pairs_figure(pairs: pd.DataFrame, synthetic: torch.Tensor, train: torch.Tensor,
-                         class_names: list[str]) -> bytes:
+def closest_pairs_figure(
+    pairs: pd.DataFrame, synthetic: torch.Tensor, train: torch.Tensor, class_names: list[str]
+) -> bytes:
     """Top row: the synthetic images nearest to a real train image; bottom row: that train image."""
     grid = make_grid(torch.cat([synthetic, train]), nrow=len(pairs), padding=2, pad_value=255)
     figure = Figure(figsize=(max(6.0, 1.0 * len(pairs)), 3.2), layout="tight")
@@ -129,8 +169,9 @@ def closest_pairs_figure(pairs: pd.DataFrame, synthetic: torch.Tensor, train: to
     captions = [f"{class_names[row.label]}\n{row.relative_distance:.2f}" for row in pairs.itertuples()]
     axes.set_xticks((np.arange(len(pairs)) + 0.5) * cell, captions, fontsize=8)
     axes.set_yticks([grid.shape[1] / 4, 3 * grid.shape[1] / 4], ["synthetic", "nearest\nreal train"])
-    axes.set_title("closest synthetic-to-real pairs (distance / the class's copy threshold; below 1: a copy)",
-                   fontsize=9)
+    axes.set_title(
+        "closest synthetic-to-real pairs (distance / the class's copy threshold; below 1: a copy)", fontsize=9
+    )
     return png_of(figure)
 
 
@@ -142,8 +183,14 @@ def sample_grid(real: torch.Tensor, synthetic: torch.Tensor, per_class: int, bla
     return encode_png_tensor(make_grid(torch.stack(cells), nrow=per_class, padding=2, pad_value=255))
 
 
-def make_figures(params: Params, paths: Paths, stats: PreparedStats, quality: pd.DataFrame, recalls: pd.DataFrame,
-                 nearest: pd.DataFrame) -> dict[str, bytes]:
+def make_figures(
+    params: Params,
+    paths: Paths,
+    stats: PreparedStats,
+    quality: pd.DataFrame,
+    recalls: pd.DataFrame,
+    nearest: pd.DataFrame,
+) -> dict[str, bytes]:
     """Every figure, by file name; only the images shown are read."""
     per_class = params.report.images_per_class
     train_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS).query("split == 'train'")
@@ -151,17 +198,22 @@ def make_figures(params: Params, paths: Paths, stats: PreparedStats, quality: pd
     synthetic_rows = read_accepted_synthetic(paths.synthetic, stats).groupby("label").head(per_class)
     synthetic, synthetic_labels = load_rows(paths.synthetic, synthetic_rows, stats)
     pairs = nearest.sort_values(["relative_distance", "synthetic_path"]).head(params.report.closest_pairs)
-    pair_images = [load_rows(root, pairs.assign(path=pairs[column]), stats)[0]
-                   for root, column in ((paths.synthetic, "synthetic_path"), (paths.prepared, "train_path"))]
+    pair_images = [
+        load_rows(root, pairs.assign(path=pairs[column]), stats)[0]
+        for root, column in ((paths.synthetic, "synthetic_path"), (paths.prepared, "train_path"))
+    ]
     arms = [arm for arm in ARMS if f"{arm}_mean" in recalls]
     blank = torch.full((stats.channels, stats.image_size, stats.image_size), 128, dtype=torch.uint8)
-    figures = {"class_counts.png": counts_figure(quality),
-               "class_metrics.png": class_metrics_figure(quality, recalls, arms)}
+    figures = {
+        "class_counts.png": counts_figure(quality),
+        "class_metrics.png": class_metrics_figure(quality, recalls, arms),
+    }
     if len(pairs):
         figures["closest_pairs.png"] = closest_pairs_figure(pairs, *pair_images, stats.class_names)
     for c in stats.classes:
-        figures[f"samples_{c.folder}.png"] = sample_grid(real[real_labels == c.label],
-                                                         synthetic[synthetic_labels == c.label], per_class, blank)
+        figures[f"samples_{c.folder}.png"] = sample_grid(
+            real[real_labels == c.label], synthetic[synthetic_labels == c.label], per_class, blank
+        )
     return figures
 
 
@@ -181,8 +233,13 @@ def data_uri(png: bytes) -> str:
 
 def page_environment() -> jinja2.Environment:
     # autoescape=True rather than select_autoescape(): the latter keys on the extension, and ".j2" is not ".html"
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                                     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     environment.filters["num"] = number
     return environment
 
@@ -190,46 +247,91 @@ def page_environment() -> jinja2.Environment:
 def environment_rows(environment: dict) -> list[list[str]]:
     """The card's environment block as table rows: what (python, each package, device, ...), then its
     value in each of ENVIRONMENT_STAGES ("not recorded" for a stage whose output predates the record)."""
-    flat = {stage: {"python": env["python"], **env["packages"], **{k: v for k, v in env.items()
-                                                                    if k not in ("python", "packages")}}
-            for stage in ENVIRONMENT_STAGES if (env := environment.get(stage))}
+    flat = {
+        stage: {
+            "python": env["python"],
+            **env["packages"],
+            **{k: v for k, v in env.items() if k not in ("python", "packages")},
+        }
+        for stage in ENVIRONMENT_STAGES
+        if (env := environment.get(stage))
+    }
     keys = list(next(iter(flat.values()), {}))
-    return [[key] + [("" if flat[stage][key] is None else str(flat[stage][key])) if stage in flat else "not recorded"
-                     for stage in ENVIRONMENT_STAGES] for key in keys]
+    return [
+        [key]
+        + [
+            ("" if flat[stage][key] is None else str(flat[stage][key])) if stage in flat else "not recorded"
+            for stage in ENVIRONMENT_STAGES
+        ]
+        for key in keys
+    ]
 
 
 def paired_runs(runs: pd.DataFrame, baseline: str) -> list[dict]:
     """Per seed: augmented and the best classical arm's test balanced accuracy, and their difference."""
     by_arm = runs.pivot_table(index="seed", columns="arm", values="balanced_accuracy")
-    return [{"seed": seed, "augmented": row["augmented"], "baseline": row[baseline],
-             "difference": row["augmented"] - row[baseline]} for seed, row in by_arm.iterrows()]
+    return [
+        {
+            "seed": seed,
+            "augmented": row["augmented"],
+            "baseline": row[baseline],
+            "difference": row["augmented"] - row[baseline],
+        }
+        for seed, row in by_arm.iterrows()
+    ]
 
 
-def render_page(params: Params, stats: PreparedStats, metrics: dict, card: dict, arms: pd.DataFrame,
-                runs: pd.DataFrame, quality: pd.DataFrame, recalls: pd.DataFrame,
-                figures: dict[str, bytes]) -> str:
+def render_page(
+    params: Params,
+    stats: PreparedStats,
+    metrics: dict,
+    card: dict,
+    arms: pd.DataFrame,
+    runs: pd.DataFrame,
+    quality: pd.DataFrame,
+    recalls: pd.DataFrame,
+    figures: dict[str, bytes],
+) -> str:
     baseline = metrics["best_classical"]
     order = {arm: i for i, arm in enumerate(ARMS)}
     arms = arms.sort_values("arm", key=lambda names: names.map(lambda arm: order.get(arm, len(ARMS))))
     shown = (*VERDICT_COLUMNS, *DETAIL_COLUMNS)  # absent when no class has the value
     quality = quality.reindex(columns=[*quality.columns, *(c for c in shown if c not in quality)])
     classes = [
-        {**row, "style": VERDICT_STYLE.get(row["verdict"], "none"),
-         "grid": data_uri(figures[f"samples_{c.folder}.png"]),
-         "arm_recall": {arm: recall[f"{arm}_mean"] for arm in ARMS if f"{arm}_mean" in recall}}
+        {
+            **row,
+            "style": VERDICT_STYLE.get(row["verdict"], "none"),
+            "grid": data_uri(figures[f"samples_{c.folder}.png"]),
+            "arm_recall": {arm: recall[f"{arm}_mean"] for arm in ARMS if f"{arm}_mean" in recall},
+        }
         for c, row, recall in zip(stats.classes, quality.to_dict("records"), recalls.to_dict("records"))
     ]
-    return page_environment().get_template(TEMPLATE).render(
-        metrics=metrics, baseline=baseline, gain=metrics["augmented_gain"], card=card,
-        utility=metrics["utility"], arms=arms.to_dict("records"), runs=paired_runs(runs, baseline),
-        classes=classes, recall_arms=("real", baseline, "augmented"),
-        verdict_counts={verdict: metrics["verdicts"].get(verdict.replace(" ", "_"), 0)
-                        for verdict in (*VERDICTS, NO_SYNTHETIC)},
-        detail_columns=[c for c in DETAIL_COLUMNS if quality[c].notna().any()],
-        evaluate=params.evaluate, rules=params.evaluate.verdict, report=params.report,
-        figures={name: data_uri(png) for name, png in figures.items() if not name.startswith("samples_")},
-        environment_stages=ENVIRONMENT_STAGES, environment=environment_rows(card["environment"]),
-        card_json=json_text(card), params_json=json_text(params_to_dict(params)),
+    return (
+        page_environment()
+        .get_template(TEMPLATE)
+        .render(
+            metrics=metrics,
+            baseline=baseline,
+            gain=metrics["augmented_gain"],
+            card=card,
+            utility=metrics["utility"],
+            arms=arms.to_dict("records"),
+            runs=paired_runs(runs, baseline),
+            classes=classes,
+            recall_arms=("real", baseline, "augmented"),
+            verdict_counts={
+                verdict: metrics["verdicts"].get(verdict.replace(" ", "_"), 0) for verdict in (*VERDICTS, NO_SYNTHETIC)
+            },
+            detail_columns=[c for c in DETAIL_COLUMNS if quality[c].notna().any()],
+            evaluate=params.evaluate,
+            rules=params.evaluate.verdict,
+            report=params.report,
+            figures={name: data_uri(png) for name, png in figures.items() if not name.startswith("samples_")},
+            environment_stages=ENVIRONMENT_STAGES,
+            environment=environment_rows(card["environment"]),
+            card_json=json_text(card),
+            params_json=json_text(params_to_dict(params)),
+        )
     )
 
 
@@ -242,16 +344,19 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     arms = read_table(paths.tables / "utility.csv", UTILITY_COLUMNS)
     runs = read_table(paths.tables / "utility_runs.csv", ["arm", "seed", "balanced_accuracy"])
     recalls = read_table(paths.tables / "recall.csv", ["class_name", "real_mean", "augmented_mean"])
-    quality = read_table(paths.tables / "quality.csv", ["class_name", "real_train", "synthetic", "planned", "verdict",
-                                                        "reason"])
-    nearest = read_table(paths.tables / "nearest_real.csv", ["label", "synthetic_path", "train_path",
-                                                             "relative_distance"])
+    quality = read_table(
+        paths.tables / "quality.csv", ["class_name", "real_train", "synthetic", "planned", "verdict", "reason"]
+    )
+    nearest = read_table(
+        paths.tables / "nearest_real.csv", ["label", "synthetic_path", "train_path", "relative_distance"]
+    )
     for table, name in ((recalls, "recall.csv"), (quality, "quality.csv")):
         check_classes(table, stats, paths.tables / name)
     card = read_json(paths.augmented / "dataset.json")
     if "environment" not in card:
-        raise InputError(f"{paths.augmented}/dataset.json: has no environment block (an older merge wrote it); "
-                         "rerun merge")
+        raise InputError(
+            f"{paths.augmented}/dataset.json: has no environment block (an older merge wrote it); rerun merge"
+        )
 
     figures = make_figures(params, paths, stats, quality, recalls, nearest)
     page = render_page(params, stats, metrics, card, arms, runs, quality, recalls, figures)

@@ -6,8 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def class_weights(labels: np.ndarray, num_classes: int, balance: float = 1.0, synthetic: np.ndarray | None = None,
-                  synthetic_share: float | np.ndarray = 0.5) -> np.ndarray:
+def class_weights(
+    labels: np.ndarray,
+    num_classes: int,
+    balance: float = 1.0,
+    synthetic: np.ndarray | None = None,
+    synthetic_share: float | np.ndarray = 0.5,
+) -> np.ndarray:
     """Per-image sampling weights (unnormalised; samplers normalise them).
 
     A class is drawn with probability proportional to count**(1 - balance): balance 0 keeps the natural
@@ -33,6 +38,9 @@ def class_weights(labels: np.ndarray, num_classes: int, balance: float = 1.0, sy
 def oversample_to_balance(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Indices holding every item once plus random repeats of each smaller class up to the largest."""
     counts = np.bincount(labels)
-    extra = [rng.choice(np.flatnonzero(labels == label), counts.max() - count, replace=True)
-             for label, count in enumerate(counts) if count > 0]
+    extra = [
+        rng.choice(np.flatnonzero(labels == label), counts.max() - count, replace=True)
+        for label, count in enumerate(counts)
+        if count > 0
+    ]
     return np.concatenate([np.arange(len(labels)), *extra])

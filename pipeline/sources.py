@@ -30,8 +30,10 @@ from pipeline.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 # class names of the IDX datasets, by the folder name torchvision downloads each one into
 IDX_CLASS_NAMES = {cls.__name__: cls.classes for cls in (datasets.MNIST, datasets.FashionMNIST, datasets.KMNIST)}
 
@@ -63,7 +65,9 @@ def open_source(path: Path, shown_as: str) -> Source:
             return _builtin(path, shown_as)
         if path.suffix.lower() == ".csv":
             return _csv_manifest(path, shown_as)
-        raise InputError(f"data.source {shown_as}: a file source must be a built-in source (.yaml) or a CSV manifest (.csv)")
+        raise InputError(
+            f"data.source {shown_as}: a file source must be a built-in source (.yaml) or a CSV manifest (.csv)"
+        )
     idx_folder = _idx_folder(path)
     if idx_folder is not None:
         return _idx(idx_folder, _idx_class_names(path, idx_folder))
@@ -107,8 +111,10 @@ def _sklearn_digits() -> Source:
 
 def _fashion_mnist() -> Source:
     if _idx_folder(FASHION_MNIST_DIR) is None:
-        raise InputError(f"data.source fashion-mnist: its IDX files are not in {FASHION_MNIST_DIR}; install them with "
-                         "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu)")
+        raise InputError(
+            f"data.source fashion-mnist: its IDX files are not in {FASHION_MNIST_DIR}; install them with "
+            "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
+        )
     return _idx(FASHION_MNIST_DIR, datasets.FashionMNIST.classes)
 
 
@@ -121,7 +127,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
         raise InputError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise InputError(f"{path}: holds {body.size} bytes of data, its header says {shape}")
@@ -162,8 +168,11 @@ def _idx(folder: Path, class_names: list[str] | None) -> Source:
     names = class_names or [str(label) for label in range(largest + 1)]
     if largest >= len(names):
         raise InputError(f"{folder}: label {largest} has no class name (classes.txt lists {len(names)})")
-    items = [SourceItem(names[y], f"{stem}:{i}", split=split, pixels=p)
-             for split, (stem, images, labels) in splits.items() for i, (p, y) in enumerate(zip(images, labels))]
+    items = [
+        SourceItem(names[y], f"{stem}:{i}", split=split, pixels=p)
+        for split, (stem, images, labels) in splits.items()
+        for i, (p, y) in enumerate(zip(images, labels))
+    ]
     return Source(items, presplit=True, class_order=names)
 
 

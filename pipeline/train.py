@@ -88,8 +88,9 @@ class SampleGrids(pl.Callback):
         epoch = trainer.current_epoch + 1
         if epoch % self.every == 0 and trainer.is_global_zero:
             self.folder.mkdir(parents=True, exist_ok=True)
-            grid = sample_grid(module.generator_ema.module, self.num_classes, self.per_class,
-                               module.cfg.z_dim, self.seed)
+            grid = sample_grid(
+                module.generator_ema.module, self.num_classes, self.per_class, module.cfg.z_dim, self.seed
+            )
             (self.folder / f"epoch_{epoch:04d}.png").write_bytes(encode_png_tensor(grid))
 
 
@@ -100,11 +101,15 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.train
     data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed, cfg.memory_budget_mb)
     if data.batch_size < cfg.batch_size:
-        _say(f"note: train.batch_size {cfg.batch_size} is larger than the train split "
-             f"({sum(data.counts)} images); using {data.batch_size}")
+        _say(
+            f"note: train.batch_size {cfg.batch_size} is larger than the train split "
+            f"({sum(data.counts)} images); using {data.batch_size}"
+        )
     if data.streams:
-        _say(f"note: the train split decodes to {data.decoded_bytes / 2**20:.0f} MB, more than train.memory_budget_mb "
-             f"{cfg.memory_budget_mb}; reading its images from {paths.prepared} as they are drawn")
+        _say(
+            f"note: the train split decodes to {data.decoded_bytes / 2**20:.0f} MB, more than train.memory_budget_mb "
+            f"{cfg.memory_budget_mb}; reading its images from {paths.prepared} as they are drawn"
+        )
     settings = trainer_settings(cfg, torch.cuda.device_count(), "train")
     batches_per_epoch = _batches_per_epoch(sum(data.counts), data.batch_size, settings["devices"] * cfg.num_nodes)
     _check_transition_fits(cfg, batches_per_epoch)
@@ -118,15 +123,17 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     trainer = pl.Trainer(
         **settings,
         max_epochs=cfg.max_epochs,
-        logger=DVCLiveLogger(dir=str(resume_dir / "live"), resume=checkpoint is not None, save_dvc_exp=False,
-                             dvcyaml=False),
+        logger=DVCLiveLogger(
+            dir=str(resume_dir / "live"), resume=checkpoint is not None, save_dvc_exp=False, dvcyaml=False
+        ),
         # Every 5th batch, or every batch of a training shorter than 5: an empty log would leave
         # reports/train/plots, a DVC output, missing.
         log_every_n_steps=min(5, cfg.max_epochs * batches_per_epoch),
         callbacks=[
             LastCheckpoint(dirpath=resume_dir, filename=CHECKPOINT.removesuffix(".ckpt"), enable_version_counter=False),
-            SampleGrids(resume_dir / "grids", cfg.sample_every_n_epochs, data.num_classes, cfg.samples_per_class,
-                        params.seed),
+            SampleGrids(
+                resume_dir / "grids", cfg.sample_every_n_epochs, data.num_classes, cfg.samples_per_class, params.seed
+            ),
         ],
         enable_progress_bar=True,
     )
@@ -135,10 +142,22 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         return
 
     ema_generator = module.generator_ema.module
-    meta = ModelMeta(data.image_size, data.channels, data.class_names, cfg.g_width, z_dim=cfg.z_dim, details={
-        "train_counts": data.counts, "epochs": trainer.current_epoch, "batches": int(module.batches_seen),
-        "batch_size": data.batch_size, "seed": params.seed, "train": params_to_dict(cfg),
-        "environment": environment(settings["accelerator"])})
+    meta = ModelMeta(
+        data.image_size,
+        data.channels,
+        data.class_names,
+        cfg.g_width,
+        z_dim=cfg.z_dim,
+        details={
+            "train_counts": data.counts,
+            "epochs": trainer.current_epoch,
+            "batches": int(module.batches_seen),
+            "batch_size": data.batch_size,
+            "seed": params.seed,
+            "train": params_to_dict(cfg),
+            "environment": environment(settings["accelerator"]),
+        },
+    )
     with atomic_output(paths.gan) as out:
         save_model(ema_generator, out, "generator_ema", meta)
         shutil.copy2(resume_dir / CHECKPOINT, out / CHECKPOINT)
@@ -149,8 +168,10 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         (out / "samples.png").write_bytes(encode_png_tensor(grid))
         if (resume_dir / "grids").is_dir():
             shutil.copytree(resume_dir / "grids", out / "grids")
-    _say(f"{meta.details['batches']} batches in {meta.details['epochs']} epochs; wrote {paths.gan}/generator_ema.pt "
-         f"and {paths.samples}/samples.png")
+    _say(
+        f"{meta.details['batches']} batches in {meta.details['epochs']} epochs; wrote {paths.gan}/generator_ema.pt "
+        f"and {paths.samples}/samples.png"
+    )
 
 
 @rank_zero_only

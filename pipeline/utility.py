@@ -35,8 +35,8 @@ from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_rows
 from pipeline.dataset import load_augmented
 from pipeline.io import read_manifest
-from pipeline.paths import Paths
 from pipeline.metrics import classification_scores, mean_std, paired_difference
+from pipeline.paths import Paths
 from pipeline.sampling import class_weights, oversample_to_balance
 
 CLASSICAL_ARMS = ("classical", "classical_la")
@@ -58,51 +58,72 @@ class ArmInputs:
 
 def read_arm_inputs(paths: Paths, stats: PreparedStats) -> ArmInputs:
     """The merged dataset (read as a user reads it: load_augmented, files or shards) and the holdout, decoded once."""
+
     def as_tensor(image) -> torch.Tensor:  # a PIL image in the dataset's mode -> uint8 C x H x W
         return torch.from_numpy(np.atleast_3d(np.array(image))).permute(2, 0, 1)
 
     dataset, merged, _ = load_augmented(paths.augmented, transform=as_tensor)
     merged_images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     holdout = load_rows(paths.holdout, read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS), stats)
-    return ArmInputs(merged_images, torch.tensor(merged["label"].to_numpy()), (merged["origin"] == "synthetic").to_numpy(),
-                     merged["weight"].to_numpy(), *holdout, stats.num_classes)
+    return ArmInputs(
+        merged_images,
+        torch.tensor(merged["label"].to_numpy()),
+        (merged["origin"] == "synthetic").to_numpy(),
+        merged["weight"].to_numpy(),
+        *holdout,
+        stats.num_classes,
+    )
 
 
-def arm_training_sets(inputs: ArmInputs, logit_adjustment: float, balanced_logit_adjustment: float,
-                      seed: int) -> dict[str, TrainingSet]:
+def arm_training_sets(
+    inputs: ArmInputs, logit_adjustment: float, balanced_logit_adjustment: float, seed: int
+) -> dict[str, TrainingSet]:
     """The training set of every arm that exists for these inputs (no oracle without a holdout)."""
     real = ~inputs.merged_synthetic
     real_images, real_labels = inputs.merged_images[real], inputs.merged_labels[real]
     synthetic_images, synthetic_labels = inputs.merged_images[~real], inputs.merged_labels[~real]
     oversampled = torch.from_numpy(oversample_to_balance(real_labels.numpy(), np.random.default_rng(seed)))
-    balanced_adjustment = {"logit_adjustment": balanced_logit_adjustment,
-                           "class_frequencies": drawn_frequencies(real_labels, None, inputs.num_classes)}
+    balanced_adjustment = {
+        "logit_adjustment": balanced_logit_adjustment,
+        "class_frequencies": drawn_frequencies(real_labels, None, inputs.num_classes),
+    }
     arms = {
         "real": TrainingSet(real_images, real_labels),
         "classical": TrainingSet(real_images[oversampled], real_labels[oversampled], **balanced_adjustment),
         "classical_la": TrainingSet(real_images, real_labels, logit_adjustment=logit_adjustment),
-        "augmented": TrainingSet(inputs.merged_images, inputs.merged_labels, inputs.merged_weights,
-                                 **balanced_adjustment),
+        "augmented": TrainingSet(
+            inputs.merged_images, inputs.merged_labels, inputs.merged_weights, **balanced_adjustment
+        ),
     }
     if len(synthetic_labels):
-        arms["synthetic_only"] = TrainingSet(synthetic_images, synthetic_labels,
-                                             class_weights(synthetic_labels.numpy(), inputs.num_classes))
+        arms["synthetic_only"] = TrainingSet(
+            synthetic_images, synthetic_labels, class_weights(synthetic_labels.numpy(), inputs.num_classes)
+        )
     if len(inputs.holdout_labels):
-        arms["oracle"] = TrainingSet(torch.cat([real_images, inputs.holdout_images]),
-                                     torch.cat([real_labels, inputs.holdout_labels]))
+        arms["oracle"] = TrainingSet(
+            torch.cat([real_images, inputs.holdout_images]), torch.cat([real_labels, inputs.holdout_labels])
+        )
     return arms
 
 
-def run_arms(inputs: ArmInputs, val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-             tail: list[int], cfg: EvaluateParams, first_seed: int, arms: list[str] | None = None) -> pd.DataFrame:
+def run_arms(
+    inputs: ArmInputs,
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    tail: list[int],
+    cfg: EvaluateParams,
+    first_seed: int,
+    arms: list[str] | None = None,
+) -> pd.DataFrame:
     """Train every arm once per paired seed; one row per (arm, seed): val and test scores, per-class recall.
 
     The runs are spread over `cfg.workers` processes (auto: one per CPU core), each training with one
     thread, so the results are the same whatever the number of workers.
     """
     _, channels, size, _ = inputs.merged_images.shape
-    nets.check_classifier(cfg.classifier.arch, size, channels, inputs.num_classes, cfg.classifier.width,
-                          "evaluate.classifier.arch")
+    nets.check_classifier(
+        cfg.classifier.arch, size, channels, inputs.num_classes, cfg.classifier.width, "evaluate.classifier.arch"
+    )
     arms = arms or list(arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, first_seed))
     jobs = [(seed, arm) for seed in range(first_seed, first_seed + cfg.seeds) for arm in arms]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers)
@@ -116,8 +137,9 @@ def run_arms(inputs: ArmInputs, val: tuple[torch.Tensor, torch.Tensor], test: tu
         finally:
             torch.set_num_threads(threads)
     else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                 initargs=context) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=context
+        ) as pool:
             rows = [_report(row) for row in pool.map(_run_job, jobs)]
     return pd.DataFrame(rows)
 
@@ -139,13 +161,22 @@ def _run_job(job: tuple[int, str]) -> dict:
     model, history = fit(data, *val, inputs.num_classes, cfg.classifier, seed)
     predicted = predict_labels(model, test[0]).numpy()
     scores = classification_scores(test[1].numpy(), predicted, inputs.num_classes, tail)
-    return {"arm": arm, "seed": seed, "steps": history["steps"], "seconds": round(time.perf_counter() - started, 1),
-            "val_balanced_accuracy": history["best_val_balanced_accuracy"], **scores}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "steps": history["steps"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "val_balanced_accuracy": history["best_val_balanced_accuracy"],
+        **scores,
+    }
 
 
 def _report(row: dict) -> dict:
-    print(f"evaluate: {row['arm']:<14} seed {row['seed']}: test balanced accuracy {row['balanced_accuracy']:.3f}, "
-          f"{row['steps']} updates ({row['seconds']:.0f} s)", flush=True)
+    print(
+        f"evaluate: {row['arm']:<14} seed {row['seed']}: test balanced accuracy {row['balanced_accuracy']:.3f}, "
+        f"{row['steps']} updates ({row['seconds']:.0f} s)",
+        flush=True,
+    )
     return row
 
 
@@ -174,8 +205,13 @@ def gain(runs: pd.DataFrame, baseline: str) -> dict:
     by_arm = {arm: rows.sort_values("seed") for arm, rows in runs.groupby("arm")}
     augmented, base = by_arm["augmented"], by_arm[baseline]
     difference, low, high = paired_difference(augmented["balanced_accuracy"], base["balanced_accuracy"])
-    result = {"baseline": baseline, "balanced_accuracy": difference, "ci95_low": low, "ci95_high": high,
-              "tail_recall": paired_difference(augmented["tail_recall"], base["tail_recall"])[0]}
+    result = {
+        "baseline": baseline,
+        "balanced_accuracy": difference,
+        "ci95_low": low,
+        "ci95_high": high,
+        "tail_recall": paired_difference(augmented["tail_recall"], base["tail_recall"])[0],
+    }
     if "oracle" in by_arm:
         headroom = by_arm["oracle"]["balanced_accuracy"].mean() - base["balanced_accuracy"].mean()
         result["gap_closed"] = difference / headroom if headroom > 0 else float("nan")

@@ -41,7 +41,9 @@ TINY_PARAMS = {
 def merge_dicts(base: dict, overrides: dict) -> dict:
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = merge_dicts(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        merged[key] = (
+            merge_dicts(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
     return merged
 
 
@@ -61,7 +63,11 @@ def write_params(folder: Path, raw: dict) -> Path:
 def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m pipeline <args>` in `cwd`, as DVC would call it; output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
 
@@ -95,15 +101,21 @@ def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProc
     """The `dvc` CLI of this environment, with the venv's `python` first on PATH (dvc.yaml calls `python`)."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def make_repo_copy(dest: Path, params_raw: dict) -> Path:
     """A git + DVC repository in `dest` holding this project's files (as in the working tree) and the
     given params.yaml, committed, as a user's fresh clone would be."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     for rel in filter(None, listed):
         if rel.startswith(("models/", "reports/")) or rel == "dvc.lock" or not (REPO_ROOT / rel).is_file():
             continue
@@ -138,16 +150,42 @@ def write_synthetic(paths: Paths, images_by_label: dict) -> None:
         for i, image in enumerate(images):
             png = encode_png_tensor(image)
             (paths.synthetic / folder / f"{i:05d}.png").write_bytes(png)
-            rows.append({"path": f"{folder}/{i:05d}.png", "label": label, "class_name": name, "split": "train",
-                         "origin": "synthetic", "source": "hand-made", "seed": i, "sha256": sha256_bytes(png),
-                         "accepted": True, "reject_reason": "", "judge_confidence": 1.0, "judge_prediction": label,
-                         "nn_distance": 1.0, "nearest_real": ""})
+            rows.append(
+                {
+                    "path": f"{folder}/{i:05d}.png",
+                    "label": label,
+                    "class_name": name,
+                    "split": "train",
+                    "origin": "synthetic",
+                    "source": "hand-made",
+                    "seed": i,
+                    "sha256": sha256_bytes(png),
+                    "accepted": True,
+                    "reject_reason": "",
+                    "judge_confidence": 1.0,
+                    "judge_prediction": label,
+                    "nn_distance": 1.0,
+                    "nearest_real": "",
+                }
+            )
     rows.append({**rows[0], "path": "", "sha256": "", "accepted": False, "reject_reason": "low_confidence"})
     write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS + GATE_COLUMNS), paths.synthetic / "manifest.csv")
-    SyntheticSummary("hand-made", "hand-made", stats.image_size, stats.channels, stats.class_names,
-                     generated=len(rows) - 1, candidates=len(rows), short=0, label_thresholds={}, copy_thresholds={},
-                     planned={name: len(images_by_label.get(label, [])) for label, name in enumerate(stats.class_names)},
-                     short_classes={}, environment={}, params={"generate": {}}).write(paths.synthetic)
+    SyntheticSummary(
+        "hand-made",
+        "hand-made",
+        stats.image_size,
+        stats.channels,
+        stats.class_names,
+        generated=len(rows) - 1,
+        candidates=len(rows),
+        short=0,
+        label_thresholds={},
+        copy_thresholds={},
+        planned={name: len(images_by_label.get(label, [])) for label, name in enumerate(stats.class_names)},
+        short_classes={},
+        environment={},
+        params={"generate": {}},
+    ).write(paths.synthetic)
 
 
 @pytest.fixture(scope="session")

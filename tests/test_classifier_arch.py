@@ -49,13 +49,19 @@ def test_torchvision_networks_are_untrained_and_adapted_to_the_channels_and_to_s
     assert densenet(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
 
 
-@pytest.mark.parametrize("arch, message", [
-    ("resnet1", "'resnet1' is neither small_cnn, a torchvision classification model"),
-    ("no_such_package.networks:make", "cannot import no_such_package.networks:make: No module named"),
-    ("tests.user_networks:missing", "cannot import tests.user_networks:missing"),
-    ("tests.user_networks:not_a_network", "tests.user_networks:not_a_network returned a str, not a torch.nn.Module"),
-    ("vit_b_16", "vit_b_16 does not classify 16x16 images with 1 channel(s) into 10 classes: Wrong image height"),
-])
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ("resnet1", "'resnet1' is neither small_cnn, a torchvision classification model"),
+        ("no_such_package.networks:make", "cannot import no_such_package.networks:make: No module named"),
+        ("tests.user_networks:missing", "cannot import tests.user_networks:missing"),
+        (
+            "tests.user_networks:not_a_network",
+            "tests.user_networks:not_a_network returned a str, not a torch.nn.Module",
+        ),
+        ("vit_b_16", "vit_b_16 does not classify 16x16 images with 1 channel(s) into 10 classes: Wrong image height"),
+    ],
+)
 def test_an_arch_that_gives_no_classifier_is_a_one_line_error_naming_the_param(arch, message):
     with pytest.raises(ConfigError) as err:
         nets.check_classifier(arch, 16, 1, 10, 4, "evaluate.classifier.arch")
@@ -65,8 +71,11 @@ def test_an_arch_that_gives_no_classifier_is_a_one_line_error_naming_the_param(a
 
 def test_the_judge_takes_only_networks_whose_output_layer_gives_features():
     nets.check_classifier("tests.user_networks:pooled_convolution", 16, 1, 10, 4, "evaluate.classifier.arch")
-    with pytest.raises(ConfigError, match=r"^params.yaml: judge.arch: tests.user_networks:pooled_convolution "
-                                          r"cannot be the judge: Sequential has no features to take"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^params.yaml: judge.arch: tests.user_networks:pooled_convolution "
+        r"cannot be the judge: Sequential has no features to take",
+    ):
         nets.check_classifier("tests.user_networks:pooled_convolution", 16, 1, 10, 4, "judge.arch", features=True)
     nets.check_classifier(MLP, 16, 1, 10, 4, "judge.arch", features=True)
 
@@ -100,9 +109,18 @@ def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_in
 
     val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")
     cfg = dataclasses.replace(tiny_params().evaluate, seeds=1, classifier=recipe)
-    runs = {workers: run_arms(read_arm_inputs(paths, stats), val, test, [9], dataclasses.replace(cfg, workers=workers),
-                              first_seed=0, arms=["classical", "augmented"]).drop(columns="seconds")
-            for workers in (1, 2)}  # spawned workers import the factory too
+    runs = {
+        workers: run_arms(
+            read_arm_inputs(paths, stats),
+            val,
+            test,
+            [9],
+            dataclasses.replace(cfg, workers=workers),
+            first_seed=0,
+            arms=["classical", "augmented"],
+        ).drop(columns="seconds")
+        for workers in (1, 2)
+    }  # spawned workers import the factory too
     assert runs[1].equals(runs[2])
 
 
@@ -111,8 +129,14 @@ def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_in
 # The tiny config in a repository copy, the GAN trained briefly and every classifier capped at 4 updates.
 BUDGET = {
     "data": {"source": "data/builtin/digits.yaml"},
-    "train": {"max_epochs": 2, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1,
-              "samples_per_class": 2},
+    "train": {
+        "max_epochs": 2,
+        "z_dim": 8,
+        "g_width": 4,
+        "d_width": 4,
+        "sample_every_n_epochs": 1,
+        "samples_per_class": 2,
+    },
     "evaluate": {"classifier": {**TINY_CLASSIFIER, "batch_size": 16, "eval_every": 2, "max_steps": 4}},
 }
 
@@ -125,8 +149,10 @@ def test_dvc_exp_run_measures_the_verdict_with_resnet18_and_with_a_users_network
     project = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())  # every key, so that -S can set it
     repo = make_repo_copy(tmp_path / "repo", merge_dicts(project, merge_dicts(TINY_PARAMS, BUDGET)))
     shown = {}
-    for arch, stages in (("resnet18", {"prepare", "judge", "train", "generate", "merge", "evaluate", "report"}),
-                         (MLP, {"evaluate", "report"})):  # the arch is evaluate's: nothing upstream reruns
+    for arch, stages in (
+        ("resnet18", {"prepare", "judge", "train", "generate", "merge", "evaluate", "report"}),
+        (MLP, {"evaluate", "report"}),
+    ):  # the arch is evaluate's: nothing upstream reruns
         result = dvc("exp", "run", "-S", f"evaluate.classifier.arch={arch}", cwd=repo)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert only_stages_run(result.stdout) == stages
@@ -139,6 +165,9 @@ def test_dvc_exp_run_measures_the_verdict_with_resnet18_and_with_a_users_network
     assert ModelMeta.read(repo / "models/judge/judge.json").details["params"]["judge"]["arch"] == "small_cnn"
 
     experiments = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
-    listed = {exp["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["classifier"]
-              for commit in experiments for exp in (commit.get("experiments") or [])}
+    listed = {
+        exp["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["classifier"]
+        for commit in experiments
+        for exp in (commit.get("experiments") or [])
+    }
     assert listed == {"resnet18", MLP}

@@ -18,11 +18,14 @@ def test_repository_params_load_and_are_the_code_defaults():
     # params.yaml spells out every key with its default, so that what a user reads there is what runs
     defaults = params_to_dict(Params())
     assert {k: v for k, v in params_to_dict(params).items() if k != "judge"} == {
-        k: v for k, v in defaults.items() if k != "judge"}
+        k: v for k, v in defaults.items() if k != "judge"
+    }
 
     def keys(tree: dict, prefix: str = "") -> set[str]:
-        return {f"{prefix}{k}" for k in tree} | {key for k, v in tree.items() if isinstance(v, dict)
-                                                 for key in keys(v, f"{prefix}{k}.")}
+        return {f"{prefix}{k}" for k in tree} | {
+            key for k, v in tree.items() if isinstance(v, dict) for key in keys(v, f"{prefix}{k}.")
+        }
+
     assert keys(raw) == keys(defaults)
 
 
@@ -40,12 +43,18 @@ def test_repository_params_load_and_are_the_code_defaults():
         ({"data": {"imbalance": "long"}}, "params.yaml: data.imbalance must be a mapping, got 'long'"),
         ({"data": {"test_fraction": 1}}, "params.yaml: data.test_fraction must be < 1.0, got 1.0"),
         ({"data": {"max_per_class": 1}}, "params.yaml: data.max_per_class must be >= 2, got 1"),
-        ({"evaluate": {"classifier": {"patience": 0}}}, "params.yaml: evaluate.classifier.patience must be >= 1, got 0"),
+        (
+            {"evaluate": {"classifier": {"patience": 0}}},
+            "params.yaml: evaluate.classifier.patience must be >= 1, got 0",
+        ),
         ({"evaluate": {"workers": "many"}}, "params.yaml: evaluate.workers must be auto or an integer, got 'many'"),
         ({"generate": {"label_pass_rate": 0}}, "params.yaml: generate.label_pass_rate must be > 0.0, got 0.0"),
         ({"report": {"seeds": 3}}, "params.yaml: report.seeds is not a known key"),
-        ({"generate": {"allow_short": True}}, "params.yaml: generate.allow_short was replaced by generate.on_short: "
-                                              "fill (keep what passed and warn) or fail (stop)"),
+        (
+            {"generate": {"allow_short": True}},
+            "params.yaml: generate.allow_short was replaced by generate.on_short: "
+            "fill (keep what passed and warn) or fail (stop)",
+        ),
     ],
 )
 def test_bad_params_name_the_key(raw, message):

@@ -62,12 +62,14 @@ def test_val_and_test_are_the_real_prepared_splits_in_order(published):
         assert torch.equal((images * 255).round().to(torch.uint8), real_images) and torch.equal(labels, real_labels)
 
 
-def test_each_split_has_its_own_transform_and_no_arguments_read_the_repository_it_runs_in(evaluate_inputs,
-                                                                                          monkeypatch):
+def test_each_split_has_its_own_transform_and_no_arguments_read_the_repository_it_runs_in(evaluate_inputs, monkeypatch):
     monkeypatch.chdir(evaluate_inputs)  # as a user's script run from the repository root
-    data = AugmentedDataModule(train_transform=lambda image: torch.tensor(0),
-                               val_transform=lambda image: torch.tensor(1),
-                               test_transform=lambda image: torch.tensor(2), batch_size=1000)
+    data = AugmentedDataModule(
+        train_transform=lambda image: torch.tensor(0),
+        val_transform=lambda image: torch.tensor(1),
+        test_transform=lambda image: torch.tensor(2),
+        batch_size=1000,
+    )
     data.setup("fit")
     assert len(data.train_set) == len(load_augmented(evaluate_inputs / "data/augmented")[1])
     for value, loader in enumerate((data.train_dataloader(), data.val_dataloader(), data.test_dataloader())):
@@ -76,9 +78,22 @@ def test_each_split_has_its_own_transform_and_no_arguments_read_the_repository_i
 
 def test_the_example_trains_a_torchvision_network_through_the_data_module(evaluate_inputs):
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "examples/train_resnet.py"), "--root", str(evaluate_inputs),
-         "--max-steps", "3", "--batch-size", "8", "--num-workers", "2"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples/train_resnet.py"),
+            "--root",
+            str(evaluate_inputs),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     score = re.search(r"resnet18: balanced accuracy (\d\.\d+) on the real test split after 3 updates", result.stdout)
     assert score and 0.0 <= float(score.group(1)) <= 1.0, result.stdout[-2000:]

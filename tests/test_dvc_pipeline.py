@@ -4,8 +4,10 @@ library (no stage imports another), and only evaluate may read the oracle's hold
 from __future__ import annotations
 
 import ast
+
 import pytest
 import yaml
+
 from conftest import REPO_ROOT
 
 STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")

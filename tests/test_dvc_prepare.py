@@ -4,7 +4,6 @@ the train split as the README says, and is then up to date; its code is a depend
 import subprocess
 
 from conftest import TINY_PARAMS, dvc, make_repo_copy, merge_dicts
-
 from pipeline.contracts import PreparedStats
 
 
@@ -14,8 +13,9 @@ def test_dvc_repro_prepare_thins_a_built_in_source_then_has_nothing_to_do(tmp_pa
     first = dvc("repro", "prepare", cwd=repo)
     assert first.returncode == 0, first.stderr
     assert "Running stage 'prepare'" in first.stdout
-    ignored = subprocess.run(["git", "check-ignore", "data/prepared/manifest.csv", "data/holdout/manifest.csv"],
-                             cwd=repo)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "data/prepared/manifest.csv", "data/holdout/manifest.csv"], cwd=repo
+    )
     assert ignored.returncode == 0  # tracked by DVC (dvc.lock), ignored by git
 
     # auto thins the built-in source exponentially: class k of 10 keeps ratio**(-k/9) of the smallest class

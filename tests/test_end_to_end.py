@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from conftest import REPO_ROOT, TINY_CLASSIFIER, dvc, make_repo_copy, merge_dicts
 from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.datasets import ImageFolder
 
+from conftest import REPO_ROOT, TINY_CLASSIFIER, dvc, make_repo_copy, merge_dicts
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
 from pipeline.io import read_json, read_manifest, sha256_file
 
@@ -29,8 +29,14 @@ USABLE = sum(CLASSES.values())
 STAGES = {"prepare", "judge", "train", "generate", "merge", "evaluate", "report"}
 BUDGET = {  # compute only: short trainings and two seeds
     "judge": TINY_CLASSIFIER,
-    "train": {"max_epochs": 3, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1,
-              "samples_per_class": 2},
+    "train": {
+        "max_epochs": 3,
+        "z_dim": 8,
+        "g_width": 4,
+        "d_width": 4,
+        "sample_every_n_epochs": 1,
+        "samples_per_class": 2,
+    },
     "evaluate": {"seeds": 2, "workers": 1, "classifier": TINY_CLASSIFIER, "kid_subsets": 2},
 }
 
@@ -100,8 +106,9 @@ def check_the_users_data_survived(repo: Path) -> None:
 def test_a_users_folder_through_dvc_repro_rerun_rules_and_experiments(tmp_path):
     source = tmp_path / "my digits"
     make_user_folder(source)
-    params = merge_dicts(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
-                         {"data": {"source": str(source)}, **BUDGET})
+    params = merge_dicts(
+        yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), {"data": {"source": str(source)}, **BUDGET}
+    )
     repo = make_repo_copy(tmp_path / "repo", params)
 
     assert stages_run(checked(dvc("repro", cwd=repo))) == STAGES

@@ -12,17 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 
+from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 from pipeline import evaluate
 from pipeline.classifier import AugmentedBatches, TrainingSet, fit, predict
 from pipeline.config import ClassifierParams, VerdictParams
-from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import ARMS, GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
 from pipeline.io import read_manifest, write_manifest
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts
-from pipeline.contracts import ARMS
 from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 
 
@@ -48,8 +47,9 @@ def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation
     images, labels = load_split(paths.prepared, stats, "train")
     frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
     one, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=3)
-    other, _ = fit(TrainingSet(images[labels == 0], labels[labels == 0]), images[:0], labels[:0], stats.num_classes,
-                   frozen, seed=3)
+    other, _ = fit(
+        TrainingSet(images[labels == 0], labels[labels == 0]), images[:0], labels[:0], stats.num_classes, frozen, seed=3
+    )
     third, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=4)
     assert torch.equal(one.body[0].weight, other.body[0].weight)
     assert not torch.equal(one.body[0].weight, third.body[0].weight)
@@ -73,8 +73,9 @@ def test_fine_tuning_starts_from_the_given_weights_instead_of_the_seeds(prepared
     frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
     no_val = images[:0], labels[:0]
     start, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=3)
-    tuned, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4,
-                   initial_weights=start.state_dict())
+    tuned, _ = fit(
+        TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4, initial_weights=start.state_dict()
+    )
     fresh, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4)
     assert torch.equal(tuned.body[0].weight, start.body[0].weight)
     assert torch.equal(tuned.head[-1].weight, start.head[-1].weight)
@@ -85,12 +86,17 @@ def test_the_logit_adjustment_is_relative_to_the_given_class_frequencies(prepare
     paths = Paths(prepared_tiny)
     stats = PreparedStats.read(paths.prepared)
     images, labels = load_split(paths.prepared, stats, "train")
-    recipe, no_val, k = ClassifierParams(width=4, eval_every=20, max_steps=60), (images[:0], labels[:0]), stats.num_classes
+    recipe, no_val, k = (
+        ClassifierParams(width=4, eval_every=20, max_steps=60),
+        (images[:0], labels[:0]),
+        stats.num_classes,
+    )
     frequencies = np.full(k, 0.01 / (k - 1))
     frequencies[0] = 0.99  # class 0 "frequent": the adjusted network must favour the others at prediction time
     plain, _ = fit(TrainingSet(images, labels), *no_val, k, recipe, seed=0)
-    adjusted, _ = fit(TrainingSet(images, labels, logit_adjustment=1.0, class_frequencies=frequencies),
-                      *no_val, k, recipe, seed=0)
+    adjusted, _ = fit(
+        TrainingSet(images, labels, logit_adjustment=1.0, class_frequencies=frequencies), *no_val, k, recipe, seed=0
+    )
 
     def share_of_class_0(model) -> float:
         return float((predict(model, images)[0].argmax(dim=1) == 0).float().mean())
@@ -107,6 +113,7 @@ def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     model, history = fit(TrainingSet(*train), *val, stats.num_classes, recipe, seed=0)
     assert history["steps"] < 400  # it stopped early
     from pipeline.metrics import balanced_accuracy
+
     predicted = predict(model, val[0])[0].argmax(dim=1).numpy()
     assert balanced_accuracy(val[1].numpy(), predicted) == pytest.approx(history["best_val_balanced_accuracy"])
 
@@ -147,26 +154,42 @@ def test_the_arms_read_the_same_images_from_shards_as_from_the_imagefolder(evalu
 
 
 def test_a_short_class_keeps_its_verdict_and_its_reason_says_how_short():
-    quality = pd.DataFrame({"class_name": ["full", "short", "none passed", "balanced"], "planned": [40, 80, 80, 0],
-                            "synthetic": [40, 19, 0, 0], "label_agreement": [0.9, 0.9, np.nan, np.nan],
-                            "judge_real_recall": 0.9, "memorised_share": [0.0, 0.0, np.nan, np.nan]})
+    quality = pd.DataFrame(
+        {
+            "class_name": ["full", "short", "none passed", "balanced"],
+            "planned": [40, 80, 80, 0],
+            "synthetic": [40, 19, 0, 0],
+            "label_agreement": [0.9, 0.9, np.nan, np.nan],
+            "judge_real_recall": 0.9,
+            "memorised_share": [0.0, 0.0, np.nan, np.nan],
+        }
+    )
     verdicts = add_verdicts(quality, np.array([0.01, 0.01, 0.0, 0.0]), VerdictParams()).set_index("class_name")
     assert verdicts["verdict"].tolist() == ["use", "use", "no synthetic images", "no synthetic images"]
     assert "short" not in verdicts.loc["full", "reason"]
     assert verdicts.loc["short", "reason"].endswith("; short: 19 of 80 passed the gate, its real images fill the rest")
-    assert verdicts.loc["none passed", "reason"] == ("none of 80 planned images passed the gate; its real images fill "
-                                                     "the class")
+    assert verdicts.loc["none passed", "reason"] == (
+        "none of 80 planned images passed the gate; its real images fill the class"
+    )
     assert verdicts.loc["balanced", "reason"] == "the class is at or above the target"
 
 
 def test_best_classical_is_chosen_on_val_and_the_gain_is_paired_by_seed():
-    runs = pd.DataFrame([
-        {"arm": arm, "seed": seed, "val_balanced_accuracy": val, "balanced_accuracy": test, "tail_recall": tail}
-        for arm, seed, val, test, tail in [
-            ("classical", 0, 0.80, 0.90, 0.5), ("classical", 1, 0.81, 0.80, 0.4),
-            ("classical_la", 0, 0.85, 0.70, 0.6), ("classical_la", 1, 0.86, 0.72, 0.6),  # better on val, worse on test
-            ("augmented", 0, 0.84, 0.75, 0.7), ("augmented", 1, 0.84, 0.76, 0.8),
-            ("oracle", 0, 0.95, 0.95, 0.9), ("oracle", 1, 0.95, 0.95, 0.9)]])
+    runs = pd.DataFrame(
+        [
+            {"arm": arm, "seed": seed, "val_balanced_accuracy": val, "balanced_accuracy": test, "tail_recall": tail}
+            for arm, seed, val, test, tail in [
+                ("classical", 0, 0.80, 0.90, 0.5),
+                ("classical", 1, 0.81, 0.80, 0.4),
+                ("classical_la", 0, 0.85, 0.70, 0.6),
+                ("classical_la", 1, 0.86, 0.72, 0.6),  # better on val, worse on test
+                ("augmented", 0, 0.84, 0.75, 0.7),
+                ("augmented", 1, 0.84, 0.76, 0.8),
+                ("oracle", 0, 0.95, 0.95, 0.9),
+                ("oracle", 1, 0.95, 0.95, 0.9),
+            ]
+        ]
+    )
     assert best_classical(runs) == "classical_la"  # never chosen on test
     result = gain(runs, "classical_la")
     assert result["balanced_accuracy"] == pytest.approx(0.045) and result["tail_recall"] == pytest.approx(0.15)
@@ -201,9 +224,13 @@ def test_metrics_json_has_the_headline_keys_and_no_per_class_detail(evaluated):
     assert set(metrics["augmented_gain"]) == {"balanced_accuracy", "ci95_low", "ci95_high", "tail_recall"}
     best = metrics["utility"][metrics["best_classical"]]["balanced_accuracy"]["mean"]
     assert metrics["augmented_gain"]["balanced_accuracy"] == pytest.approx(
-        metrics["utility"]["augmented"]["balanced_accuracy"]["mean"] - best, abs=1e-5)
-    assert metrics["gap_closed"] == pytest.approx(metrics["augmented_gain"]["balanced_accuracy"] / (
-        metrics["utility"]["oracle"]["balanced_accuracy"]["mean"] - best), abs=1e-4)
+        metrics["utility"]["augmented"]["balanced_accuracy"]["mean"] - best, abs=1e-5
+    )
+    assert metrics["gap_closed"] == pytest.approx(
+        metrics["augmented_gain"]["balanced_accuracy"]
+        / (metrics["utility"]["oracle"]["balanced_accuracy"]["mean"] - best),
+        abs=1e-4,
+    )
     assert metrics["tail_classes"] == ["7", "8", "9"]
     assert "recall" not in json.dumps(metrics["utility"]).replace("tail_recall", "")  # per class: in the tables
 
@@ -228,15 +255,23 @@ def test_quality_and_verdicts_name_their_cause(evaluated):
     assert quality.loc[WRONG_CLASS, "verdict"] == "do not use" and "recognises" in quality.loc[WRONG_CLASS, "reason"]
     genuine = quality.loc[list("1234689")]  # held-out real images: new, not copies
     assert genuine["memorised_share"].mean() < 0.2
-    assert genuine[["frechet", "frechet_floor", "kid", "kid_floor", "precision", "recall", "density", "coverage"]].notna().all().all()
+    assert (
+        genuine[["frechet", "frechet_floor", "kid", "kid_floor", "precision", "recall", "density", "coverage"]]
+        .notna()
+        .all()
+        .all()
+    )
     assert quality.loc[WRONG_CLASS, "frechet"] > 5 * genuine["frechet"].max()  # another class is far
     assert quality.loc["0", "verdict"] == "no synthetic images"
 
     last_line = printed.strip().splitlines()[-1]
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert re.fullmatch(r"evaluate: balanced accuracy of augmented \d\.\d{3} vs classical(_la)? \d\.\d{3}: gain "
-                        r"[+-]\d\.\d{3} \(95 % interval [+-]\d\.\d{3} to [+-]\d\.\d{3}\), tail recall [+-]\d\.\d{3}, "
-                        r"gap to the oracle closed -?\d+%; classes: .*no synthetic images 1", last_line), last_line
+    assert re.fullmatch(
+        r"evaluate: balanced accuracy of augmented \d\.\d{3} vs classical(_la)? \d\.\d{3}: gain "
+        r"[+-]\d\.\d{3} \(95 % interval [+-]\d\.\d{3} to [+-]\d\.\d{3}\), tail recall [+-]\d\.\d{3}, "
+        r"gap to the oracle closed -?\d+%; classes: .*no synthetic images 1",
+        last_line,
+    ), last_line
     assert f"do not use {metrics['verdicts']['do_not_use']}" in last_line
 
 
@@ -264,7 +299,8 @@ def test_with_nothing_to_generate_the_augmented_arm_draws_the_real_images_class_
 def test_a_judge_of_other_classes_is_an_error_naming_it(inputs_copy):
     meta = ModelMeta.read(inputs_copy.judge / "judge.json")
     ModelMeta(meta.image_size, meta.channels, [*meta.class_names[:-1], "ten"], meta.width).write(
-        inputs_copy.judge / "judge.json")
+        inputs_copy.judge / "judge.json"
+    )
     with pytest.raises(InputError, match=r"models/judge/judge.json: made for other classes"):
         evaluate.run(tiny_params(), inputs_copy)
 
@@ -273,14 +309,19 @@ def test_synthetic_images_of_an_unknown_class_are_an_error_naming_the_class(inpu
     manifest = read_manifest(inputs_copy.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     manifest.loc[manifest["class_name"] == "9", "class_name"] = "nine"
     write_manifest(manifest, inputs_copy.synthetic / "manifest.csv")
-    with pytest.raises(InputError, match=r"data/synthetic/manifest.csv: classes that data/prepared does not have: "
-                                         r"'nine' \(label 9\)"):
+    with pytest.raises(
+        InputError,
+        match=r"data/synthetic/manifest.csv: classes that data/prepared does not have: "
+        r"'nine' \(label 9\)",
+    ):
         evaluate.run(tiny_params(), inputs_copy)
 
 
 def test_an_augmented_dataset_of_other_synthetic_images_is_an_error(inputs_copy):
     manifest = read_manifest(inputs_copy.augmented / "manifest.csv", MANIFEST_COLUMNS + ["weight"])
-    write_manifest(manifest[~((manifest["origin"] == "synthetic") & (manifest["class_name"] == "9"))],
-                   inputs_copy.augmented / "manifest.csv")
+    write_manifest(
+        manifest[~((manifest["origin"] == "synthetic") & (manifest["class_name"] == "9"))],
+        inputs_copy.augmented / "manifest.csv",
+    )
     with pytest.raises(InputError, match=r"data/augmented/manifest.csv: its synthetic images are not those"):
         evaluate.run(tiny_params(), inputs_copy)

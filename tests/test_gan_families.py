@@ -18,11 +18,18 @@ from pipeline.config import params_to_dict
 from pipeline.errors import ConfigError
 from pipeline.gan import ConditionalGAN
 from pipeline.losses import adapted_probability, discriminator_loss, generator_loss, gradient_penalty
-from pipeline.nets import build_generator, load_generator, weights_hash
+from pipeline.nets import build_generator, load_generator
 from pipeline.paths import Paths
 
-FAST = {"max_epochs": 1, "batch_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "sample_every_n_epochs": 1,
-        "samples_per_class": 4}
+FAST = {
+    "max_epochs": 1,
+    "batch_size": 32,
+    "z_dim": 16,
+    "g_width": 8,
+    "d_width": 8,
+    "sample_every_n_epochs": 1,
+    "samples_per_class": 4,
+}
 # every generator family and conditioning, each with the loss or augmentation it is most often paired with
 FAMILIES = {
     "stylegan2": {"arch": "stylegan2"},
@@ -49,7 +56,9 @@ def test_the_gradient_penalty_of_a_linear_critic_is_its_weight_norm_minus_one_sq
 
 def test_the_gradient_penalty_reaches_the_critics_weights():
     critic = nn.Linear(12, 1)
-    penalty = gradient_penalty(lambda x: critic(x.flatten(1)).squeeze(1), torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2))
+    penalty = gradient_penalty(
+        lambda x: critic(x.flatten(1)).squeeze(1), torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    )
     penalty.backward()
     assert critic.weight.grad is not None and critic.weight.grad.abs().sum() > 0  # double backward
 
@@ -65,8 +74,12 @@ def test_the_wasserstein_losses_are_the_critics_mean_differences():
 
 def test_the_adaptive_probability_rises_when_the_discriminator_is_sure_of_real_images_and_falls_when_not():
     step = 128 / (20 * 1000)
-    assert adapted_probability(0.5, real_sign_mean=0.9, target=0.6, images=128, ada_kimg=20) == pytest.approx(0.5 + step)
-    assert adapted_probability(0.5, real_sign_mean=0.2, target=0.6, images=128, ada_kimg=20) == pytest.approx(0.5 - step)
+    assert adapted_probability(0.5, real_sign_mean=0.9, target=0.6, images=128, ada_kimg=20) == pytest.approx(
+        0.5 + step
+    )
+    assert adapted_probability(0.5, real_sign_mean=0.2, target=0.6, images=128, ada_kimg=20) == pytest.approx(
+        0.5 - step
+    )
     assert adapted_probability(0.0, real_sign_mean=-1.0, target=0.6, images=128, ada_kimg=20) == 0.0
     assert adapted_probability(0.999, real_sign_mean=1.0, target=0.6, images=128, ada_kimg=20) == 1.0
 
@@ -89,7 +102,7 @@ def test_the_module_adapts_its_augmentation_probability_to_the_discriminators_si
     module.discriminator = ConstantCritic(critic_says)
     module.augment_probability.fill_(0.5)
     real, labels = torch.rand(8, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    for batch in range(4):
+    for _ in range(4):
         module.discriminator_step_loss(real, labels, 1.0)
         module.end_batch()
     # two adjustments of 16 images each
@@ -149,7 +162,7 @@ def test_a_style_based_generator_in_eval_mode_depends_only_on_its_latent_and_lab
 
 
 def test_biggan_conditioning_is_an_option_of_the_resnet_generator_only():
-    with pytest.raises(ConfigError, match="train.g_conditioning biggan is an option of train.arch resnet"):
+    with pytest.raises(ConfigError, match=r"train\.g_conditioning biggan is an option of train\.arch resnet"):
         tiny_params(train={"arch": "stylegan2", "g_conditioning": "biggan"})
 
 
@@ -165,11 +178,14 @@ def judged_tiny(prepared_tiny, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_train_stage_trains_each_family_resumes_it_and_generate_samples_from_it(family, judged_tiny, tmp_path,
-                                                                                  monkeypatch, capsys):
+def test_the_train_stage_trains_each_family_resumes_it_and_generate_samples_from_it(
+    family, judged_tiny, tmp_path, monkeypatch, capsys
+):
     paths = Paths(copy_outputs(judged_tiny, tmp_path))
-    params = tiny_params(train={**FAST, **FAMILIES[family], "max_epochs": 2},
-                         generate={"check_label": False, "check_memorisation": False, "target": 40})
+    params = tiny_params(
+        train={**FAST, **FAMILIES[family], "max_epochs": 2},
+        generate={"check_label": False, "check_memorisation": False, "target": 40},
+    )
     per_epoch = 498 // 32
 
     def crash_at_end_of_second_epoch(self):  # Lightning calls it before the epoch's checkpoint is saved
@@ -202,8 +218,10 @@ def test_the_train_stage_trains_each_family_resumes_it_and_generate_samples_from
 def test_the_style_based_generator_with_the_wasserstein_loss_and_adaptive_augmentation_trains_under_ddp(workspace):
     # no adjustment of the augmentation probability within the epoch: the signs of D's outputs add up
     options = {**FAMILIES["stylegan2"], **FAMILIES["wgan-gp"], **FAMILIES["ada"], "ada_interval": 100}
-    write_params(workspace.root, merge_dicts(TINY_PARAMS, {"train": {**FAST, **options, "accelerator": "cpu",
-                                                                     "devices": 2, "strategy": "ddp"}}))
+    write_params(
+        workspace.root,
+        merge_dicts(TINY_PARAMS, {"train": {**FAST, **options, "accelerator": "cpu", "devices": 2, "strategy": "ddp"}}),
+    )
     result = run_cli("train", cwd=workspace.root)
     assert result.returncode == 0, result.stderr[-3000:]
     generator, meta = load_generator(workspace.gan)

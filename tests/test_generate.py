@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 
+from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import gate, generate, nets
 from pipeline.classifier import predict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
@@ -32,11 +32,16 @@ def save_untrained_models(paths: Paths, image_size=None, class_names=None) -> No
     class_names = class_names or stats.class_names
     torch.manual_seed(0)
     generator = nets.Generator(image_size, stats.channels, len(class_names), z_dim=16, width=8)
-    nets.save_model(generator.eval(), paths.gan, "generator_ema",
-                    ModelMeta(image_size, stats.channels, class_names, width=8, z_dim=16))
+    nets.save_model(
+        generator.eval(),
+        paths.gan,
+        "generator_ema",
+        ModelMeta(image_size, stats.channels, class_names, width=8, z_dim=16),
+    )
     judge = nets.Classifier(stats.image_size, stats.channels, stats.num_classes, width=4)
-    nets.save_model(judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels,
-                                                                   stats.class_names, width=4))
+    nets.save_model(
+        judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels, stats.class_names, width=4)
+    )
 
 
 def class_files(paths: Paths, folder: str) -> dict[str, str]:
@@ -60,11 +65,14 @@ def test_plan_counts_for_each_kind_of_target():
     assert generate.plan_counts(counts, "max", 3) == [0, 60, 30, 0]  # at most 3 per real image
 
 
-@pytest.mark.parametrize("target, message", [
-    (-1, "generate.target must be >= 0, got -1"),
-    ("maximum", "generate.target must be max, an integer or a fraction in (0, 1], got 'maximum'"),
-    (1.5, "generate.target as a fraction must be in (0, 1], got 1.5"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (-1, "generate.target must be >= 0, got -1"),
+        ("maximum", "generate.target must be max, an integer or a fraction in (0, 1], got 'maximum'"),
+        (1.5, "generate.target as a fraction must be in (0, 1], got 1.5"),
+    ],
+)
 def test_bad_targets_are_config_errors(target, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tiny_params(generate={"target": target})
@@ -207,8 +215,18 @@ def test_diverse_selection_keeps_a_spread_out_subset_of_a_larger_passing_pool(wo
 
 def test_informative_selection_keeps_the_correctly_labelled_candidates_the_judge_is_least_sure_of(workspace):
     save_untrained_models(workspace)  # an untrained judge labels some candidates as their class, others not
-    generate.run(tiny_params(generate={"target": 20, "selection": "informative", "pool": 3, "label_pass_rate": 1.0,
-                                       "check_memorisation": False}), workspace)
+    generate.run(
+        tiny_params(
+            generate={
+                "target": 20,
+                "selection": "informative",
+                "pool": 3,
+                "label_pass_rate": 1.0,
+                "check_memorisation": False,
+            }
+        ),
+        workspace,
+    )
     manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     mixed_classes = 0
     for name, rows in manifest.groupby("class_name"):
@@ -249,8 +267,12 @@ def test_a_copy_of_a_training_image_never_passes_the_gate(workspace, monkeypatch
 
     class CopyingGenerator(nets.Generator):
         def forward(self, z, y, conditioning=1.0):
-            picks = torch.stack([torch.nonzero(train_labels == label)[i % int((train_labels == label).sum())][0]
-                                 for i, label in enumerate(y.tolist())])
+            picks = torch.stack(
+                [
+                    torch.nonzero(train_labels == label)[i % int((train_labels == label).sum())][0]
+                    for i, label in enumerate(y.tolist())
+                ]
+            )
             return nets.to_unit_range(train_images[picks])
 
     monkeypatch.setattr(nets.generators, "Generator", CopyingGenerator)  # what build_generator makes for resnet
@@ -296,8 +318,11 @@ STRICT_GATE = {"label_pass_rate": 0.05, "max_attempts": 2, "target": 20, "check_
 
 def test_with_on_short_fail_a_short_class_stops_the_stage_naming_itself_and_its_acceptance_rate(workspace):
     save_untrained_models(workspace)
-    with pytest.raises(GateError, match=r"class '\d': \d+ of \d+ images passed the gate after \d+ candidates "
-                                        r"\(acceptance rate \d+\.\d%.*or set generate.on_short: fill$"):
+    with pytest.raises(
+        GateError,
+        match=r"class '\d': \d+ of \d+ images passed the gate after \d+ candidates "
+        r"\(acceptance rate \d+\.\d%.*or set generate.on_short: fill$",
+    ):
         generate.run(tiny_params(generate={**STRICT_GATE, "on_short": "fail"}), workspace)
     assert not workspace.synthetic.exists()  # nothing published
 
@@ -310,11 +335,13 @@ def test_with_on_short_fill_a_short_class_keeps_what_passed_and_says_so(workspac
     assert len(short) > 0 and (plan["candidates"] == 2 * plan["planned"]).all()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generate: warning:")]
     assert [line.split("'")[1] for line in warnings] == short.index.tolist()  # one line per short class
-    assert all(line.endswith("its real images fill the rest of the class (generate.on_short: fill)")
-               for line in warnings)
+    assert all(
+        line.endswith("its real images fill the rest of the class (generate.on_short: fill)") for line in warnings
+    )
     summary = SyntheticSummary.read(workspace.synthetic)
-    assert summary.short_classes == {name: {"passed": int(row.generated), "planned": int(row.planned)}
-                                     for name, row in short.iterrows()}
+    assert summary.short_classes == {
+        name: {"passed": int(row.generated), "planned": int(row.planned)} for name, row in short.iterrows()
+    }
     assert summary.planned == plan["planned"].to_dict() and summary.short == short["short"].sum()
     manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     assert len(manifest) == plan["candidates"].sum()
@@ -326,8 +353,11 @@ def test_with_on_short_fill_a_short_class_keeps_what_passed_and_says_so(workspac
 
 def test_generator_for_other_data_is_rejected(workspace):
     save_untrained_models(workspace, image_size=32)
-    with pytest.raises(InputError, match=r"generator_ema.json: made for 32x32 images with 1 channel\(s\), but "
-                                         r"data/prepared holds 16x16"):
+    with pytest.raises(
+        InputError,
+        match=r"generator_ema.json: made for 32x32 images with 1 channel\(s\), but "
+        r"data/prepared holds 16x16",
+    ):
         generate.run(tiny_params(), workspace)
     save_untrained_models(workspace, class_names=[str(i) for i in range(9)])
     with pytest.raises(InputError, match=r"generator_ema.json: made for other classes .*classes it lacks: \['9'\]"):
@@ -354,15 +384,31 @@ def test_one_and_two_cpu_processes_write_byte_identical_files(workspace, monkeyp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     written = {}
     for devices in (1, 2):
-        write_params(workspace.root, merge_dicts(TINY_PARAMS, {"generate": {
-            **NO_LABEL_CHECK, "target": 40, "batch_size": 8, "selection": "diverse", "pool": 2, "accelerator": "cpu",
-            "devices": devices}}))
+        write_params(
+            workspace.root,
+            merge_dicts(
+                TINY_PARAMS,
+                {
+                    "generate": {
+                        **NO_LABEL_CHECK,
+                        "target": 40,
+                        "batch_size": 8,
+                        "selection": "diverse",
+                        "pool": 2,
+                        "accelerator": "cpu",
+                        "devices": devices,
+                    }
+                },
+            ),
+        )
         result = run_cli("generate", cwd=workspace.root)
         assert result.returncode == 0, result.stderr[-3000:]
         assert ("MEMBER: 2/2" in result.stdout + result.stderr) == (devices == 2)  # Lightning started DDP
-        written[devices] = {path.relative_to(workspace.synthetic).as_posix(): path.read_bytes()
-                            for path in sorted(workspace.synthetic.rglob("*")) if path.is_file()}
+        written[devices] = {
+            path.relative_to(workspace.synthetic).as_posix(): path.read_bytes()
+            for path in sorted(workspace.synthetic.rglob("*"))
+            if path.is_file()
+        }
     assert len(written[1]) == 92 + 3  # the images of the plan, manifest.csv, plan.csv, summary.json
     assert [name for name in written[1] if written[1][name] != written[2].get(name)] == []
     assert written[1].keys() == written[2].keys()
-

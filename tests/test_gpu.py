@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_params
 
+from conftest import tiny_params
 from pipeline import generate, nets, train
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats
 from pipeline.gan import trainer_settings
@@ -20,8 +20,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 
 # One device: more would start DDP, which launches this command (pytest) again in other processes.
 ON_GPU = {"accelerator": "gpu", "devices": 1}
-TRAIN = {**ON_GPU, "max_epochs": 1, "batch_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8,
-         "sample_every_n_epochs": 1, "samples_per_class": 4}
+TRAIN = {
+    **ON_GPU,
+    "max_epochs": 1,
+    "batch_size": 32,
+    "z_dim": 16,
+    "g_width": 8,
+    "d_width": 8,
+    "sample_every_n_epochs": 1,
+    "samples_per_class": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +40,17 @@ def trained_on_gpu(prepared_tiny, tmp_path_factory) -> Paths:
     train.run(tiny_params(train=TRAIN), paths)
     stats = PreparedStats.read(paths.prepared)
     judge = nets.Classifier(stats.image_size, stats.channels, stats.num_classes, width=4)
-    nets.save_model(judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels,
-                                                                   stats.class_names, width=4))
+    nets.save_model(
+        judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels, stats.class_names, width=4)
+    )
     return paths
 
 
 def test_the_train_stage_trains_in_bf16_mixed_on_the_gpu(trained_on_gpu):
-    assert trainer_settings(tiny_params(train=TRAIN).train, torch.cuda.device_count(), "train")["precision"] == \
-        "bf16-mixed"
+    assert (
+        trainer_settings(tiny_params(train=TRAIN).train, torch.cuda.device_count(), "train")["precision"]
+        == "bf16-mixed"
+    )
     generator, meta = nets.load_generator(trained_on_gpu.gan)
     assert meta.details["batches"] == 498 // 32
     assert all(torch.isfinite(v).all() for v in generator.state_dict().values() if v.is_floating_point())

@@ -55,8 +55,10 @@ def make_folder(root: Path, classes: dict[str, tuple[int, int]]) -> None:
 
 def repo_for(tmp_path: Path, classes: dict[str, tuple[int, int]], generate: dict | None = None) -> tuple[Path, dict]:
     make_folder(tmp_path / "source", classes)
-    params = merge_dicts(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
-                         {"data": {"source": str(tmp_path / "source")}, **BUDGET, "generate": generate or {}})
+    params = merge_dicts(
+        yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
+        {"data": {"source": str(tmp_path / "source")}, **BUDGET, "generate": generate or {}},
+    )
     return make_repo_copy(tmp_path / "repo", params), params
 
 

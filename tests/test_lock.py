@@ -2,9 +2,10 @@
 of pyproject.toml: a dependency added or narrowed without `make lock` fails here, not in a fresh clone."""
 
 import pytest
-from conftest import REPO_ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from conftest import REPO_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 

@@ -3,19 +3,18 @@
 import json
 import os
 import platform
-from importlib.metadata import version
 import tarfile
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_outputs, tiny_params
-from test_generate import NO_LABEL_CHECK, save_untrained_models
 from torchvision.datasets import ImageFolder
 
+from conftest import copy_outputs, tiny_params
 from pipeline import generate, merge
 from pipeline.config import MergeParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
@@ -24,7 +23,7 @@ from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest, sha256_file
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
-
+from test_generate import NO_LABEL_CHECK, save_untrained_models
 
 SHARE = MergeParams().synthetic_share  # the default
 
@@ -101,8 +100,9 @@ def test_merge_writes_an_imagefolder_with_prepared_class_indices_and_a_weighted_
     assert os.stat(real_file).st_nlink == 2  # a hard link to the prepared image
 
 
-def test_with_nothing_to_generate_merge_publishes_the_real_images_every_class_drawn_equally(prepared_tiny, tmp_path,
-                                                                                            capsys):
+def test_with_nothing_to_generate_merge_publishes_the_real_images_every_class_drawn_equally(
+    prepared_tiny, tmp_path, capsys
+):
     paths = Paths(copy_outputs(prepared_tiny, tmp_path))
     save_untrained_models(paths)
     generate.run(tiny_params(generate={"target": 0}), paths)
@@ -138,8 +138,10 @@ def test_a_short_class_keeps_its_mass_and_its_real_images_are_drawn_for_the_shor
     assert card["short_classes"] == {"9": {"passed": passed, "planned": 2 * passed}}
     shares = {c["class_name"]: (c["synthetic"], c["planned"], c["synthetic_share"]) for c in card["classes"]}
     assert shares["9"] == (passed, 2 * passed, pytest.approx(SHARE * 0.5)) and shares["0"] == (0, 0, 0.0)
-    assert f"short classes, their real images drawn for the shortfall: '9' ({passed} of {2 * passed})" in \
-        capsys.readouterr().out
+    assert (
+        f"short classes, their real images drawn for the shortfall: '9' ({passed} of {2 * passed})"
+        in capsys.readouterr().out
+    )
 
 
 def test_the_card_says_what_made_the_data_version(generated):
@@ -152,7 +154,8 @@ def test_the_card_says_what_made_the_data_version(generated):
         assert made["python"] == platform.python_version()
         assert made["device"] == ("gpu" if stage == "generate" and torch.cuda.is_available() else "cpu")
         assert {name: made["packages"][name] for name in ("torch", "numpy", "albumentations")} == {
-            name: version(name) for name in ("torch", "numpy", "albumentations")}
+            name: version(name) for name in ("torch", "numpy", "albumentations")
+        }
         assert made["threads"] == torch.get_num_threads() and made["cpu_capability"] and made["device_name"]
 
 
@@ -180,8 +183,9 @@ def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fail
 
 def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
     merge.run(tiny_params(), generated)
-    dataset, manifest, sampler = load_augmented(generated.augmented,
-                                                transform=lambda image: torch.from_numpy(np.array(image)))
+    dataset, manifest, sampler = load_augmented(
+        generated.augmented, transform=lambda image: torch.from_numpy(np.array(image))
+    )
     assert len(dataset) == len(manifest) == sampler.num_samples
     image, label = dataset[len(dataset) - 1]
     assert image.shape == (16, 16) and label == manifest["label"].iloc[-1]
@@ -239,7 +243,8 @@ def test_shards_hold_the_image_folder_images_and_rows_and_are_byte_identical_on_
     shard_files = sorted((sharded.augmented / "shards").iterdir())
     assert sorted(os.listdir(sharded.augmented)) == ["dataset.json", "manifest.csv", "shards"]
     assert len(shard_files) == -(-len(manifest) // 300) and set(manifest["shard"]) == {
-        f"shards/{f.name}" for f in shard_files}
+        f"shards/{f.name}" for f in shard_files
+    }
     samples = {key: sample for f in shard_files for key, sample in _tar_samples(f).items()}
     assert len(samples) == len(manifest)
     records = []
@@ -280,7 +285,7 @@ def test_load_augmented_reads_shards_as_it_reads_the_image_folder(generated, tmp
 
     shard = sharded.augmented / shard_manifest["shard"].iloc[0]
     shard.write_bytes(shard.read_bytes()[:4096])  # cut short on the way
-    with pytest.raises(InputError, match="has no sample-.*png, which manifest.csv lists"):
+    with pytest.raises(InputError, match=r"has no sample-.*png, which manifest\.csv lists"):
         load_augmented(sharded.augmented)
     shard.write_bytes(b"")
     with pytest.raises(InputError, match="not a readable tar file"):
@@ -292,9 +297,13 @@ def test_a_long_manifest_reads_with_one_type_per_column(tmp_path):
     # numbers on the synthetic ones. pandas reads a long file in chunks (of about 2**18 fields) and
     # would type the chunks apart: strings in the first, floats in the last.
     rows = 40_000
-    frame = pd.DataFrame({"path": [f"train/a/{i:06d}.png" for i in range(rows)],
-                          **{f"column_{j}": ["x"] * rows for j in range(14)},
-                          "nn_distance": [""] * (rows // 2) + ["0.25"] * (rows - rows // 2)})
+    frame = pd.DataFrame(
+        {
+            "path": [f"train/a/{i:06d}.png" for i in range(rows)],
+            **{f"column_{j}": ["x"] * rows for j in range(14)},
+            "nn_distance": [""] * (rows // 2) + ["0.25"] * (rows - rows // 2),
+        }
+    )
     frame.to_csv(tmp_path / "manifest.csv", index=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # pandas' DtypeWarning about mixed types

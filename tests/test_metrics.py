@@ -13,14 +13,14 @@ from pipeline.metrics import (
     classification_scores,
     closest_real_pair,
     copy_thresholds,
-    paired_difference,
-    tail_classes,
     frechet_distance,
     kernel_distance,
     mean_std,
     memorised_share,
     nearest_neighbours,
+    paired_difference,
     precision_recall_density_coverage,
+    tail_classes,
 )
 
 
@@ -48,8 +48,9 @@ def test_frechet_distance_of_two_gaussians_is_the_analytic_value():
     cov_a, cov_b = root_a @ root_a.T + np.eye(4), root_b @ root_b.T + np.eye(4)
     analytic = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * linalg.sqrtm(cov_a @ cov_b).real)
 
-    measured = frechet_distance(with_exact_moments(500, mean_a, cov_a, seed=2),
-                                with_exact_moments(800, mean_b, cov_b, seed=3))
+    measured = frechet_distance(
+        with_exact_moments(500, mean_a, cov_a, seed=2), with_exact_moments(800, mean_b, cov_b, seed=3)
+    )
 
     assert measured == pytest.approx(analytic, rel=1e-8)
     assert analytic > 1.0  # the two Gaussians really differ

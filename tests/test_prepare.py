@@ -20,7 +20,6 @@ from pipeline.io import class_folder_names, read_manifest, sha256_file
 from pipeline.paths import Paths
 from pipeline.prepare import cap_per_class, carve_val, imbalance_counts, stratified_split
 
-
 # --- pure functions ------------------------------------------------------------------------------
 
 
@@ -108,10 +107,12 @@ def test_digits_source_is_split_thinned_into_the_holdout_and_reproducible(tmp_pa
     # every thinned-away train image is in data/holdout, and only there
     holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
     assert set(holdout.split) == {"holdout"} and holdout.groupby("class_name").size().to_dict() == {
-        name: count for name, count in stats.holdout.items() if count}
+        name: count for name, count in stats.holdout.items() if count
+    }
     assert not set(holdout.source) & set(manifest.source)
     assert [sum(c) for c in zip(train, [stats.holdout[n] for n in stats.class_names])] == [
-        n - round(0.2 * n) - round(0.1 * n) for n in per_class]
+        n - round(0.2 * n) - round(0.1 * n) for n in per_class
+    ]
     printed = capsys.readouterr().out
     assert "prepare: thinned the train split (exponential, ratio 10)" in printed
     assert f"  9: {train[9]} of {train[9] + stats.holdout['9']}" in printed
@@ -125,8 +126,12 @@ def test_digits_source_is_split_thinned_into_the_holdout_and_reproducible(tmp_pa
 
 def test_mnist5k_default_source(tmp_path):
     paths = Paths(tmp_path)
-    prepare.run(tiny_params(data={"source": str(REPO_ROOT / "data/builtin/mnist5k.yaml"), "image_size": 32,
-                                  "imbalance": {"ratio": 100}}), paths)
+    prepare.run(
+        tiny_params(
+            data={"source": str(REPO_ROOT / "data/builtin/mnist5k.yaml"), "image_size": 32, "imbalance": {"ratio": 100}}
+        ),
+        paths,
+    )
     manifest, stats = _check_contract(paths.prepared)
     assert len(manifest[manifest.split == "test"]) == 1000 and stats.image_size == 32
     train = stats.counts["train"]
@@ -159,7 +164,7 @@ def test_a_source_file_that_changes_between_the_two_passes_is_an_error(tmp_path,
         return checked
 
     monkeypatch.setattr(prepare, "_check_all", check_then_change)
-    with pytest.raises(InputError, match="a/img1.png: changed while prepare was reading the source"):
+    with pytest.raises(InputError, match=r"a/img1\.png: changed while prepare was reading the source"):
         prepare.run(tiny_params(data={"source": str(source)}), Paths(tmp_path / "work"))
     assert not (tmp_path / "work/data/prepared").exists()
 
@@ -182,8 +187,9 @@ def _make_idx_folder(folder: Path, per_class: dict[str, int], gz: bool = True) -
     for split, stem in (("train", "train"), ("test", "t10k")):
         count = per_class[split]
         picks = np.concatenate([rng.choice(np.flatnonzero(digits.target == d), count) for d in range(10)])
-        images = np.array([np.asarray(Image.fromarray((digits.images[i] * 16).astype(np.uint8)).resize((28, 28)))
-                           for i in picks])
+        images = np.array(
+            [np.asarray(Image.fromarray((digits.images[i] * 16).astype(np.uint8)).resize((28, 28))) for i in picks]
+        )
         suffix = ".gz" if gz else ""
         _write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", images)
         _write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", digits.target[picks])
@@ -204,8 +210,18 @@ def test_torchvision_style_idx_folder_keeps_the_official_test_split_and_class_na
     paths = Paths(tmp_path / "work")
     prepare.run(tiny_params(data={"source": str(source), "imbalance": {"profile": "none"}}), paths)
     manifest, stats = _check_contract(paths.prepared)
-    assert stats.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                 "Bag", "Ankle boot"]  # the dataset's own label order, not sorted names
+    assert stats.class_names == [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]  # the dataset's own label order, not sorted names
     assert stats.presplit and set(stats.counts["test"].values()) == {6}
     assert set(manifest.loc[manifest.split == "test", "source"].str.split(":").str[0]) == {"t10k-images-idx3-ubyte"}
     assert {stats.counts["train"][n] + stats.counts["val"][n] for n in stats.class_names} == {30}
@@ -227,8 +243,12 @@ def test_max_per_class_caps_each_class_before_thinning(tmp_path):
     source = tmp_path / "idx"
     _make_idx_folder(source, {"train": 40, "test": 10})
     paths = Paths(tmp_path / "work")
-    prepare.run(tiny_params(data={"source": str(source), "max_per_class": 20, "imbalance": {"profile": "exponential",
-                                                                                           "ratio": 10}}), paths)
+    prepare.run(
+        tiny_params(
+            data={"source": str(source), "max_per_class": 20, "imbalance": {"profile": "exponential", "ratio": 10}}
+        ),
+        paths,
+    )
     stats = PreparedStats.read(paths.prepared)
     kept = [stats.counts["train"][n] + stats.counts["val"][n] + stats.holdout[n] for n in stats.class_names]
     assert kept == [20] * 10  # the cap, then val carved, then thinning moved train images to the holdout
@@ -291,7 +311,10 @@ def test_a_users_folder_is_kept_as_it_is_by_default(tmp_path, capsys):
     stats = PreparedStats.read(paths.prepared)
     assert not stats.thinned and "thinned" not in capsys.readouterr().out
     assert {n: sum(stats.counts[s][n] for s in ("train", "val", "test")) for n in stats.class_names} == {
-        "few": 5, "many": 40, "some": 12}
+        "few": 5,
+        "many": 40,
+        "some": 12,
+    }
 
 
 def test_image_folder_with_mixed_and_bad_files(tmp_path):

@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_PARAMS, run_cli, tiny_params, write_params
 from PIL import Image
 
+from conftest import TINY_PARAMS, run_cli, tiny_params, write_params
 from pipeline import report
-from pipeline.contracts import (PreparedStats)
+from pipeline.contracts import PreparedStats
 from pipeline.io import read_json
 from pipeline.paths import Paths
 
@@ -34,8 +34,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "docs" / "example-report"  # the default run's page, committed by `make example-report`
 
 # What the report stage reads; a workspace holding only these proves it needs nothing else.
-REPORT_INPUTS = ("data/prepared", "data/synthetic", "data/augmented/dataset.json", "reports/metrics.json",
-                 "reports/tables")
+REPORT_INPUTS = (
+    "data/prepared",
+    "data/synthetic",
+    "data/augmented/dataset.json",
+    "reports/metrics.json",
+    "reports/tables",
+)
 
 
 def report_workspace(evaluated: tuple[Path, str], dest: Path, leave_out: tuple[str, ...] = ()) -> Path:
@@ -142,15 +147,19 @@ def test_the_page_holds_the_version_the_gain_every_arm_and_each_class_verdict(re
     text = " ".join(" ".join(page.text).split())
     assert read_json(paths.augmented / "dataset.json")["version"] in text
     gain = metrics["augmented_gain"]
-    assert f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval " \
-           f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+    assert (
+        f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval "
+        f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+    )
     assert f"tail recall {gain['tail_recall']:+.3f}" in text
     assert "interval includes zero" in text or "interval lies" in text
     assert "not of Inception" in text and ", ".join(metrics["tail_classes"]) in text
 
     arms = [row[0] for row in page.table_with("tail recall")[1:]]
-    assert arms == [f"{arm} (best classical)" if arm == metrics["best_classical"] else arm
-                    for arm in ("real", "classical", "classical_la", "augmented", "synthetic_only", "oracle")]
+    assert arms == [
+        f"{arm} (best classical)" if arm == metrics["best_classical"] else arm
+        for arm in ("real", "classical", "classical_la", "augmented", "synthetic_only", "oracle")
+    ]
     assert set(metrics["utility"]) == {arm.removesuffix(" (best classical)") for arm in arms}
 
     verdicts = page.table_with("verdict")
@@ -159,14 +168,16 @@ def test_the_page_holds_the_version_the_gain_every_arm_and_each_class_verdict(re
     assert [(row[0], row[column]) for row in verdicts[1:]] == list(zip(quality["class_name"], quality["verdict"]))
 
 
-def test_with_no_synthetic_images_the_page_renders_with_its_synthetic_columns_empty(evaluated_without_synthetic,
-                                                                                   tmp_path):
+def test_with_no_synthetic_images_the_page_renders_with_its_synthetic_columns_empty(
+    evaluated_without_synthetic, tmp_path
+):
     root = report_workspace(evaluated_without_synthetic, tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
         report.run(tiny_params(), Paths(root))
     stats = PreparedStats.read(Paths(root).prepared)
     assert sorted(p.name for p in Paths(root).figures.iterdir()) == sorted(
-        ["class_counts.png", "class_metrics.png"] + [f"samples_{c.folder}.png" for c in stats.classes])  # no pairs
+        ["class_counts.png", "class_metrics.png"] + [f"samples_{c.folder}.png" for c in stats.classes]
+    )  # no pairs
     page = Page(Paths(root).html.read_text(encoding="utf-8"))
     verdicts = page.table_with("verdict")
     header = [" ".join(cell.split()) for cell in verdicts[0]]
@@ -193,8 +204,12 @@ def test_the_page_shows_what_made_the_data_version(reported):
 def test_editing_the_template_changes_only_the_page(evaluated, reported, tmp_path, monkeypatch):
     templates = shutil.copytree(report.TEMPLATES, tmp_path / "templates")
     template = templates / report.TEMPLATE
-    template.write_text(template.read_text(encoding="utf-8").replace(
-        "<title>Synthetic data report</title>", "<title>Edited title</title>"), encoding="utf-8")
+    template.write_text(
+        template.read_text(encoding="utf-8").replace(
+            "<title>Synthetic data report</title>", "<title>Edited title</title>"
+        ),
+        encoding="utf-8",
+    )
     monkeypatch.setattr(report, "TEMPLATES", templates)
     root = report_workspace(evaluated, tmp_path / "workspace")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -226,17 +241,33 @@ def chromium(profile: Path, *args: str) -> str:
             pytest.fail("chromium is not installed (.ci/run installs it)")
         pytest.skip("chromium is not installed (set CI to make this a failure)")
     return subprocess.run(
-        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-         f"--user-data-dir={profile}", *args], check=True, capture_output=True, text=True, timeout=120,
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
 
 
 def page_widths(page: Path, width: int, tmp_path: Path) -> tuple[int, int]:
     """(the document's scroll width, the window's inner width) of `page` laid out `width` pixels wide."""
     probe = tmp_path / f"probe-{page.name}"
-    script = ("<script>document.title = 'widths ' + document.documentElement.scrollWidth + ' ' "
-              "+ window.innerWidth;</script></body>")
+    script = (
+        "<script>document.title = 'widths ' + document.documentElement.scrollWidth + ' ' "
+        "+ window.innerWidth;</script></body>"
+    )
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", script), encoding="utf-8")
     dom = chromium(tmp_path / "profile", f"--window-size={width},2000", "--dump-dom", probe.as_uri())
     scroll_width, inner_width = re.search(r"<title>widths (\d+) (\d+)</title>", dom).groups()
@@ -246,8 +277,9 @@ def page_widths(page: Path, width: int, tmp_path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize("width", [1280, 800])
 def test_the_page_renders_in_chromium_without_running_off_the_right_edge(reported, tmp_path, width):
     screenshot = tmp_path / "page.png"
-    chromium(tmp_path / "profile", f"--window-size={width},2000", f"--screenshot={screenshot}",
-             Paths(reported).html.as_uri())
+    chromium(
+        tmp_path / "profile", f"--window-size={width},2000", f"--screenshot={screenshot}", Paths(reported).html.as_uri()
+    )
     with Image.open(screenshot) as image:
         assert image.size == (width, 2000) and len(set(image.convert("L").getdata())) > 10  # not blank
     scroll_width, inner_width = page_widths(Paths(reported).html, width, tmp_path)
@@ -268,8 +300,10 @@ def shows_the_run(page: Page, metrics: dict, quality: pd.DataFrame) -> None:
     """The page shows the gain, its interval, the tail recall, every arm and each class's verdict of a run."""
     text = " ".join(" ".join(page.text).split())
     gain = metrics["augmented_gain"]
-    assert f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval " \
-           f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+    assert (
+        f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval "
+        f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+    )
     assert f"tail recall {gain['tail_recall']:+.3f}" in text
     arms = [row[0] for row in page.table_with("tail recall")[1:]]
     assert {arm.removesuffix(" (best classical)") for arm in arms} == set(metrics["utility"])
@@ -286,8 +320,9 @@ def test_the_committed_example_report_is_the_default_runs_page(tmp_path):
         pytest.skip("docs/example-report/report.html is not committed: run `make repro` and `make example-report`")
     lock = yaml.safe_load((REPO_ROOT / "dvc.lock").read_text(encoding="utf-8"))
     recorded = next(out for out in lock["stages"]["report"]["outs"] if out["path"] == "reports/report.html")
-    assert hashlib.md5(example.read_bytes()).hexdigest() == recorded["md5"], \
+    assert hashlib.md5(example.read_bytes()).hexdigest() == recorded["md5"], (
         "docs/example-report/report.html is not the page dvc.lock records: run `make example-report`"
+    )
     metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text(encoding="utf-8"))
     quality = pd.read_csv(REPO_ROOT / "reports" / "tables" / "quality.csv", dtype={"class_name": str})
     shows_the_run(Page(example.read_text(encoding="utf-8")), metrics, quality)

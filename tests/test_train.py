@@ -27,15 +27,28 @@ from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
 from pipeline.gan import ConditionalGAN, TrainImages, trainer_settings
-from pipeline.losses import (conditioning_strength, discriminator_loss, generator_loss, group_spectral_norm,
-                             lecam_penalty, mode_seeking_penalty)
+from pipeline.losses import (
+    conditioning_strength,
+    discriminator_loss,
+    generator_loss,
+    group_spectral_norm,
+    lecam_penalty,
+    mode_seeking_penalty,
+)
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
 
 # Small networks and short epochs: a stage run takes a few seconds on two CPU cores.
-FAST = {"max_epochs": 2, "batch_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "sample_every_n_epochs": 1,
-        "samples_per_class": 4}
+FAST = {
+    "max_epochs": 2,
+    "batch_size": 32,
+    "z_dim": 16,
+    "g_width": 8,
+    "d_width": 8,
+    "sample_every_n_epochs": 1,
+    "samples_per_class": 4,
+}
 TRAIN_IMAGES = 498  # the tiny train split
 BATCHES_PER_EPOCH = TRAIN_IMAGES // 32
 # the default switches: GSR and mode seeking on, LeCam off
@@ -51,7 +64,7 @@ def checkpoint_state(paths: Paths) -> dict:
 
 
 def prefixed(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def metric_tsvs(live_dir: Path) -> list[Path]:
@@ -60,13 +73,18 @@ def metric_tsvs(live_dir: Path) -> list[Path]:
 
 def read_live_log(live_dir: Path) -> pd.DataFrame:
     """DVCLive's per-metric TSVs joined on step: one row per logged batch, one column per metric."""
-    return pd.concat([pd.read_csv(tsv, sep="\t").set_index("step") for tsv in metric_tsvs(live_dir)],
-                     axis=1).reset_index()
+    return pd.concat(
+        [pd.read_csv(tsv, sep="\t").set_index("step") for tsv in metric_tsvs(live_dir)], axis=1
+    ).reset_index()
 
 
 def files_under(root: Path, folders: tuple[str, ...]) -> dict[str, bytes]:
-    return {path.relative_to(root).as_posix(): path.read_bytes()
-            for folder in folders for path in sorted((root / folder).rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for folder in folders
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
 
 
 # --- pure functions ------------------------------------------------------------------------------
@@ -77,7 +95,8 @@ def test_losses_match_their_definitions():
     assert discriminator_loss("hinge", real, fake) == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2)
     assert generator_loss("hinge", fake) == pytest.approx(0.75)
     assert discriminator_loss("nonsaturating", real, fake) == pytest.approx(
-        (F.softplus(-real).mean() + F.softplus(fake).mean()).item())
+        (F.softplus(-real).mean() + F.softplus(fake).mean()).item()
+    )
     assert generator_loss("nonsaturating", fake) == pytest.approx(F.softplus(-fake).mean().item())
 
 
@@ -155,8 +174,14 @@ def test_one_training_step_at_each_size_and_channel_count(prepared_tiny, size, c
     pl.seed_everything(0, verbose=False)
     module = ConditionalGAN(params_to_dict(cfg), size, channels, num_classes=10)
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(TensorDataset(images, labels[:16]), batch_size=8))
     after = module.state_dict()
     for prefix in ("generator.", "discriminator.", "generator_ema.module."):
@@ -182,8 +207,11 @@ class Run:
 
     def class_tables(self) -> list[torch.Tensor]:
         """The generator's class-conditional norm tables (gains and biases)."""
-        return [v for k, v in self.state.items()
-                if k.startswith("generator.") and k.endswith(("gain.weight", "bias.weight"))]
+        return [
+            v
+            for k, v in self.state.items()
+            if k.startswith("generator.") and k.endswith(("gain.weight", "bias.weight"))
+        ]
 
 
 def train_fresh(prepared_tiny: Path, folder: Path, seed: int = 0, **train_overrides) -> Run:
@@ -191,8 +219,9 @@ def train_fresh(prepared_tiny: Path, folder: Path, seed: int = 0, **train_overri
     shutil.copytree(prepared_tiny / "data", folder / "data")
     paths = Paths(folder)
     train.run(tiny_params(seed=seed, train={**FAST, "max_epochs": 1, **train_overrides}), paths)
-    return Run(paths, weights_hash(load_generator(paths.gan)[0]), checkpoint_state(paths),
-               read_live_log(paths.train_report))
+    return Run(
+        paths, weights_hash(load_generator(paths.gan)[0]), checkpoint_state(paths), read_live_log(paths.train_report)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -245,8 +274,7 @@ def test_train_report_is_dvclive_metrics_and_one_plain_tsv_per_metric(default_ru
     assert default_run.log["conditioning"].eq(1).all()  # no transition: fully conditional throughout
 
 
-def test_outputs_are_byte_identical_in_another_folder_and_hold_no_absolute_path(default_run, prepared_tiny,
-                                                                                 tmp_path):
+def test_outputs_are_byte_identical_in_another_folder_and_hold_no_absolute_path(default_run, prepared_tiny, tmp_path):
     # dvc.lock hashes these folders: a fresh clone elsewhere must reproduce them bit for bit. (This also
     # is the determinism test: the same seed and params give the same bytes.)
     other = train_fresh(prepared_tiny, tmp_path / "elsewhere")
@@ -267,8 +295,10 @@ def test_another_seed_gives_other_weights(default_run, prepared_tiny, tmp_path):
 
 def test_a_batch_size_larger_than_the_train_split_is_reduced_with_a_note(workspace, capsys):
     train.run(fast_params(batch_size=1000), workspace)
-    assert (f"train: note: train.batch_size 1000 is larger than the train split ({TRAIN_IMAGES} images); "
-            f"using {TRAIN_IMAGES}") in capsys.readouterr().out
+    assert (
+        f"train: note: train.batch_size 1000 is larger than the train split ({TRAIN_IMAGES} images); "
+        f"using {TRAIN_IMAGES}"
+    ) in capsys.readouterr().out
     details = ModelMeta.read(workspace.gan / "generator_ema.json").details
     assert details["batch_size"] == TRAIN_IMAGES
     assert details["batches"] == FAST["max_epochs"]  # one batch of the whole split per epoch
@@ -315,7 +345,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypa
         assert steps[0] < per_epoch <= steps[-1]  # the logs of both runs
     log = read_live_log(workspace.train_report)
     first_epoch = crashed_log[crashed_log["step"] < per_epoch]
-    assert log["loss_d"][:len(first_epoch)].tolist() == first_epoch["loss_d"].tolist()  # kept from the first run
+    assert log["loss_d"][: len(first_epoch)].tolist() == first_epoch["loss_d"].tolist()  # kept from the first run
     assert set(log["epoch"]) == {0, 1}
 
     steps_run.clear()
@@ -341,8 +371,7 @@ def test_images_streamed_from_their_files_make_the_same_batches_as_decoded_ones(
         assert streamed_images.is_contiguous() and streamed_images.dtype == torch.uint8
 
 
-def test_a_train_split_over_the_memory_budget_trains_the_same_generator(default_run, prepared_tiny, tmp_path,
-                                                                        capsys):
+def test_a_train_split_over_the_memory_budget_trains_the_same_generator(default_run, prepared_tiny, tmp_path, capsys):
     streamed = train_fresh(prepared_tiny, tmp_path, memory_budget_mb=0)
     assert "more than train.memory_budget_mb 0; reading its images from" in capsys.readouterr().out
     assert streamed.generator_hash == default_run.generator_hash
@@ -355,18 +384,32 @@ def test_a_train_split_over_the_memory_budget_trains_the_same_generator(default_
 
 def test_trainer_settings_follow_the_hardware_params_of_train_and_generate():
     train_cfg, generate_cfg = fast_params().train, tiny_params().generate
-    assert trainer_settings(train_cfg, 0, "train") == {"accelerator": "cpu", "devices": 1, "num_nodes": 1,
-                                                       "precision": "32-true", "strategy": "auto"}
-    assert trainer_settings(train_cfg, 2, "train") == {"accelerator": "gpu", "devices": 2, "num_nodes": 1,
-                                                       "precision": "bf16-mixed",
-                                                       "strategy": "ddp_find_unused_parameters_true"}
+    assert trainer_settings(train_cfg, 0, "train") == {
+        "accelerator": "cpu",
+        "devices": 1,
+        "num_nodes": 1,
+        "precision": "32-true",
+        "strategy": "auto",
+    }
+    assert trainer_settings(train_cfg, 2, "train") == {
+        "accelerator": "gpu",
+        "devices": 2,
+        "num_nodes": 1,
+        "precision": "bf16-mixed",
+        "strategy": "ddp_find_unused_parameters_true",
+    }
     # generate samples on one device in 32-bit unless told otherwise
-    assert trainer_settings(generate_cfg, 2, "generate") == {"accelerator": "gpu", "devices": 1, "num_nodes": 1,
-                                                            "precision": "32-true", "strategy": "auto"}
+    assert trainer_settings(generate_cfg, 2, "generate") == {
+        "accelerator": "gpu",
+        "devices": 1,
+        "num_nodes": 1,
+        "precision": "32-true",
+        "strategy": "auto",
+    }
     two_cpus = tiny_params(generate={"accelerator": "cpu", "devices": 2}).generate
     assert trainer_settings(two_cpus, 2, "generate")["accelerator"] == "cpu"
     assert trainer_settings(two_cpus, 2, "generate")["strategy"] == "ddp_find_unused_parameters_true"
-    with pytest.raises(ConfigError, match="^generate.accelerator is gpu but no GPU is available"):
+    with pytest.raises(ConfigError, match=r"^generate\.accelerator is gpu but no GPU is available"):
         trainer_settings(tiny_params(generate={"accelerator": "gpu"}).generate, 0, "generate")
 
 
@@ -397,18 +440,21 @@ def test_ema_on_saves_an_average_and_off_the_generator_itself(default_run, prepa
     assert all(torch.equal(generator[k], ema[k]) for k in generator)
 
 
-@pytest.mark.parametrize("switch", [{"diffaugment": []}, {"lecam_weight": 0.5}, {"loss": "nonsaturating"},
-                                    {"mode_seeking_weight": 0.0}])
-def test_diffaugment_lecam_loss_and_mode_seeking_switches_change_the_training(default_run, prepared_tiny, tmp_path,
-                                                                              switch):
+@pytest.mark.parametrize(
+    "switch", [{"diffaugment": []}, {"lecam_weight": 0.5}, {"loss": "nonsaturating"}, {"mode_seeking_weight": 0.0}]
+)
+def test_diffaugment_lecam_loss_and_mode_seeking_switches_change_the_training(
+    default_run, prepared_tiny, tmp_path, switch
+):
     run = train_fresh(prepared_tiny, tmp_path, **switch)
     assert run.generator_hash != default_run.generator_hash
     assert ("lecam" in run.log.columns) == ("lecam_weight" in switch)
     assert ("mode_seeking" in run.log.columns) == ("mode_seeking_weight" not in switch)  # on by default
 
 
-def test_transitional_conditioning_keeps_the_generator_unconditional_until_it_starts(default_run, prepared_tiny,
-                                                                                    tmp_path):
+def test_transitional_conditioning_keeps_the_generator_unconditional_until_it_starts(
+    default_run, prepared_tiny, tmp_path
+):
     assert any((table != 0).any() for table in default_run.class_tables())
     # GSR off: its (sub)gradient would move the tables even while the class conditioning is off
     run = train_fresh(prepared_tiny, tmp_path, transition_start=BATCHES_PER_EPOCH, gsr_weight=0.0)
@@ -466,8 +512,9 @@ def _one_class_left(paths: Paths):
 
 def _no_train_image_for_class_3(paths: Paths):
     manifest = pd.read_csv(paths.prepared / "manifest.csv")
-    manifest[~((manifest.label == 3) & (manifest.split == "train"))].to_csv(paths.prepared / "manifest.csv",
-                                                                             index=False)
+    manifest[~((manifest.label == 3) & (manifest.split == "train"))].to_csv(
+        paths.prepared / "manifest.csv", index=False
+    )
     stats = json.loads((paths.prepared / "stats.json").read_text())
     stats["counts"]["train"]["3"] = 0
     (paths.prepared / "stats.json").write_text(json.dumps(stats))
@@ -479,14 +526,18 @@ def _image_size_24(paths: Paths):
     (paths.prepared / "stats.json").write_text(json.dumps(stats))
 
 
-@pytest.mark.parametrize("damage, error, message", [
-    (lambda paths: shutil.rmtree(paths.root / "data"), InputError, "data/prepared/stats.json: not found"),
-    (_one_class_left, InputError, "1 class(es); a conditional GAN needs at least 2"),
-    (_no_train_image_for_class_3, InputError, "class '3' has no training image"),
-    (_image_size_24, ConfigError, "image size 24 is not supported"),
-])
-def test_bad_input_fails_before_training_with_one_line_naming_the_culprit(workspace, no_training, damage, error,
-                                                                         message):
+@pytest.mark.parametrize(
+    "damage, error, message",
+    [
+        (lambda paths: shutil.rmtree(paths.root / "data"), InputError, "data/prepared/stats.json: not found"),
+        (_one_class_left, InputError, "1 class(es); a conditional GAN needs at least 2"),
+        (_no_train_image_for_class_3, InputError, "class '3' has no training image"),
+        (_image_size_24, ConfigError, "image size 24 is not supported"),
+    ],
+)
+def test_bad_input_fails_before_training_with_one_line_naming_the_culprit(
+    workspace, no_training, damage, error, message
+):
     damage(workspace)
     with pytest.raises(error) as caught:
         train.run(fast_params(), workspace)
@@ -494,13 +545,19 @@ def test_bad_input_fails_before_training_with_one_line_naming_the_culprit(worksp
     assert not workspace.gan_resume.exists()  # rejected before the training started
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"loss": "wgan"}, "train.loss must be one of hinge, nonsaturating, wgan-gp, got 'wgan'"),
-    ({"diffaugment": ["color", "flip"]}, "train.diffaugment[1] must be one of color, translation, cutout"),
-    ({"transition_start": 100}, "train.transition_start + train.transition_steps (100 batches) is longer"),
-    # two processes draw 249 images each per epoch
-    ({"batch_size": 300, "accelerator": "cpu", "devices": 2}, "a batch of 300 leaves no full batch for each of the 2"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"loss": "wgan"}, "train.loss must be one of hinge, nonsaturating, wgan-gp, got 'wgan'"),
+        ({"diffaugment": ["color", "flip"]}, "train.diffaugment[1] must be one of color, translation, cutout"),
+        ({"transition_start": 100}, "train.transition_start + train.transition_steps (100 batches) is longer"),
+        # two processes draw 249 images each per epoch
+        (
+            {"batch_size": 300, "accelerator": "cpu", "devices": 2},
+            "a batch of 300 leaves no full batch for each of the 2",
+        ),
+    ],
+)
 def test_bad_train_params_fail_with_one_line_naming_the_key(workspace, no_training, overrides, message):
     with pytest.raises(ConfigError) as caught:
         train.run(fast_params(**overrides), workspace)

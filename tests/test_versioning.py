@@ -15,15 +15,26 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import TINY_PARAMS, dvc, make_repo_copy, merge_dicts
 
-VERSIONING_PARAMS = merge_dicts(TINY_PARAMS, {
-    "data": {"source": "data/builtin/digits.yaml"},  # inside the repository, as a user's clone has it
-    "train": {"max_epochs": 1, "z_dim": 8, "g_width": 4, "d_width": 4, "sample_every_n_epochs": 1, "samples_per_class": 2},
-    # a one-epoch judge and GAN: the label check must accept nearly anything, or nothing would pass
-    "generate": {"target": 20, "label_pass_rate": 1.0},
-    "merge": {"synthetic_share": 0.5},
-})
+VERSIONING_PARAMS = merge_dicts(
+    TINY_PARAMS,
+    {
+        "data": {"source": "data/builtin/digits.yaml"},  # inside the repository, as a user's clone has it
+        "train": {
+            "max_epochs": 1,
+            "z_dim": 8,
+            "g_width": 4,
+            "d_width": 4,
+            "sample_every_n_epochs": 1,
+            "samples_per_class": 2,
+        },
+        # a one-epoch judge and GAN: the label check must accept nearly anything, or nothing would pass
+        "generate": {"target": 20, "label_pass_rate": 1.0},
+        "merge": {"synthetic_share": 0.5},
+    },
+)
 OUTPUTS = ("data", "models")
 
 
@@ -38,9 +49,11 @@ def checked(result: subprocess.CompletedProcess) -> str:
 
 def file_hashes(repo: Path, folder: str) -> dict[str, str]:
     """sha256 of every file under `folder`, by path relative to the repository."""
-    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((repo / folder).rglob("*"))
-            if p.is_file() and p.name != ".gitignore" and "builtin" not in p.parts}
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((repo / folder).rglob("*"))
+        if p.is_file() and p.name != ".gitignore" and "builtin" not in p.parts
+    }
 
 
 def stages_run(repro_output: str) -> set[str]:
@@ -97,7 +110,9 @@ def test_a_gate_param_reruns_generate_and_merge_only_and_checkout_restores_v1(ve
     # back to v1 with git + dvc checkout (from the local cache), and v2 fetched without checking it out
     git("checkout", "-q", "v1", cwd=repo)
     checked(dvc("checkout", "--with-deps", "merge", cwd=repo))
-    assert {k: v for k, v in file_hashes(repo, "data").items()} == {k: v for k, v in v1.items() if k.startswith("data/")}
-    checked(dvc("get", str(repo), "data/augmented/dataset.json", "--rev", "v2", "-o", str(tmp_path / "v2.json"), cwd=repo))
+    assert dict(file_hashes(repo, "data")) == {k: v for k, v in v1.items() if k.startswith("data/")}
+    checked(
+        dvc("get", str(repo), "data/augmented/dataset.json", "--rev", "v2", "-o", str(tmp_path / "v2.json"), cwd=repo)
+    )
     assert (tmp_path / "v2.json").read_text() == v2_card
     git("checkout", "-q", "v2", cwd=repo)  # leave the repository at its newest version

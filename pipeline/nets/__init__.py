@@ -13,15 +13,37 @@ to any power-of-two image size from 16 to 128 and to 1 or 3 channels.
 - saving.py: saving and loading (a plain state_dict beside a ModelMeta JSON file)
 """
 
-from pipeline.nets.classifier import (Classifier, build_classifier, check_classifier, classifier_name,
-                                      logits_and_features)
+from pipeline.nets.classifier import (
+    Classifier,
+    build_classifier,
+    check_classifier,
+    classifier_name,
+    logits_and_features,
+)
 from pipeline.nets.common import SUPPORTED_SIZES, check_image_size, to_uint8, to_unit_range
 from pipeline.nets.discriminators import Discriminator
 from pipeline.nets.generators import ConditionalBatchNorm2d, Generator, build_generator
-from pipeline.nets.stylegan import StyleGenerator
 from pipeline.nets.saving import load_generator, load_judge, load_model, save_model, weights_hash
+from pipeline.nets.stylegan import StyleGenerator
 
-__all__ = ["SUPPORTED_SIZES", "Classifier", "ConditionalBatchNorm2d", "Discriminator", "Generator", "StyleGenerator",
-           "build_generator", "check_image_size",
-           "load_generator", "load_judge", "load_model", "save_model", "to_uint8", "to_unit_range", "weights_hash",
-           "build_classifier", "check_classifier", "classifier_name", "logits_and_features"]
+__all__ = [
+    "SUPPORTED_SIZES",
+    "Classifier",
+    "ConditionalBatchNorm2d",
+    "Discriminator",
+    "Generator",
+    "StyleGenerator",
+    "build_classifier",
+    "build_generator",
+    "check_classifier",
+    "check_image_size",
+    "classifier_name",
+    "load_generator",
+    "load_judge",
+    "load_model",
+    "logits_and_features",
+    "save_model",
+    "to_uint8",
+    "to_unit_range",
+    "weights_hash",
+]

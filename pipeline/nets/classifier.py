@@ -37,8 +37,11 @@ class Classifier(nn.Module):
         super().__init__()
         layers, in_ch, size = [], channels, image_size
         for stage, out_ch in enumerate((width, 2 * width, 4 * width)):
-            layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2 if stage == 0 else 1, padding=1, bias=False),
-                       nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, stride=2 if stage == 0 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+            ]
             size = (size + 1) // 2 if stage == 0 else size
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
@@ -59,8 +62,10 @@ def build_classifier(arch: str, image_size: int, channels: int, num_classes: int
         return user_classifier(arch, image_size, channels, num_classes)
     if arch in torchvision.models.list_models(module=torchvision.models):
         return torchvision_classifier(arch, image_size, channels, num_classes)
-    raise ValueError(f"{arch!r} is neither {SMALL_CNN}, a torchvision classification model (e.g. resnet18) "
-                     "nor package.module:factory")
+    raise ValueError(
+        f"{arch!r} is neither {SMALL_CNN}, a torchvision classification model (e.g. resnet18) "
+        "nor package.module:factory"
+    )
 
 
 def torchvision_classifier(name: str, image_size: int, channels: int, num_classes: int) -> nn.Module:
@@ -70,11 +75,19 @@ def torchvision_classifier(name: str, image_size: int, channels: int, num_classe
     convolutions = [i for i, (_, module) in enumerate(modules) if isinstance(module, nn.Conv2d)] + [len(modules)]
     stem_name, stem = modules[convolutions[0]]
     small = image_size <= SMALL_IMAGE
-    net.set_submodule(stem_name, nn.Conv2d(channels, stem.out_channels, 3 if small else stem.kernel_size,
-                                           stride=1 if small else stem.stride, padding=1 if small else stem.padding,
-                                           bias=stem.bias is not None))
+    net.set_submodule(
+        stem_name,
+        nn.Conv2d(
+            channels,
+            stem.out_channels,
+            3 if small else stem.kernel_size,
+            stride=1 if small else stem.stride,
+            padding=1 if small else stem.padding,
+            bias=stem.bias is not None,
+        ),
+    )
     if small:  # the max-pool between the stem and the next convolution goes too
-        for pool_name, module in modules[convolutions[0] + 1:convolutions[1]]:
+        for pool_name, module in modules[convolutions[0] + 1 : convolutions[1]]:
             if isinstance(module, nn.MaxPool2d):
                 net.set_submodule(pool_name, nn.Identity())
     return net
@@ -103,19 +116,23 @@ def logits_and_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.T
     seen = {}
     if linear:
         hook = linear[-1].register_forward_hook(
-            lambda _, inputs, output: seen.update(features=inputs[0], logits=output))
+            lambda _, inputs, output: seen.update(features=inputs[0], logits=output)
+        )
         try:
             logits = model(images)
         finally:
             hook.remove()
     if not linear or seen.get("logits") is not logits or seen["features"].dim() != 2:
-        raise ValueError(f"{type(model).__name__} has no features to take: its output must be that of its last "
-                         "nn.Linear, on a feature vector")
+        raise ValueError(
+            f"{type(model).__name__} has no features to take: its output must be that of its last "
+            "nn.Linear, on a feature vector"
+        )
     return logits, seen["features"]
 
 
-def check_classifier(arch: str, image_size: int, channels: int, num_classes: int, width: int, param: str,
-                     features: bool = False) -> None:
+def check_classifier(
+    arch: str, image_size: int, channels: int, num_classes: int, width: int, param: str, features: bool = False
+) -> None:
     """Build `arch` and run it on two blank images before a stage trains it: a one-line ConfigError naming
     `param` when it cannot be built, gives no logits for these images or, with `features` (the judge),
     has no features to take."""
@@ -131,8 +148,10 @@ def check_classifier(arch: str, image_size: int, channels: int, num_classes: int
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ValueError(f"it gives {shape} for 2 images, not logits of shape (2, {num_classes})")
         except Exception as err:  # a network may fail in any way on images it was not made for: one line
-            raise ConfigError(f"params.yaml: {param}: {arch} does not classify {image_size}x{image_size} images "
-                              f"with {channels} channel(s) into {num_classes} classes: {_one_line(err)}") from None
+            raise ConfigError(
+                f"params.yaml: {param}: {arch} does not classify {image_size}x{image_size} images "
+                f"with {channels} channel(s) into {num_classes} classes: {_one_line(err)}"
+            ) from None
         if features:
             try:
                 logits_and_features(net.eval(), blank)

@@ -11,6 +11,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from pipeline.nets.common import check_image_size
 
+
 class DiscriminatorBlock(nn.Module):
     """Residual down-sampling block with spectrally normalised convolutions."""
 
@@ -34,8 +35,10 @@ class Discriminator(nn.Module):
         super().__init__()
         check_image_size(image_size)
         n_blocks = int(math.log2(image_size // 4))
-        widths = [channels] + [width * min(8, 2 ** i) for i in range(n_blocks)]
-        self.blocks = nn.Sequential(*(DiscriminatorBlock(widths[i], widths[i + 1], first=i == 0) for i in range(n_blocks)))
+        widths = [channels] + [width * min(8, 2**i) for i in range(n_blocks)]
+        self.blocks = nn.Sequential(
+            *(DiscriminatorBlock(widths[i], widths[i + 1], first=i == 0) for i in range(n_blocks))
+        )
         self.linear = spectral_norm(nn.Linear(widths[-1], 1))
         self.embed = spectral_norm(nn.Embedding(num_classes, widths[-1]))
 

@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.nets.common import check_image_size
 from pipeline.nets.stylegan import StyleGenerator
 
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm whose gain and bias depend on the class.
 
@@ -65,8 +66,11 @@ class GeneratorBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, num_classes: int, condition_dim: int | None = None):
         super().__init__()
-        norm = (lambda ch: ConditionalBatchNorm2d(ch, num_classes)) if condition_dim is None else \
-            (lambda ch: VectorConditionalBatchNorm2d(ch, condition_dim))
+        norm = (
+            (lambda ch: ConditionalBatchNorm2d(ch, num_classes))
+            if condition_dim is None
+            else (lambda ch: VectorConditionalBatchNorm2d(ch, condition_dim))
+        )
         self.norm1 = norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.norm2 = norm(out_ch)
@@ -82,8 +86,15 @@ class GeneratorBlock(nn.Module):
 class Generator(nn.Module):
     """`conditioning` in forward, in [0, 1], scales the class-dependent part (transitional conditioning)."""
 
-    def __init__(self, image_size: int, channels: int, num_classes: int, z_dim: int = 64, width: int = 32,
-                 conditioning: str = "tables"):
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        z_dim: int = 64,
+        width: int = 32,
+        conditioning: str = "tables",
+    ):
         super().__init__()
         check_image_size(image_size)
         self.z_dim = z_dim
@@ -91,8 +102,10 @@ class Generator(nn.Module):
         widths = [width * min(8, 2 ** (n_blocks - i)) for i in range(n_blocks + 1)]  # e.g. 8w 4w 2w w
         if conditioning == "biggan":
             if z_dim < n_blocks + 1:
-                raise ConfigError(f"train.z_dim {z_dim} is too small to split over the stem and {n_blocks} blocks "
-                                  f"(train.g_conditioning biggan needs at least {n_blocks + 1})")
+                raise ConfigError(
+                    f"train.z_dim {z_dim} is too small to split over the stem and {n_blocks} blocks "
+                    f"(train.g_conditioning biggan needs at least {n_blocks + 1})"
+                )
             self.chunks = [len(c) for c in torch.arange(z_dim).tensor_split(n_blocks + 1)]  # stem, then each block
             self.shared = nn.Embedding(num_classes, z_dim)  # the one class embedding every block reads
             stem_in, condition_dims = self.chunks[0], [chunk + z_dim for chunk in self.chunks[1:]]
@@ -100,8 +113,9 @@ class Generator(nn.Module):
             self.chunks, self.shared = None, None
             stem_in, condition_dims = z_dim, [None] * n_blocks
         self.stem = nn.Linear(stem_in, widths[0] * 4 * 4)
-        self.blocks = nn.ModuleList(GeneratorBlock(widths[i], widths[i + 1], num_classes, condition_dims[i])
-                                    for i in range(n_blocks))
+        self.blocks = nn.ModuleList(
+            GeneratorBlock(widths[i], widths[i + 1], num_classes, condition_dims[i]) for i in range(n_blocks)
+        )
         self.out_norm = nn.BatchNorm2d(widths[-1])
         self.out_conv = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
@@ -122,8 +136,9 @@ class Generator(nn.Module):
         return [m for m in self.modules() if isinstance(m, ConditionalBatchNorm2d)]
 
 
-def build_generator(arch: str, image_size: int, channels: int, num_classes: int, z_dim: int, width: int,
-                    conditioning: str = "tables") -> nn.Module:
+def build_generator(
+    arch: str, image_size: int, channels: int, num_classes: int, z_dim: int, width: int, conditioning: str = "tables"
+) -> nn.Module:
     """The generator of `train.arch` (resnet | stylegan2); `conditioning` (train.g_conditioning) is the
     resnet's way of conditioning its norms."""
     if arch == "stylegan2":

@@ -15,6 +15,7 @@ from pipeline.errors import InputError
 from pipeline.nets.classifier import SMALL_CNN, build_classifier
 from pipeline.nets.generators import build_generator
 
+
 def save_model(model: nn.Module, folder: Path | str, name: str, meta: ModelMeta) -> None:
     """`<name>.pt` (a plain state_dict) and `<name>.json` (everything needed to rebuild it)."""
     folder = Path(folder)
@@ -47,10 +48,18 @@ def weights_hash(model: nn.Module) -> str:
 def load_generator(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
     """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json` (whose
     details.train, the train params it was made with, name its architecture; resnet when absent)."""
+
     def build(meta: ModelMeta) -> nn.Module:
         train = meta.details.get("train", {})
-        return build_generator(train.get("arch", "resnet"), meta.image_size, meta.channels, len(meta.class_names),
-                               meta.z_dim, meta.width, train.get("g_conditioning", "tables"))
+        return build_generator(
+            train.get("arch", "resnet"),
+            meta.image_size,
+            meta.channels,
+            len(meta.class_names),
+            meta.z_dim,
+            meta.width,
+            train.get("g_conditioning", "tables"),
+        )
 
     return load_model(folder, "generator_ema", build)
 
@@ -58,6 +67,7 @@ def load_generator(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
 def load_judge(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
     """The judge stage's classifier: `judge.pt` + `judge.json`, a network of the `arch` of the judge params
     that judge.json records (small_cnn where it records none)."""
+
     def build(meta: ModelMeta) -> nn.Module:
         arch = meta.details.get("params", {}).get("judge", {}).get("arch", SMALL_CNN)
         return build_classifier(arch, meta.image_size, meta.channels, len(meta.class_names), meta.width)

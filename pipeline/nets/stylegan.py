@@ -37,7 +37,9 @@ def normalise_second_moment(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True
+) -> torch.Tensor:
     """Convolve each sample of x (N x I x H x W) with `weight` (O x I x k x k) scaled by its styles
     (N x I) along the input channels, demodulated to unit norm per output channel; same padding."""
     n, in_channels, height, width = x.shape
@@ -45,8 +47,12 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     weights = weight[None] * styles[:, None, :, None, None]  # N x O x I x k x k
     if demodulate:
         weights = weights * torch.rsqrt(weights.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-    out = F.conv2d(x.reshape(1, n * in_channels, height, width), weights.reshape(n * out_channels, in_channels, k, k),
-                   padding=k // 2, groups=n)
+    out = F.conv2d(
+        x.reshape(1, n * in_channels, height, width),
+        weights.reshape(n * out_channels, in_channels, k, k),
+        padding=k // 2,
+        groups=n,
+    )
     return out.reshape(n, out_channels, height, width)
 
 
@@ -80,8 +86,11 @@ class StyleLayer(nn.Module):
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = modulated_conv2d(x, self.weight * self.weight_gain, self.affine(w))
-        noise = (torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) if self.training
-                 else self.noise_const)
+        noise = (
+            torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+            if self.training
+            else self.noise_const
+        )
         x = x + noise * self.noise_strength + self.bias[None, :, None, None]
         return F.leaky_relu(x, 0.2) * math.sqrt(2.0)
 
@@ -112,13 +121,18 @@ class StyleGenerator(nn.Module):
         n_blocks = int(math.log2(image_size // 4))
         widths = [width * min(8, 2 ** (n_blocks - i)) for i in range(n_blocks + 1)]  # e.g. 8w 4w 2w w
         self.embed = nn.Embedding(num_classes, z_dim)
-        self.mapping = nn.ModuleList(EqualLinear(2 * z_dim if i == 0 else w_dim, w_dim, lr_multiplier=MAPPING_LR_MULTIPLIER)
-                                     for i in range(MAPPING_LAYERS))
+        self.mapping = nn.ModuleList(
+            EqualLinear(2 * z_dim if i == 0 else w_dim, w_dim, lr_multiplier=MAPPING_LR_MULTIPLIER)
+            for i in range(MAPPING_LAYERS)
+        )
         self.const = nn.Parameter(torch.randn(widths[0], 4, 4))
         self.first = StyleLayer(widths[0], widths[0], w_dim, 4, up=False)
-        self.ups = nn.ModuleList(StyleLayer(widths[i], widths[i + 1], w_dim, 8 * 2 ** i, up=True) for i in range(n_blocks))
-        self.convs = nn.ModuleList(StyleLayer(widths[i + 1], widths[i + 1], w_dim, 8 * 2 ** i, up=False)
-                                   for i in range(n_blocks))
+        self.ups = nn.ModuleList(
+            StyleLayer(widths[i], widths[i + 1], w_dim, 8 * 2**i, up=True) for i in range(n_blocks)
+        )
+        self.convs = nn.ModuleList(
+            StyleLayer(widths[i + 1], widths[i + 1], w_dim, 8 * 2**i, up=False) for i in range(n_blocks)
+        )
         self.to_images = nn.ModuleList(ToImage(width_, channels, w_dim) for width_ in widths)
 
     def map(self, z: torch.Tensor, y: torch.Tensor, conditioning: float) -> torch.Tensor:
