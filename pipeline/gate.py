@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline import nets
 from pipeline.classifier import predict
 from pipeline.config import GenerateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
@@ -119,7 +118,7 @@ def select_passing(
 class ClassGate:
     """The quality gate of one class: the judge, and the class's real train images in its feature space."""
 
-    judge: nets.Classifier
+    judge: torch.nn.Module  # the judge, a network of judge.arch
     label: int
     real_index: NearestNeighbors
     real_paths: np.ndarray
@@ -147,7 +146,7 @@ class ClassGate:
         ), features.numpy()
 
 
-def build_gates(judge: nets.Classifier, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
+def build_gates(judge: torch.nn.Module, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
     """One gate per class, calibrated on the real train and val images."""
     manifest = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
     train_paths = manifest.loc[manifest["split"] == "train", "path"].to_numpy()
