@@ -20,6 +20,16 @@ from pipeline.paths import Paths
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO_ROOT / "data/builtin/digits.yaml")
 
+# Small networks for the GAN tests: a stage run takes a few seconds on two CPU cores.
+FAST_GAN = {
+    "batch_size": 32,
+    "z_dim": 16,
+    "g_width": 8,
+    "d_width": 8,
+    "sample_every_n_epochs": 1,
+    "samples_per_class": 4,
+}
+
 # A tiny but real config: sklearn's 8x8 digits fitted to 16x16, long-tailed train split, and
 # classifiers that stop after a few dozen updates.
 TINY_CLASSIFIER = {"width": 4, "eval_every": 10, "patience": 1, "max_steps": 30}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_PARAMS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
+from conftest import FAST_GAN, TINY_PARAMS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import generate, judge, train
 from pipeline.augment import diff_augment
 from pipeline.config import params_to_dict
@@ -21,15 +21,7 @@ from pipeline.losses import adapted_probability, discriminator_loss, generator_l
 from pipeline.nets import build_generator, load_generator
 from pipeline.paths import Paths
 
-FAST = {
-    "max_epochs": 1,
-    "batch_size": 32,
-    "z_dim": 16,
-    "g_width": 8,
-    "d_width": 8,
-    "sample_every_n_epochs": 1,
-    "samples_per_class": 4,
-}
+FAST = {**FAST_GAN, "max_epochs": 1}
 # every generator family and conditioning, each with the loss or augmentation it is most often paired with
 FAMILIES = {
     "stylegan2": {"arch": "stylegan2"},

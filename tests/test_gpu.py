@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import tiny_params
+from conftest import FAST_GAN, tiny_params
 from pipeline import generate, nets, train
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats
 from pipeline.gan import trainer_settings
@@ -20,16 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 
 # One device: more would start DDP, which launches this command (pytest) again in other processes.
 ON_GPU = {"accelerator": "gpu", "devices": 1}
-TRAIN = {
-    **ON_GPU,
-    "max_epochs": 1,
-    "batch_size": 32,
-    "z_dim": 16,
-    "g_width": 8,
-    "d_width": 8,
-    "sample_every_n_epochs": 1,
-    "samples_per_class": 4,
-}
+TRAIN = {**ON_GPU, **FAST_GAN, "max_epochs": 1}
 
 
 @pytest.fixture(scope="module")

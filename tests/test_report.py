@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -24,13 +25,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY_PARAMS, run_cli, tiny_params, write_params
+from conftest import REPO_ROOT, TINY_PARAMS, run_cli, tiny_params, write_params
 from pipeline import report
 from pipeline.contracts import PreparedStats
 from pipeline.io import read_json
 from pipeline.paths import Paths
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+from example_report import CHROMIUM_FLAGS  # the flags the committed example is rendered with
+
 EXAMPLE = REPO_ROOT / "docs" / "example-report"  # the default run's page, committed by `make example-report`
 
 # What the report stage reads; a workspace holding only these proves it needs nothing else.
@@ -241,19 +244,7 @@ def chromium(profile: Path, *args: str) -> str:
             pytest.fail("chromium is not installed (.ci/run installs it)")
         pytest.skip("chromium is not installed (set CI to make this a failure)")
     return subprocess.run(
-        [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-            f"--user-data-dir={profile}",
-            *args,
-        ],
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
         check=True,
         capture_output=True,
         text=True,

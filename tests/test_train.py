@@ -20,7 +20,7 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
+from conftest import FAST_GAN, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import train
 from pipeline.augment import AUGMENTATIONS, diff_augment
 from pipeline.config import params_to_dict
@@ -39,16 +39,8 @@ from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
 
-# Small networks and short epochs: a stage run takes a few seconds on two CPU cores.
-FAST = {
-    "max_epochs": 2,
-    "batch_size": 32,
-    "z_dim": 16,
-    "g_width": 8,
-    "d_width": 8,
-    "sample_every_n_epochs": 1,
-    "samples_per_class": 4,
-}
+# Short epochs of the small GAN (conftest.FAST_GAN).
+FAST = {**FAST_GAN, "max_epochs": 2}
 TRAIN_IMAGES = 498  # the tiny train split
 BATCHES_PER_EPOCH = TRAIN_IMAGES // 32
 # the default switches: GSR and mode seeking on, LeCam off
