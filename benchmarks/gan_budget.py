@@ -381,36 +381,60 @@ def table(workspaces: list[Path]) -> None:
             )
 
 
+# How a workspace is drawn, by the end of its name: a curve of the adaptive augmentation dashed, a generator
+# family at one budget as a marker of its own; the colour is the dataset (the name before that suffix).
+STYLES = {
+    "-ada": {"linestyle": "--", "marker": "o"},
+    "-stylegan2": {"marker": "s"},
+    "-biggan": {"marker": "^"},
+    "-wgan-gp": {"marker": "D"},
+}
+
+
 def figure(out: Path, workspaces: list[Path]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     panels = [
         ("cas", "CAS (synthetic only), val"),
-        ("gain", "augmented − best classical, val"),
-        ("recall", "recall of synthetic (judge features)"),
-        ("coverage", "coverage of synthetic"),
-        ("frechet", "Fréchet distance to real val"),
+        ("gain", "augmented − best classical, val (95 % interval)"),
+        ("recall", "recall of the synthetic images (judge features)"),
+        ("coverage", "coverage of the synthetic images"),
+        ("frechet", "Fréchet distance to real val (judge features)"),
         ("memorised_share", "memorised share"),
     ]
+    colours = {}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     for workspace in workspaces:
         frame = results(workspace)
+        if frame.empty:
+            continue
+        suffix = next((end for end in STYLES if workspace.name.endswith(end)), "")
+        dataset = workspace.name.removesuffix(suffix)
+        colour = colours.setdefault(dataset, f"C{len(colours)}")
+        style = {"linestyle": "-", "marker": "o"} | STYLES.get(suffix, {})
         for ax, (key, _) in zip(axes.flat, panels):
-            (line,) = ax.plot(frame["batches"], frame[key], marker="o", label=workspace.name)
-            if key == "gain":
-                ax.fill_between(
-                    frame["batches"], frame["gain_low"], frame["gain_high"], alpha=0.15, color=line.get_color()
-                )
+            ax.plot(frame["batches"], frame[key], color=colour, label=workspace.name, **style)
+            if key == "gain" and len(frame) > 1:
+                ax.fill_between(frame["batches"], frame["gain_low"], frame["gain_high"], alpha=0.1, color=colour)
+            elif key == "gain":
+                low, high = frame["gain"] - frame["gain_low"], frame["gain_high"] - frame["gain"]
+                ax.errorbar(frame["batches"], frame["gain"], yerr=[low, high], color=colour, linestyle="none")
     for ax, (key, title) in zip(axes.flat, panels):
         ax.set_xscale("log")
+        low, high = ax.get_xlim()
+        ticks = [t for t in (1000 * k for k in (1, 2, 5, 10, 20, 50, 100)) if low <= t <= high]
+        ax.set_xticks(ticks, [f"{t // 1000}k" for t in ticks])
+        ax.set_xlim(low, high)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("GAN batches")
+        ax.set_xlabel("GAN batches (log scale)")
         if key == "gain":
             ax.axhline(0.0, color="grey", linewidth=0.8)
-    axes.flat[0].legend(fontsize=8)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
