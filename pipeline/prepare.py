@@ -44,7 +44,8 @@ def cap_per_class(labels: np.ndarray, groups: np.ndarray, cap: int | None, rng: 
     keep = np.ones(len(labels), dtype=bool)
     if cap is None:
         return keep
-    for label, group in {(y, g) for y, g in zip(labels.tolist(), groups.tolist())}:
+    # sorted: a set of strings iterates in an order salted per process, and the draws must not follow it
+    for label, group in sorted({(y, g) for y, g in zip(labels.tolist(), groups.tolist())}):
         members = np.flatnonzero((labels == label) & (groups == group))
         keep[rng.permutation(members)[cap:]] = False
     return keep

@@ -3,6 +3,9 @@
 import gzip
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -53,6 +56,31 @@ def test_cap_per_class_keeps_at_most_the_cap_of_each_class_in_each_source_split(
     keep = cap_per_class(labels, groups, 5, np.random.default_rng(0))
     assert keep[:10].sum() == 5 and keep[10:13].all() and keep[13:].sum() == 4
     assert cap_per_class(labels, groups, None, np.random.default_rng(0)).all()
+
+
+CAP_IN_A_FRESH_INTERPRETER = """
+import numpy as np
+from pipeline.prepare import cap_per_class
+labels = np.repeat(np.arange(10), 40)
+groups = np.tile(np.array(["train", "test"] * 20), 10)
+print(np.flatnonzero(cap_per_class(labels, groups, 7, np.random.default_rng(0))).tolist())
+"""
+
+
+def test_cap_per_class_draws_the_same_items_whatever_the_string_hash_seed():
+    """Each new Python process salts the hash of strings; the cap's draws must not follow a set's order."""
+    kept = {
+        subprocess.run(
+            [sys.executable, "-c", CAP_IN_A_FRESH_INTERPRETER],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+            env=os.environ | {"PYTHONHASHSEED": str(hash_seed), "PYTHONPATH": str(REPO_ROOT)},
+        ).stdout
+        for hash_seed in (1, 2)
+    }
+    assert len(kept) == 1
 
 
 def test_carve_val_takes_a_share_of_each_class_and_leaves_one_train_image():
