@@ -25,7 +25,9 @@ The test split is never read. Everything runs on one thread (set OMP_NUM_THREADS
 workspaces can run side by side on two cores. Killed, `run` resumes from the last epoch's checkpoint
 (Lightning restarts the interrupted epoch's draws, so a resumed training is another realisation of the
 same budget) and skips budgets already measured. `--seconds-of REF` makes budget xK last K times the
-training seconds that REF's budget x1 took instead (a generator family compared at matched wall time).
+training seconds that REF's budget x1 took instead (a generator family compared at matched wall time;
+on a machine shared with other jobs the seconds vary, so docs/results.md gives a family the fraction
+of x1's epochs that its throughput relative to the default's allows, e.g. `--budgets 0.436`).
 `table` prints a markdown table of one or more workspaces; `figure` draws each measure against the
 GAN's batches (log scale), one line per workspace.
 """
@@ -103,8 +105,10 @@ def make_workspace(workspace: Path, overrides: list[str]) -> None:
         if yaml.safe_load(params_file.read_text()) != raw:
             raise SystemExit(f"{params_file}: made with other params; use another workspace")
     else:
-        workspace.mkdir(parents=True)
-        shutil.copytree(REPO / "data/builtin", workspace / "data/builtin")
+        # a new workspace, or one given another's data/prepared, data/holdout and models/judge (and
+        # classical_runs_*.pkl) to compare on the same prepared data, judge and classical arms
+        workspace.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(REPO / "data/builtin", workspace / "data/builtin", dirs_exist_ok=True)
         params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     for name in ("prepare", "judge"):
         if not (workspace / SHARED[0 if name == "prepare" else 2]).exists():
