@@ -129,7 +129,8 @@ def fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
 
 
 def _open_checked(raw: bytes, origin: str, max_pixels: int) -> Image.Image:
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # PIL's own decompression-bomb check at our limit, for this image only: the limit is global to PIL
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -145,6 +146,8 @@ def _open_checked(raw: bytes, origin: str, max_pixels: int) -> Image.Image:
         # PIL names the in-memory file with its address, which would make skipped.csv differ run to run
         reason = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", " ".join(str(err).split()))
         raise SkipImage(f"cannot decode: {reason or type(err).__name__}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     return image
 
 

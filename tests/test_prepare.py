@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 
 from conftest import REPO_ROOT, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import prepare, sources
+from pipeline.__main__ import main as pipeline_main
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
 from pipeline.errors import InputError
 from pipeline.io import class_folder_names, read_manifest, sha256_file
@@ -405,16 +406,25 @@ def test_csv_manifest_source(tmp_path):
 # --- bad input: one line, exit 2, no traceback, nothing lost -------------------------------------
 
 
-def _run_prepare(tmp_path, data_overrides) -> tuple[int, str]:
+def _run_prepare(tmp_path, data_overrides, capsys) -> tuple[int, str]:
+    """`python -m pipeline prepare` in `tmp_path`: the first bad source in a process of its own, as DVC
+    runs it, the others through the same entry point in this process (a new process costs seconds)."""
     write_params(tmp_path, merge_dicts(TINY_PARAMS, {"data": data_overrides}))
-    result = run_cli("prepare", cwd=tmp_path)
-    assert "Traceback" not in result.stderr
-    return result.returncode, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    if data_overrides["source"] == "nowhere":
+        result = run_cli("prepare", cwd=tmp_path)
+        code, stderr = result.returncode, result.stderr
+    else:
+        capsys.readouterr()
+        code, stderr = pipeline_main(["prepare"]), capsys.readouterr().err
+    assert "Traceback" not in stderr
+    return code, stderr.strip().splitlines()[-1] if stderr.strip() else ""
 
 
-def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path):
+def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    pil_limit = Image.MAX_IMAGE_PIXELS
     write_params(tmp_path, TINY_PARAMS)
-    assert run_cli("prepare", cwd=tmp_path).returncode == 0
+    assert pipeline_main(["prepare"]) == 0
     prepared = Paths(tmp_path).prepared
     previous = (prepared / "manifest.csv").read_bytes()
 
@@ -442,7 +452,8 @@ def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path):
         ({"source": str(bomb), "max_image_pixels": 100_000}, "a/huge.png: image is over data.max_image_pixels"),
     ]
     for overrides, message in cases:
-        code, line = _run_prepare(tmp_path, overrides)
+        code, line = _run_prepare(tmp_path, overrides, capsys)
         assert code == 2 and line.startswith("error: ") and message in line, (overrides, line)
         assert (prepared / "manifest.csv").read_bytes() == previous
         assert not list(tmp_path.glob("data/prepared.tmp-*"))
+    assert pil_limit == Image.MAX_IMAGE_PIXELS  # data.max_image_pixels set PIL's limit for prepare's images only
