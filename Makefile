@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 repro: install
 	dvc repro
 
+# one pytest-xdist worker per CPU core (tests/conftest.py shares the cores' threads among them)
 test: install
-	python -m pytest -q
+	python -m pytest -q -n auto
 
 # constraints.txt afresh: pyproject.toml's ranges resolved to the newest versions pip finds, in a throwaway
 # venv and without installing anything (.venv is untouched until the next `make install`)

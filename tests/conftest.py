@@ -18,6 +18,17 @@ from pipeline.config import Params, params_from_dict
 from pipeline.paths import Paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# `make test` runs the tests in one pytest-xdist worker per core. PyTorch gives each process a thread per
+# core, so each worker, and each stage it starts in a subprocess, takes only its share of the cores.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    import torch
+
+    _threads = str(max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    torch.set_num_threads(int(_threads))
+
 DIGITS = str(REPO_ROOT / "data/builtin/digits.yaml")
 
 # Small networks for the GAN tests: a stage run takes a few seconds on two CPU cores.
