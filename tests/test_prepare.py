@@ -406,11 +406,11 @@ def test_csv_manifest_source(tmp_path):
 # --- bad input: one line, exit 2, no traceback, nothing lost -------------------------------------
 
 
-def _run_prepare(tmp_path, data_overrides, capsys) -> tuple[int, str]:
-    """`python -m pipeline prepare` in `tmp_path`: the first bad source in a process of its own, as DVC
-    runs it, the others through the same entry point in this process (a new process costs seconds)."""
+def _run_prepare(tmp_path, data_overrides, capsys, own_process: bool) -> tuple[int, str]:
+    """`python -m pipeline prepare` in `tmp_path`: in a process of its own, as DVC runs it, or through the
+    same entry point in this process (a new process costs seconds)."""
     write_params(tmp_path, merge_dicts(TINY_PARAMS, {"data": data_overrides}))
-    if data_overrides["source"] == "nowhere":
+    if own_process:
         result = run_cli("prepare", cwd=tmp_path)
         code, stderr = result.returncode, result.stderr
     else:
@@ -451,8 +451,8 @@ def test_bad_sources_are_clear_errors_and_keep_the_previous_output(tmp_path, mon
         ({"source": str(corrupt), "strict": True}, "b/bad.png: cannot decode"),
         ({"source": str(bomb), "max_image_pixels": 100_000}, "a/huge.png: image is over data.max_image_pixels"),
     ]
-    for overrides, message in cases:
-        code, line = _run_prepare(tmp_path, overrides, capsys)
+    for i, (overrides, message) in enumerate(cases):
+        code, line = _run_prepare(tmp_path, overrides, capsys, own_process=i == 0)
         assert code == 2 and line.startswith("error: ") and message in line, (overrides, line)
         assert (prepared / "manifest.csv").read_bytes() == previous
         assert not list(tmp_path.glob("data/prepared.tmp-*"))
