@@ -64,7 +64,7 @@ from pipeline.metrics import copy_thresholds, paired_difference, tail_classes  #
 from pipeline.nets import load_judge, save_model  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.quality import class_quality  # noqa: E402
-from pipeline.train import LastCheckpoint  # noqa: E402
+from pipeline.stages.train import LastCheckpoint  # noqa: E402
 from pipeline.utility import CLASSICAL_ARMS, read_arm_inputs, run_arms  # noqa: E402
 
 SHARED = ("data/prepared", "data/holdout", "models/judge")  # made once per workspace, read by every budget

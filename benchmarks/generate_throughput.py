@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from pipeline import generate, nets, prepare
+from pipeline import nets
 from pipeline.config import load_params, params_from_dict
 from pipeline.contracts import ModelMeta, PreparedStats, SyntheticSummary
 from pipeline.paths import Paths
+from pipeline.stages import generate, prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,10 +31,10 @@ from pipeline.classifier import predict
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.gate import build_gates, select_passing
-from pipeline.generate import plan_counts
-from pipeline.merge import merged_weights
 from pipeline.metrics import mean_std, paired_difference, precision_recall_density_coverage, tail_classes
 from pipeline.paths import Paths
+from pipeline.stages.generate import plan_counts
+from pipeline.stages.merge import merged_weights
 from pipeline.utility import ArmInputs, read_arm_inputs, run_arms
 
 

@@ -40,9 +40,9 @@ from pipeline import nets
 from pipeline.classifier import TrainingSet, fit, predict
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
-from pipeline.merge import merged_weights
 from pipeline.metrics import mean_std, paired_difference
 from pipeline.paths import Paths
+from pipeline.stages.merge import merged_weights
 from pipeline.utility import arm_training_sets, read_arm_inputs
 
 

@@ -13,7 +13,16 @@ import sys
 from pipeline.config import load_params
 from pipeline.errors import PipelineError
 
-STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")
+# stage name -> its module; only the chosen stage is imported (a stage's DVC deps are the code it runs)
+STAGES = {
+    "prepare": "pipeline.stages.prepare",
+    "judge": "pipeline.stages.judge",
+    "train": "pipeline.stages.train",
+    "generate": "pipeline.stages.generate",
+    "merge": "pipeline.stages.merge",
+    "evaluate": "pipeline.stages.evaluate",
+    "report": "pipeline.stages.report",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        importlib.import_module(f"pipeline.{args.stage}").run(params)
+        importlib.import_module(STAGES[args.stage]).run(params)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

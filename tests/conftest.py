@@ -96,7 +96,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
 @pytest.fixture(scope="session")
 def prepared_tiny(tmp_path_factory) -> Path:
     """A workspace in which `prepare` ran once on the tiny config (read-only for tests: copy it)."""
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     root = tmp_path_factory.mktemp("prepared_tiny")
     prepare.run(tiny_params(), Paths(root))
@@ -217,8 +217,8 @@ def evaluate_inputs(prepared_tiny, tmp_path_factory) -> Path:
     (held-out val images and their one-pixel shifts). Class 0, the largest, gets none."""
     import torch
 
-    from pipeline import judge, merge
     from pipeline.contracts import PreparedStats, load_split
+    from pipeline.stages import judge, merge
 
     paths = Paths(copy_outputs(prepared_tiny, tmp_path_factory.mktemp("evaluate_inputs")))
     judge.run(tiny_params(), paths)
@@ -246,7 +246,7 @@ def evaluated_without_synthetic(prepared_tiny, tmp_path_factory) -> tuple[Path, 
     import contextlib
     import io
 
-    from pipeline import evaluate, generate, merge
+    from pipeline.stages import evaluate, generate, merge
     from test_generate import save_untrained_models
 
     paths = Paths(copy_outputs(prepared_tiny, tmp_path_factory.mktemp("evaluated_without_synthetic")))
@@ -265,7 +265,7 @@ def evaluated(evaluate_inputs, tmp_path_factory) -> tuple[Path, str]:
     import contextlib
     import io
 
-    from pipeline import evaluate
+    from pipeline.stages import evaluate
 
     paths = Paths(copy_outputs(evaluate_inputs, tmp_path_factory.mktemp("evaluated")))
     printed = io.StringIO()

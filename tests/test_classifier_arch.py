@@ -14,12 +14,13 @@ import yaml
 from torch import nn
 
 from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_PARAMS, dvc, make_repo_copy, merge_dicts, tiny_params
-from pipeline import judge, nets
+from pipeline import nets
 from pipeline.classifier import TrainingSet, fit, predict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError
 from pipeline.metrics import balanced_accuracy
 from pipeline.paths import Paths
+from pipeline.stages import judge
 from pipeline.utility import read_arm_inputs, run_arms
 
 MLP = "tests.user_networks:mlp"

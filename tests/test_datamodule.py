@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
 from conftest import REPO_ROOT, copy_outputs, tiny_params
-from pipeline import merge
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.datamodule import AugmentedDataModule
 from pipeline.dataset import load_augmented
 from pipeline.paths import Paths
+from pipeline.stages import merge
 
 
 @pytest.fixture(scope="module", params=["imagefolder", "shards"])

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
-from pipeline import evaluate
 from pipeline.classifier import AugmentedBatches, TrainingSet, fit, predict
 from pipeline.config import ClassifierParams, VerdictParams
 from pipeline.contracts import ARMS, GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
@@ -22,6 +21,7 @@ from pipeline.errors import InputError
 from pipeline.io import read_manifest, write_manifest
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts
+from pipeline.stages import evaluate
 from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 
 
@@ -141,7 +141,7 @@ def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate
 
 
 def test_the_arms_read_the_same_images_from_shards_as_from_the_imagefolder(evaluate_inputs, tmp_path):
-    from pipeline import merge
+    from pipeline.stages import merge
 
     shards = Paths(copy_outputs(evaluate_inputs, tmp_path))
     merge.run(tiny_params(merge={"format": "shards"}), shards)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from conftest import FAST_GAN, TINY_PARAMS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
-from pipeline import generate, judge, train
 from pipeline.augment import diff_augment
 from pipeline.config import params_to_dict
 from pipeline.errors import ConfigError
@@ -20,6 +19,7 @@ from pipeline.gan import ConditionalGAN
 from pipeline.losses import adapted_probability, discriminator_loss, generator_loss, gradient_penalty
 from pipeline.nets import build_generator, load_generator
 from pipeline.paths import Paths
+from pipeline.stages import generate, judge, train
 
 FAST = {**FAST_GAN, "max_epochs": 1}
 # every generator family and conditioning, each with the loss or augmentation it is most often paired with

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
-from pipeline import gate, generate, nets
+from pipeline import gate, nets
 from pipeline.classifier import predict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
 from pipeline.errors import ConfigError, GateError, InputError
@@ -20,6 +20,7 @@ from pipeline.gan import latents
 from pipeline.io import read_manifest, sha256_file
 from pipeline.metrics import closest_real_pair, copy_thresholds
 from pipeline.paths import Paths
+from pipeline.stages import generate
 
 NO_LABEL_CHECK = {"check_label": False}
 

@@ -14,13 +14,13 @@ from dvc.fs import LocalFileSystem
 from dvc.repo.plots import parse as dvc_parse_plot
 
 from conftest import TINY_CLASSIFIER, TINY_PARAMS, run_cli, tiny_params, write_params
-from pipeline import judge
 from pipeline.classifier import predict
 from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.metrics import balanced_accuracy
 from pipeline.nets import load_judge, weights_hash
 from pipeline.paths import Paths
+from pipeline.stages import judge
 
 # Scored every 10 updates, it stops after about 120 of the 200 on the tiny data.
 EARLY_STOPPING = {"eval_every": 10, "patience": 2, "max_steps": 200}

@@ -15,7 +15,6 @@ import torch
 from torchvision.datasets import ImageFolder
 
 from conftest import copy_outputs, tiny_params
-from pipeline import generate, merge
 from pipeline.config import MergeParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
 from pipeline.dataset import load_augmented
@@ -23,6 +22,7 @@ from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest, sha256_file
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
+from pipeline.stages import generate, merge
 from test_generate import NO_LABEL_CHECK, save_untrained_models
 
 SHARE = MergeParams().synthetic_share  # the default

@@ -16,13 +16,14 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from conftest import REPO_ROOT, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
-from pipeline import prepare, sources
+from pipeline import sources
 from pipeline.__main__ import main as pipeline_main
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
 from pipeline.errors import InputError
 from pipeline.io import class_folder_names, read_manifest, sha256_file
 from pipeline.paths import Paths
-from pipeline.prepare import cap_per_class, carve_val, imbalance_counts, stratified_split
+from pipeline.stages import prepare
+from pipeline.stages.prepare import cap_per_class, carve_val, imbalance_counts, stratified_split
 
 # --- pure functions ------------------------------------------------------------------------------
 
@@ -61,7 +62,7 @@ def test_cap_per_class_keeps_at_most_the_cap_of_each_class_in_each_source_split(
 
 CAP_IN_A_FRESH_INTERPRETER = """
 import numpy as np
-from pipeline.prepare import cap_per_class
+from pipeline.stages.prepare import cap_per_class
 labels = np.repeat(np.arange(10), 40)
 groups = np.tile(np.array(["train", "test"] * 20), 10)
 print(np.flatnonzero(cap_per_class(labels, groups, 7, np.random.default_rng(0))).tolist())

@@ -26,10 +26,10 @@ import yaml
 from PIL import Image
 
 from conftest import REPO_ROOT, TINY_PARAMS, run_cli, tiny_params, write_params
-from pipeline import report
 from pipeline.contracts import PreparedStats
 from pipeline.io import read_json
 from pipeline.paths import Paths
+from pipeline.stages import report
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 from example_report import CHROMIUM_FLAGS  # the flags the committed example is rendered with

@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST_GAN, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
-from pipeline import train
 from pipeline.augment import AUGMENTATIONS, diff_augment
 from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
@@ -38,6 +37,7 @@ from pipeline.losses import (
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights
+from pipeline.stages import train
 
 # Short epochs of the small GAN (conftest.FAST_GAN).
 FAST = {**FAST_GAN, "max_epochs": 2}

@@ -36,7 +36,7 @@ from pipeline.errors import InputError
 from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, read_manifest, write_atomically
 from pipeline.paths import Paths
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parents[1] / "templates"  # package data of pipeline/, beside the library
 TEMPLATE = "report.html.j2"
 METRICS_KEYS = ("classifier", "utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
 UTILITY_COLUMNS = [
