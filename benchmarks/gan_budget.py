@@ -58,7 +58,8 @@ import torch  # noqa: E402
 from pipeline.classifier import predict  # noqa: E402
 from pipeline.config import load_params, params_to_dict  # noqa: E402
 from pipeline.contracts import ModelMeta, PreparedStats, load_split, read_accepted_synthetic  # noqa: E402
-from pipeline.gan import ConditionalGAN, TrainImages  # noqa: E402
+from pipeline.gan.data import TrainImages  # noqa: E402
+from pipeline.gan.training import ConditionalGAN  # noqa: E402
 from pipeline.io import load_images, read_json, sha256_bytes, write_json  # noqa: E402
 from pipeline.metrics import copy_thresholds, paired_difference, tail_classes  # noqa: E402
 from pipeline.nets import load_judge, save_model  # noqa: E402

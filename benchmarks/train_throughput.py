@@ -39,7 +39,9 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from pipeline.config import TrainParams, load_params, params_to_dict
-from pipeline.gan import ConditionalGAN, TrainImages, trainer_settings
+from pipeline.gan.data import TrainImages
+from pipeline.gan.training import ConditionalGAN
+from pipeline.hardware import trainer_settings
 from pipeline.paths import Paths
 
 FAMILIES = {

@@ -107,6 +107,12 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(stage):
     assert code_dependencies(stage) == files_run_by(stage)
 
 
+def test_generate_runs_no_training_code_and_train_no_sampling_code():
+    generate, train = files_run_by("generate"), files_run_by("train")
+    assert not {f for f in generate if f.startswith("pipeline/gan/")}  # the GAN's training, losses, augmentation
+    assert "pipeline/sampler.py" not in train and "pipeline/hardware.py" in generate & train
+
+
 def test_the_report_depends_on_its_template_and_the_source_is_prepares_dependency():
     assert "pipeline/templates" in DVC_YAML["report"]["deps"]
     assert "${data.source}" in DVC_YAML["prepare"]["deps"]

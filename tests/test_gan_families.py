@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from conftest import FAST_GAN, TINY_PARAMS, copy_outputs, merge_dicts, run_cli, tiny_params, write_params
-from pipeline.augment import diff_augment
 from pipeline.config import params_to_dict
 from pipeline.errors import ConfigError
-from pipeline.gan import ConditionalGAN
-from pipeline.losses import adapted_probability, discriminator_loss, generator_loss, gradient_penalty
+from pipeline.gan.augment import diff_augment
+from pipeline.gan.losses import adapted_probability, discriminator_loss, generator_loss, gradient_penalty
+from pipeline.gan.training import ConditionalGAN
 from pipeline.nets import build_generator, load_generator
 from pipeline.paths import Paths
 from pipeline.stages import generate, judge, train

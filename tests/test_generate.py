@@ -16,10 +16,10 @@ from pipeline import gate, nets
 from pipeline.classifier import predict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
 from pipeline.errors import ConfigError, GateError, InputError
-from pipeline.gan import latents
 from pipeline.io import read_manifest, sha256_file
 from pipeline.metrics import closest_real_pair, copy_thresholds
 from pipeline.paths import Paths
+from pipeline.sampler import latents
 from pipeline.stages import generate
 
 NO_LABEL_CHECK = {"check_label": False}

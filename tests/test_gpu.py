@@ -12,7 +12,7 @@ import torch
 from conftest import FAST_GAN, tiny_params
 from pipeline import nets
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats
-from pipeline.gan import trainer_settings
+from pipeline.hardware import trainer_settings
 from pipeline.io import read_manifest, sha256_file
 from pipeline.paths import Paths
 from pipeline.stages import generate, train

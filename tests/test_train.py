@@ -21,12 +21,12 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST_GAN, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
-from pipeline.augment import AUGMENTATIONS, diff_augment
 from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
-from pipeline.gan import ConditionalGAN, TrainImages, trainer_settings
-from pipeline.losses import (
+from pipeline.gan.augment import AUGMENTATIONS, diff_augment
+from pipeline.gan.data import TrainImages
+from pipeline.gan.losses import (
     conditioning_strength,
     discriminator_loss,
     generator_loss,
@@ -34,6 +34,8 @@ from pipeline.losses import (
     lecam_penalty,
     mode_seeking_penalty,
 )
+from pipeline.gan.training import ConditionalGAN
+from pipeline.hardware import trainer_settings
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
 from pipeline.sampling import class_weights

@@ -2,7 +2,7 @@
 
 1. Plan: how many synthetic images each class needs to reach `generate.target` (printed, and saved
    as plan.csv together with what the gate let through).
-2. Sample candidates from the EMA generator in batches, through Lightning's predict loop (gan.py's
+2. Sample candidates from the EMA generator in batches, through Lightning's predict loop (sampler.py's
    CandidateSampler), so `generate.accelerator`, `devices` and `num_nodes` place it as they place the
    training. Every candidate has its own latent seed, drawn from a stream that belongs to its class,
    so changing one class's count never changes the images of another class, and neither does the
@@ -48,10 +48,11 @@ from pipeline.config import GenerateParams, Params, params_to_dict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for
 from pipeline.environment import environment
 from pipeline.errors import GateError
-from pipeline.gan import HARDWARE_PARAMS, CandidateSampler, sample_batches, trainer_settings
 from pipeline.gate import ClassGate, build_gates, select_passing
+from pipeline.hardware import HARDWARE_PARAMS, trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, sha256_bytes, write_manifest
 from pipeline.paths import Paths
+from pipeline.sampler import CandidateSampler, sample_batches
 
 _say = rank_zero_only(print)  # under DDP every process runs the stage: the first one speaks
 

@@ -1,9 +1,10 @@
 """Stage `train`: data/prepared/train -> models/gan/ (EMA generator + last checkpoint), reports/train/
 (DVCLive's log of the losses) and reports/samples/ (sample grids).
 
-Lightning runs the training (pipeline/gan.py): a progress bar, DVCLive's Lightning logger for the
-losses (reports/train/metrics.json and plots/, which `dvc exp show` and `dvc plots show` read), a
-checkpoint after every epoch and a sample grid every `train.sample_every_n_epochs` epochs.
+Lightning runs the training (pipeline/gan/: the LightningModule in training.py, the images in
+data.py): a progress bar, DVCLive's Lightning logger for the losses (reports/train/metrics.json and
+plots/, which `dvc exp show` and `dvc plots show` read), a checkpoint after every epoch and a sample
+grid every `train.sample_every_n_epochs` epochs.
 
 Resuming: the running training lives in models/gan-resume/ (declared `persist: true` in dvc.yaml,
 so DVC does not delete it before rerunning the stage): Lightning's `last.ckpt`, the DVCLive log, the
@@ -31,7 +32,9 @@ from pipeline.config import Params, TrainParams, params_to_dict
 from pipeline.contracts import ModelMeta
 from pipeline.environment import environment
 from pipeline.errors import ConfigError
-from pipeline.gan import ConditionalGAN, TrainImages, sample_grid, trainer_settings
+from pipeline.gan.data import TrainImages
+from pipeline.gan.training import ConditionalGAN, sample_grid
+from pipeline.hardware import trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
 from pipeline.nets import save_model
 from pipeline.paths import Paths

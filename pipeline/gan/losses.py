@@ -1,7 +1,7 @@
 """The GAN's maths as pure functions: losses, penalties and regularisers, and the schedules of the
 class conditioning, the generator's EMA and the adaptive augmentation probability.
 
-Nothing here holds state or reads files; pipeline/gan.py's LightningModule calls these.
+Nothing here holds state or reads files; pipeline/gan/training.py's ConditionalGAN calls these.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""The class-conditional GAN as a LightningModule, its training images as a LightningDataModule, and
-its generator as a LightningModule for Lightning's predict loop (the generate stage's sampler).
-
-`trainer_settings` turns the hardware params of the train and generate sections into Trainer
-arguments, so that training and sampling run on the same engine: one CPU process, GPUs, DDP.
+"""The class-conditional GAN as a LightningModule, and the sample grids of its generator.
 
 One training step (Lightning's manual optimisation, as in its GAN template) updates the
 discriminator once and, every `train.d_steps` batches, the generator and then the exponential moving
@@ -11,26 +7,19 @@ computed by two methods that a plain PyTorch loop can call as well (benchmarks/t
 measures Lightning's overhead that way). The generator family (`train.arch`), the loss, and the
 limited-data techniques are switched by `TrainParams`: DiffAugment (with adaptive augmentation),
 class-balanced sampling, the EMA, LeCam regularisation, transitional conditioning, group spectral
-regularisation and mode seeking. The maths is in pipeline/losses.py.
+regularisation and mode seeking. The maths is in losses.py, the training images in data.py.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 from torchvision.utils import make_grid
 
-from pipeline.augment import diff_augment
-from pipeline.config import GenerateParams, TrainParams
-from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
-from pipeline.errors import ConfigError, InputError
-from pipeline.io import read_manifest, read_png
-from pipeline.losses import (
+from pipeline.config import TrainParams
+from pipeline.gan.augment import diff_augment
+from pipeline.gan.losses import (
     adapted_probability,
     conditioning_strength,
     discriminator_loss,
@@ -41,35 +30,7 @@ from pipeline.losses import (
     lecam_penalty,
     mode_seeking_penalty,
 )
-from pipeline.nets import Discriminator, build_generator, check_image_size, to_uint8, to_unit_range
-from pipeline.sampling import class_weights
-
-# --- the Trainer ---------------------------------------------------------------------------------
-
-HARDWARE_PARAMS = ("accelerator", "devices", "num_nodes", "precision", "strategy")  # what trainer_settings reads
-
-
-def trainer_settings(cfg: TrainParams | GenerateParams, gpu_count: int, section: str) -> dict:
-    """Trainer arguments from a section's hardware params: "auto" means all GPUs when there are any
-    (bf16-mixed where precision is auto), else one CPU process in 32-bit; more than one process means DDP."""
-    if cfg.accelerator in ("gpu", "cuda") and gpu_count == 0:
-        raise ConfigError(f"{section}.accelerator is {cfg.accelerator} but no GPU is available (use auto or cpu)")
-    on_gpu = gpu_count > 0 and cfg.accelerator in ("auto", "gpu", "cuda")
-    devices = cfg.devices if cfg.devices != "auto" else (gpu_count if on_gpu else 1)
-    distributed = cfg.strategy == "ddp" or devices > 1 or cfg.num_nodes > 1
-    return {
-        "accelerator": "gpu" if on_gpu else ("cpu" if cfg.accelerator == "auto" else cfg.accelerator),
-        "devices": devices,
-        "num_nodes": cfg.num_nodes,
-        "precision": cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true"),
-        # One DDP module holds G and D, and each optimiser step leaves the other network's
-        # parameters without gradients, so DDP must look for unused parameters (sampling has no DDP
-        # module: only the processes).
-        "strategy": "ddp_find_unused_parameters_true" if distributed else "auto",
-    }
-
-
-# --- sample grids ---------------------------------------------------------------------------------
+from pipeline.nets import Discriminator, build_generator, to_uint8, to_unit_range
 
 
 @torch.no_grad()
@@ -82,79 +43,6 @@ def sample_grid(generator: torch.nn.Module, num_classes: int, per_class: int, z_
     images = generator.eval()(noise, labels).float().cpu()
     generator.train(was_training)
     return to_uint8(make_grid(images, nrow=per_class, padding=2, pad_value=-1.0))
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-
-class PreparedImages(Dataset):
-    """Images of the prepared data read from their PNG files when drawn: (uint8 CxHxW image, label)."""
-
-    def __init__(self, prepared_dir: Path, paths: list[str], labels: torch.Tensor, channels: int):
-        self.prepared_dir, self.paths, self.labels, self.channels = prepared_dir, paths, labels, channels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = read_png(self.prepared_dir / self.paths[index], self.channels)
-        return torch.from_numpy(image.transpose(2, 0, 1).copy()), self.labels[index]
-
-
-class TrainImages(pl.LightningDataModule):
-    """The prepared train split, drawn class-balanced: decoded once into a uint8 tensor (in `setup`),
-    or, when that tensor would exceed `memory_budget_mb` (None: no limit), read from the PNG files
-    as drawn (`streams`). Both give the same batches in the same order.
-
-    The constructor reads only stats.json, so that input a conditional GAN cannot train on is
-    rejected before the Trainer starts. A batch size larger than the train split is reduced to it.
-    """
-
-    def __init__(
-        self, prepared_dir: Path, batch_size: int, balance: float, seed: int, memory_budget_mb: int | None = None
-    ):
-        super().__init__()
-        self.prepared_dir = Path(prepared_dir)
-        self.stats = PreparedStats.read(self.prepared_dir)
-        self.class_names = self.stats.class_names
-        self.image_size, self.channels = self.stats.image_size, self.stats.channels
-        if len(self.class_names) < 2:
-            raise InputError(
-                f"{self.prepared_dir}: {len(self.class_names)} class(es); a conditional GAN needs at least 2"
-            )
-        check_image_size(self.image_size)
-        self.counts = self.stats.split_counts("train")
-        for name, count in zip(self.class_names, self.counts):
-            if count == 0:
-                raise InputError(f"{self.prepared_dir}: class {name!r} has no training image")
-        self.batch_size = min(batch_size, sum(self.counts))
-        self.balance, self.seed = balance, seed
-        self.decoded_bytes = sum(self.counts) * self.channels * self.image_size**2
-        self.streams = memory_budget_mb is not None and self.decoded_bytes > memory_budget_mb * 2**20
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def setup(self, stage: str) -> None:
-        if self.streams:
-            manifest = read_manifest(self.prepared_dir / "manifest.csv", MANIFEST_COLUMNS)
-            rows = manifest[manifest["split"] == "train"]
-            self.labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
-            self.dataset = PreparedImages(self.prepared_dir, rows["path"].tolist(), self.labels, self.channels)
-        else:
-            images, self.labels = load_split(self.prepared_dir, self.stats, "train")
-            self.dataset = TensorDataset(images, self.labels)
-
-    def train_dataloader(self) -> DataLoader:
-        weights = torch.from_numpy(class_weights(self.labels.numpy(), self.num_classes, self.balance))
-        sampler = WeightedRandomSampler(
-            weights, num_samples=len(self.labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
-        )
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True)
-
-
-# --- model ---------------------------------------------------------------------------------------
 
 
 class ConditionalGAN(pl.LightningModule):
@@ -297,68 +185,3 @@ class ConditionalGAN(pl.LightningModule):
 
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=self.device)
-
-
-# --- sampling (the generate stage) ---------------------------------------------------------------
-
-
-def latents(seeds: np.ndarray, z_dim: int, truncation: float | None) -> torch.Tensor:
-    """One latent vector per seed: standard normal, or normal truncated to [-truncation, truncation]."""
-    generator = torch.Generator()
-    rows = []
-    for seed in seeds.tolist():
-        generator.manual_seed(seed)
-        if truncation is None:
-            rows.append(torch.randn(z_dim, generator=generator))
-        else:
-            rows.append(
-                torch.nn.init.trunc_normal_(torch.empty(z_dim), a=-truncation, b=truncation, generator=generator)
-            )
-    return torch.stack(rows)
-
-
-class CandidateSampler(pl.LightningModule):
-    """The generator for Lightning's predict loop. `batches` are batches of candidates, (latent seeds,
-    label); a predicted batch is (its number, uint8 images on the CPU). A candidate's image depends only
-    on its seed and label.
-
-    Each process takes whole batches, round robin (so the Trainer must not shard them again:
-    `use_distributed_sampler=False`): on the CPU PyTorch picks its convolution and matrix kernels by
-    batch shape and thread count, so a batch split differently (or run on another number of threads
-    per process) could change the last bit of a pixel.
-    """
-
-    def __init__(self, generator: torch.nn.Module, z_dim: int, truncation: float | None):
-        super().__init__()
-        self.generator, self.z_dim, self.truncation = generator, z_dim, truncation
-        self.batches: list[tuple[np.ndarray, int]] = []
-        self.allow_zero_length_dataloader_with_multiple_devices = True  # fewer batches than processes
-
-    def predict_dataloader(self) -> DataLoader:
-        items = [
-            (number, torch.from_numpy(seeds.astype(np.int64)), torch.full((len(seeds),), label))
-            for number, (seeds, label) in enumerate(self.batches)
-        ]
-        return DataLoader(items[self.global_rank :: self.trainer.world_size], batch_size=None)
-
-    def predict_step(self, batch, batch_idx):
-        number, seeds, labels = batch
-        noise = latents(seeds.cpu().numpy(), self.z_dim, self.truncation).to(self.device)
-        return number, to_uint8(self.generator(noise, labels)).cpu()
-
-
-def sample_batches(
-    trainer: pl.Trainer, sampler: CandidateSampler, batches: list[tuple[np.ndarray, int]]
-) -> list[torch.Tensor] | None:
-    """The uint8 images of each batch of candidates (latent seeds, label), in order, on the first
-    process; None on the others. Under DDP every process must call it with the same batches."""
-    sampler.batches = batches
-    predictions = trainer.predict(sampler, return_predictions=True) or []  # None where a process had no batch
-    if trainer.world_size > 1:
-        shares = [None] * trainer.world_size
-        torch.distributed.all_gather_object(shares, predictions)
-        predictions = [prediction for share in shares for prediction in share]
-    if not trainer.is_global_zero:
-        return None
-    images = dict(predictions)
-    return [images[number] for number in range(len(batches))]
