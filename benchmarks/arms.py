@@ -24,12 +24,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline.arms import CLASSICAL_ARMS, arm_training_sets, best_classical, read_arm_inputs, run_arms
 from pipeline.config import load_params, params_from_dict, params_to_dict
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.metrics import paired_difference, tail_classes
 from pipeline.paths import Paths
 from pipeline.stages.merge import merged_weights
-from pipeline.utility import CLASSICAL_ARMS, arm_training_sets, best_classical, read_arm_inputs, run_arms
 
 
 def with_overrides(params, pairs: list[str], budget: float):

@@ -3,7 +3,7 @@ arms will take with `evaluate.classifier.arch` set to it.
 
 Each network is built as evaluate builds it (`nets.build_classifier`, for the image size, channels
 and classes of data/prepared) and trained for `--updates` timed updates of `batch_size` random
-images after an untimed warm-up: the training step of `pipeline/classifier.py` (channels-last input,
+images after an untimed warm-up: the training step of `pipeline/classifier_training.py` (channels-last input,
 cross-entropy, AdamW), in this process, with the threads it is given (evaluate gives each worker
 one). The networks alternate for several rounds, so a busy machine slows them alike. Prints, per
 network, `seconds_per_update[<arch>]=<s>` and `cost_vs_small_cnn[<arch>]=<x>`:
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import nets
-from pipeline.classifier import channels_last
+from pipeline.classifier_training import channels_last
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats
-from pipeline.nets.classifier import SMALL_CNN
+from pipeline.nets.classifiers import SMALL_CNN
 from pipeline.paths import Paths
 
 

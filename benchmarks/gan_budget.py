@@ -55,18 +55,21 @@ os.environ.update(ONE_THREAD)
 import pytorch_lightning as pl  # noqa: E402  (after the thread settings)
 import torch  # noqa: E402
 
-from pipeline.classifier import predict  # noqa: E402
+from pipeline.arms import CLASSICAL_ARMS, read_arm_inputs, run_arms  # noqa: E402
 from pipeline.config import load_params, params_to_dict  # noqa: E402
 from pipeline.contracts import ModelMeta, PreparedStats, load_split, read_accepted_synthetic  # noqa: E402
 from pipeline.gan.data import TrainImages  # noqa: E402
 from pipeline.gan.training import ConditionalGAN  # noqa: E402
 from pipeline.io import load_images, read_json, sha256_bytes, write_json  # noqa: E402
 from pipeline.metrics import copy_thresholds, paired_difference, tail_classes  # noqa: E402
-from pipeline.nets import load_judge, save_model  # noqa: E402
+from pipeline.nets import (  # noqa: E402
+    load_judge,
+    predict,
+    save_model,
+)
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.quality import class_quality  # noqa: E402
 from pipeline.stages.train import LastCheckpoint  # noqa: E402
-from pipeline.utility import CLASSICAL_ARMS, read_arm_inputs, run_arms  # noqa: E402
 
 SHARED = ("data/prepared", "data/holdout", "models/judge")  # made once per workspace, read by every budget
 

@@ -55,7 +55,7 @@ def main() -> None:
             "generator_ema",
             ModelMeta(size, channels, stats.class_names, train.g_width, z_dim=train.z_dim),
         )
-        classifier = nets.Classifier(size, channels, stats.num_classes, judge.width)
+        classifier = nets.SmallCNN(size, channels, stats.num_classes, judge.width)
         nets.save_model(
             classifier.eval(), paths.judge, "judge", ModelMeta(size, channels, stats.class_names, judge.width)
         )

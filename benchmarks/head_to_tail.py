@@ -27,15 +27,15 @@ import numpy as np
 import torch
 
 from pipeline import nets
-from pipeline.classifier import predict
+from pipeline.arms import ArmInputs, read_arm_inputs, run_arms
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.gate import build_gates, select_passing
 from pipeline.metrics import mean_std, paired_difference, precision_recall_density_coverage, tail_classes
+from pipeline.nets import predict
 from pipeline.paths import Paths
 from pipeline.stages.generate import plan_counts
 from pipeline.stages.merge import merged_weights
-from pipeline.utility import ArmInputs, read_arm_inputs, run_arms
 
 
 def invert(generator: nets.Generator, images: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:

@@ -37,13 +37,14 @@ import pandas as pd
 import torch
 
 from pipeline import nets
-from pipeline.classifier import TrainingSet, fit, predict
+from pipeline.arms import arm_training_sets, read_arm_inputs
+from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.metrics import mean_std, paired_difference
+from pipeline.nets import predict
 from pipeline.paths import Paths
 from pipeline.stages.merge import merged_weights
-from pipeline.utility import arm_training_sets, read_arm_inputs
 
 
 def mixed_with_real(
@@ -127,7 +128,7 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
                 c["logit_adjustments"][1],
                 c["mix_seed"],
             )
-        model, history = fit(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
+        model, history = train_classifier(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
         recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
 

@@ -5,7 +5,7 @@ Run from the repository root once data/augmented exists (`dvc repro merge`, or `
     python examples/train_resnet.py [--arch resnet18] [--max-steps 3000] [--batch-size 64] [--num-workers 2]
 
 The network is torchvision's, untrained, with the CIFAR-style stem for small images that it also has as
-evaluate.classifier.arch (pipeline.nets.classifier.torchvision_classifier). The data comes through
+evaluate.classifier.arch (pipeline.nets.classifiers.torchvision_classifier). The data comes through
 pipeline.datamodule.AugmentedDataModule: class-balanced draws from data/augmented for training, the
 real val and test splits of data/prepared for validation and the final score.
 """
@@ -19,7 +19,7 @@ from torchvision import transforms as T
 
 from pipeline.datamodule import AugmentedDataModule
 from pipeline.metrics import balanced_accuracy
-from pipeline.nets.classifier import torchvision_classifier
+from pipeline.nets.classifiers import torchvision_classifier
 
 TO_NETWORK = [T.ToTensor(), T.Normalize((0.5,), (0.5,))]  # [-1, 1], as the pipeline's networks see images
 

@@ -62,9 +62,9 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ClassifierParams:
-    """One classifier recipe (pipeline/classifier.py): the judge, and every downstream arm of evaluate."""
+    """One classifier recipe (pipeline/classifier_training.py): the judge, and every downstream arm of evaluate."""
 
-    # the network (pipeline/nets/classifier.py): small_cnn (nets.Classifier), a torchvision classification
+    # the network (pipeline/nets/classifiers.py): small_cnn (nets.SmallCNN), a torchvision classification
     # model by name (e.g. resnet18: untrained, adapted to the channels and small images), or
     # package.module:factory (your own nn.Module, made by factory(num_classes=, channels=, image_size=))
     arch: str = "small_cnn"

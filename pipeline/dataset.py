@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, WeightedRandomSampler
 
+from pipeline.balancing import class_weights
 from pipeline.contracts import MANIFEST_COLUMNS
 from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest, read_span, tar_spans
-from pipeline.sampling import class_weights
 
 GATE_NUMBERS = ["judge_confidence", "judge_prediction", "nn_distance"]
 

@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from pipeline.classifier import predict
 from pipeline.config import GenerateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
 from pipeline.io import read_manifest
 from pipeline.metrics import copy_thresholds
+from pipeline.nets import predict
 from pipeline.paths import Paths
 
 MIN_CALIBRATION_IMAGES = 5  # a class with fewer real val images is calibrated on all val images pooled

@@ -15,13 +15,14 @@ from torch import nn
 
 from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_PARAMS, dvc, make_repo_copy, merge_dicts, tiny_params
 from pipeline import nets
-from pipeline.classifier import TrainingSet, fit, predict
+from pipeline.arms import read_arm_inputs, run_arms
+from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError
 from pipeline.metrics import balanced_accuracy
+from pipeline.nets import predict
 from pipeline.paths import Paths
 from pipeline.stages import judge
-from pipeline.utility import read_arm_inputs, run_arms
 
 MLP = "tests.user_networks:mlp"
 
@@ -105,7 +106,7 @@ def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_in
     stats = PreparedStats.read(paths.prepared)
     images, labels = load_split(paths.prepared, stats, "train")
     recipe = dataclasses.replace(tiny_params().evaluate.classifier, arch=MLP)
-    model, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, recipe, seed=0)
+    model, _ = train_classifier(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, recipe, seed=0)
     assert isinstance(model[0], nn.Flatten)  # fit trained the factory's network
 
     val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")

@@ -14,15 +14,16 @@ import pytest
 import torch
 
 from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
-from pipeline.classifier import AugmentedBatches, TrainingSet, fit, predict
+from pipeline.arms import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
+from pipeline.classifier_training import AugmentedBatches, TrainingSet, train_classifier
 from pipeline.config import ClassifierParams, VerdictParams
 from pipeline.contracts import ARMS, GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
 from pipeline.io import read_manifest, write_manifest
+from pipeline.nets import predict
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts
 from pipeline.stages import evaluate
-from pipeline.utility import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 
 
 @pytest.fixture
@@ -46,11 +47,11 @@ def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation
     stats = PreparedStats.read(paths.prepared)
     images, labels = load_split(paths.prepared, stats, "train")
     frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
-    one, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=3)
-    other, _ = fit(
+    one, _ = train_classifier(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=3)
+    other, _ = train_classifier(
         TrainingSet(images[labels == 0], labels[labels == 0]), images[:0], labels[:0], stats.num_classes, frozen, seed=3
     )
-    third, _ = fit(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=4)
+    third, _ = train_classifier(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=4)
     assert torch.equal(one.body[0].weight, other.body[0].weight)
     assert not torch.equal(one.body[0].weight, third.body[0].weight)
 
@@ -72,11 +73,11 @@ def test_fine_tuning_starts_from_the_given_weights_instead_of_the_seeds(prepared
     images, labels = load_split(paths.prepared, stats, "train")
     frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
     no_val = images[:0], labels[:0]
-    start, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=3)
-    tuned, _ = fit(
+    start, _ = train_classifier(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=3)
+    tuned, _ = train_classifier(
         TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4, initial_weights=start.state_dict()
     )
-    fresh, _ = fit(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4)
+    fresh, _ = train_classifier(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4)
     assert torch.equal(tuned.body[0].weight, start.body[0].weight)
     assert torch.equal(tuned.head[-1].weight, start.head[-1].weight)
     assert not torch.equal(tuned.body[0].weight, fresh.body[0].weight)
@@ -93,8 +94,8 @@ def test_the_logit_adjustment_is_relative_to_the_given_class_frequencies(prepare
     )
     frequencies = np.full(k, 0.01 / (k - 1))
     frequencies[0] = 0.99  # class 0 "frequent": the adjusted network must favour the others at prediction time
-    plain, _ = fit(TrainingSet(images, labels), *no_val, k, recipe, seed=0)
-    adjusted, _ = fit(
+    plain, _ = train_classifier(TrainingSet(images, labels), *no_val, k, recipe, seed=0)
+    adjusted, _ = train_classifier(
         TrainingSet(images, labels, logit_adjustment=1.0, class_frequencies=frequencies), *no_val, k, recipe, seed=0
     )
 
@@ -110,7 +111,7 @@ def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     stats = PreparedStats.read(paths.prepared)
     train, val = load_split(paths.prepared, stats, "train"), load_split(paths.prepared, stats, "val")
     recipe = ClassifierParams(width=4, eval_every=10, patience=2, max_steps=400)
-    model, history = fit(TrainingSet(*train), *val, stats.num_classes, recipe, seed=0)
+    model, history = train_classifier(TrainingSet(*train), *val, stats.num_classes, recipe, seed=0)
     assert history["steps"] < 400  # it stopped early
     from pipeline.metrics import balanced_accuracy
 

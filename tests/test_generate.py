@@ -13,11 +13,11 @@ import torch
 
 from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import gate, nets
-from pipeline.classifier import predict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
 from pipeline.errors import ConfigError, GateError, InputError
 from pipeline.io import read_manifest, sha256_file
 from pipeline.metrics import closest_real_pair, copy_thresholds
+from pipeline.nets import predict
 from pipeline.paths import Paths
 from pipeline.sampler import latents
 from pipeline.stages import generate
@@ -39,7 +39,7 @@ def save_untrained_models(paths: Paths, image_size=None, class_names=None) -> No
         "generator_ema",
         ModelMeta(image_size, stats.channels, class_names, width=8, z_dim=16),
     )
-    judge = nets.Classifier(stats.image_size, stats.channels, stats.num_classes, width=4)
+    judge = nets.SmallCNN(stats.image_size, stats.channels, stats.num_classes, width=4)
     nets.save_model(
         judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels, stats.class_names, width=4)
     )

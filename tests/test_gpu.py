@@ -31,7 +31,7 @@ def trained_on_gpu(prepared_tiny, tmp_path_factory) -> Paths:
     shutil.copytree(prepared_tiny / "data", paths.root / "data")
     train.run(tiny_params(train=TRAIN), paths)
     stats = PreparedStats.read(paths.prepared)
-    judge = nets.Classifier(stats.image_size, stats.channels, stats.num_classes, width=4)
+    judge = nets.SmallCNN(stats.image_size, stats.channels, stats.num_classes, width=4)
     nets.save_model(
         judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels, stats.class_names, width=4)
     )

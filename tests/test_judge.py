@@ -1,4 +1,4 @@
-"""The judge stage: a classifier of the real data trained by the shared recipe (pipeline/classifier.py),
+"""The judge stage: a classifier of the real data trained by the shared recipe (pipeline/classifier_training.py),
 class-balanced, early-stopped on val and never trained on it; nets.load_judge rebuilds it."""
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from dvc.fs import LocalFileSystem
 from dvc.repo.plots import parse as dvc_parse_plot
 
 from conftest import TINY_CLASSIFIER, TINY_PARAMS, run_cli, tiny_params, write_params
-from pipeline.classifier import predict
 from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.metrics import balanced_accuracy
-from pipeline.nets import load_judge, weights_hash
+from pipeline.nets import load_judge, predict, weights_hash
 from pipeline.paths import Paths
 from pipeline.stages import judge
 

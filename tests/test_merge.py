@@ -15,13 +15,13 @@ import torch
 from torchvision.datasets import ImageFolder
 
 from conftest import copy_outputs, tiny_params
+from pipeline.balancing import class_weights
 from pipeline.config import MergeParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
 from pipeline.dataset import load_augmented
 from pipeline.errors import InputError
 from pipeline.io import read_json, read_manifest, sha256_file
 from pipeline.paths import Paths
-from pipeline.sampling import class_weights
 from pipeline.stages import generate, merge
 from test_generate import NO_LABEL_CHECK, save_untrained_models
 

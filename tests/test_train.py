@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST_GAN, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
+from pipeline.balancing import class_weights
 from pipeline.config import params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
@@ -38,7 +39,6 @@ from pipeline.gan.training import ConditionalGAN
 from pipeline.hardware import trainer_settings
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
-from pipeline.sampling import class_weights
 from pipeline.stages import train
 
 # Short epochs of the small GAN (conftest.FAST_GAN).

@@ -9,11 +9,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
+from pipeline.balancing import class_weights
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
 from pipeline.errors import InputError
 from pipeline.io import read_manifest, read_png
 from pipeline.nets import check_image_size
-from pipeline.sampling import class_weights
 
 
 class PreparedImages(Dataset):

@@ -9,16 +9,19 @@ to any power-of-two image size from 16 to 128 and to 1 or 3 channels.
   `build_generator`, the generator of train.arch
 - stylegan.py: the style-based generator (StyleGAN2)
 - discriminators.py: the projection discriminator
-- classifier.py: the judge's and the downstream arms' classifier: small_cnn, a torchvision model or your own
+- classifiers.py: the judge's and the downstream arms' classifier: small_cnn (SmallCNN), a torchvision model or
+  your own
 - saving.py: saving and loading (a plain state_dict beside a ModelMeta JSON file)
 """
 
-from pipeline.nets.classifier import (
-    Classifier,
+from pipeline.nets.classifiers import (
+    SmallCNN,
     build_classifier,
     check_classifier,
     classifier_name,
     logits_and_features,
+    predict,
+    predict_labels,
 )
 from pipeline.nets.common import SUPPORTED_SIZES, check_image_size, to_uint8, to_unit_range
 from pipeline.nets.discriminators import Discriminator
@@ -28,10 +31,10 @@ from pipeline.nets.stylegan import StyleGenerator
 
 __all__ = [
     "SUPPORTED_SIZES",
-    "Classifier",
     "ConditionalBatchNorm2d",
     "Discriminator",
     "Generator",
+    "SmallCNN",
     "StyleGenerator",
     "build_classifier",
     "build_generator",
@@ -42,6 +45,8 @@ __all__ = [
     "load_judge",
     "load_model",
     "logits_and_features",
+    "predict",
+    "predict_labels",
     "save_model",
     "to_uint8",
     "to_unit_range",

@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline.contracts import ModelMeta
 from pipeline.errors import InputError
-from pipeline.nets.classifier import SMALL_CNN, build_classifier
+from pipeline.nets.classifiers import SMALL_CNN, build_classifier
 from pipeline.nets.generators import build_generator
 
 

@@ -8,7 +8,7 @@ and reports/tables/*.csv (per arm, per seed, per class and per synthetic image; 
 1. Quality of each class's synthetic images against its real test images, in the judge's feature
    space (pipeline/quality.py): Fréchet distance and KID beside their real-vs-real floors, precision,
    recall, density, coverage, label agreement, and the share of copies by the copy rule.
-2. Downstream utility (pipeline/utility.py): every arm over `evaluate.seeds` paired seeds; the gain of
+2. Downstream utility (pipeline/arms.py): every arm over `evaluate.seeds` paired seeds; the gain of
    augmented over the best classical arm (chosen on val) with its paired 95 % interval.
 3. A verdict per class, and one summary line. The test split is read here and nowhere else.
 """
@@ -20,7 +20,7 @@ import math
 import pandas as pd
 
 from pipeline import nets
-from pipeline.classifier import predict
+from pipeline.arms import best_classical, gain, read_arm_inputs, run_arms, summarise
 from pipeline.config import Params
 from pipeline.contracts import (
     ARMS,
@@ -40,7 +40,6 @@ from pipeline.io import atomic_output, json_text, read_json, read_manifest, writ
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts, class_quality, nearest_real_table
-from pipeline.utility import best_classical, gain, read_arm_inputs, run_arms, summarise
 
 HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy")
 
@@ -76,9 +75,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     synthetic = load_rows(paths.synthetic, synthetic_rows, stats)
 
     # 1. quality, per class, in judge features
-    train_features, val_features = predict(judge, train[0])[1], predict(judge, val[0])[1]
-    test_probabilities, test_features = predict(judge, test[0])
-    synthetic_probabilities, synthetic_features = predict(judge, synthetic[0])
+    train_features, val_features = nets.predict(judge, train[0])[1], nets.predict(judge, val[0])[1]
+    test_probabilities, test_features = nets.predict(judge, test[0])
+    synthetic_probabilities, synthetic_features = nets.predict(judge, synthetic[0])
     copy_bars = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
     quality = pd.DataFrame(
         [

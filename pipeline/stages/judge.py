@@ -1,7 +1,7 @@
 """Stage `judge`: data/prepared/{train,val} -> models/judge/judge.pt + judge.json, reports/judge/ (DVCLive).
 
 The judge is a classifier of the real data, trained once with the project's one classifier recipe
-(pipeline/classifier.py) on the train split, every class drawn equally often, early-stopped on the
+(pipeline/classifier_training.py) on the train split, every class drawn equally often, early-stopped on the
 val split. The generate stage's quality gate asks it whether a synthetic image shows its intended
 class and measures memorisation in its feature space (the input of its output layer:
 `nets.logits_and_features`, so `judge.arch` must end in a linear layer); the evaluate stage uses the
@@ -15,14 +15,14 @@ import numpy as np
 from dvclive.lightning import DVCLiveLogger
 
 from pipeline import nets
-from pipeline.classifier import TrainingSet, fit, predict
+from pipeline.balancing import class_weights
+from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import ModelMeta, PreparedStats, load_split
 from pipeline.environment import environment
 from pipeline.io import atomic_output
 from pipeline.metrics import balanced_accuracy
 from pipeline.paths import Paths
-from pipeline.sampling import class_weights
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
@@ -36,7 +36,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     balanced = TrainingSet(train_images, train_labels, class_weights(train_labels.numpy(), stats.num_classes))
     with atomic_output(paths.judge_report) as live_dir:
         logger = DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
-        model, history = fit(balanced, val_images, val_labels, stats.num_classes, recipe, params.seed, logger)
+        model, history = train_classifier(
+            balanced, val_images, val_labels, stats.num_classes, recipe, params.seed, logger
+        )
         if history["best_val_balanced_accuracy"] is not None:  # the kept weights' score, beside the last one's
             logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
             logger.experiment.make_summary()
@@ -48,7 +50,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         "environment": environment("cpu"),
     }  # the classifier recipe trains on the CPU
     if len(val_labels):
-        predicted, truth = predict(model, val_images)[0].argmax(dim=1).numpy(), val_labels.numpy()
+        predicted, truth = nets.predict(model, val_images)[0].argmax(dim=1).numpy(), val_labels.numpy()
         details["val_balanced_accuracy"] = round(balanced_accuracy(truth, predicted), 6)
         details["val_recall_per_class"] = {
             name: round(float(np.mean(predicted[truth == label] == label)), 6)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.balancing import class_weights
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (
     MANIFEST_COLUMNS,
@@ -44,7 +45,6 @@ from pipeline.contracts import (
 from pipeline.environment import environment
 from pipeline.io import atomic_output, json_text, read_manifest, sha256_file, write_json, write_manifest, write_tar
 from pipeline.paths import Paths
-from pipeline.sampling import class_weights
 
 GATE_VALUE_COLUMNS = ["judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
 ROW_COLUMNS = MANIFEST_COLUMNS + ["weight"] + GATE_VALUE_COLUMNS  # a row of the manifest, and a shard sample's .json

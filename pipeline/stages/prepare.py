@@ -122,7 +122,7 @@ def open_image(item: SourceItem, raw: bytes, max_pixels: int) -> Image.Image:
     return Image.fromarray(item.pixels) if item.pixels is not None else _open_checked(raw, item.origin, max_pixels)
 
 
-def fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
+def fit_to_square(image: Image.Image, size: int, channels: int) -> np.ndarray:
     """A size x size (x 3 for RGB) uint8 array: the image fitted to the square, in `channels`."""
     fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
     return np.asarray(fitted if channels == 3 else fitted.convert("L"))
@@ -286,7 +286,7 @@ def _png_maker(checked: CheckedSource, cfg: DataParams, channels: int, bar: tqdm
             changed = True
         if changed:
             raise InputError(f"{item.origin}: changed while prepare was reading the source; run prepare again")
-        png = encode_png(fit(open_image(item, raw, cfg.max_image_pixels), cfg.image_size, channels))
+        png = encode_png(fit_to_square(open_image(item, raw, cfg.max_image_pixels), cfg.image_size, channels))
         bar.update()
         return png
 

@@ -1,6 +1,6 @@
 """The classifier of the judge and of the downstream arms, chosen by name (`arch` of config.ClassifierParams):
 
-- `small_cnn`: `Classifier` below, a small CNN sized for the CPU (the default);
+- `small_cnn`: `SmallCNN` below, a small CNN sized for the CPU (the default);
 - the name of a torchvision classification model that takes `num_classes` (`resnet18`, `densenet121`,
   ...), always untrained (`weights=None`: nothing is downloaded) and adapted to the data: its first
   convolution takes the data's channels and, for images up to SMALL_IMAGE pixels, keeps the full
@@ -9,7 +9,9 @@
   `factory(num_classes=..., channels=..., image_size=...)`, that returns an `nn.Module`.
 
 Every network takes float images in [-1, 1], N x C x H x W, and gives logits. The judge also needs
-features: the input of the network's output layer (`logits_and_features`).
+features: the input of the network's output layer (`logits_and_features`). `predict` and
+`predict_labels` run a trained network over uint8 images in batches (the training is
+pipeline/classifier_training.py's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.nets.common import to_unit_range
 
 SMALL_CNN = "small_cnn"
 # Up to this size a torchvision network's stem keeps the full resolution: with the ImageNet stem (a
@@ -28,7 +31,7 @@ SMALL_CNN = "small_cnn"
 SMALL_IMAGE = 64
 
 
-class Classifier(nn.Module):
+class SmallCNN(nn.Module):
     """A small, fast CNN: a stride-2 stem, then three conv-BN-ReLU-maxpool stages that double the
     width, global average pooling and a linear head. The pooled vector, the head's input, is the
     feature space of the gate and the evaluation. Sized for the CPU: a run converges in seconds."""
@@ -57,7 +60,7 @@ class Classifier(nn.Module):
 def build_classifier(arch: str, image_size: int, channels: int, num_classes: int, width: int) -> nn.Module:
     """A new network of `arch` (one of the three forms above); `width` is small_cnn's."""
     if arch == SMALL_CNN:
-        return Classifier(image_size, channels, num_classes, width)
+        return SmallCNN(image_size, channels, num_classes, width)
     if ":" in arch:
         return user_classifier(arch, image_size, channels, num_classes)
     if arch in torchvision.models.list_models(module=torchvision.models):
@@ -128,6 +131,26 @@ def logits_and_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.T
             "nn.Linear, on a feature vector"
         )
     return logits, seen["features"]
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities, features) of uint8 images, computed in batches; the features are the input of
+    the network's output layer (logits_and_features: the judge's networks have one)."""
+    model.eval()
+    probabilities, features = [], []
+    for batch in images.split(batch_size):  # an empty tensor splits into one empty batch
+        logits, batch_features = logits_and_features(model, to_unit_range(batch))
+        probabilities.append(logits.softmax(dim=1))
+        features.append(batch_features)
+    return torch.cat(probabilities), torch.cat(features)
+
+
+@torch.inference_mode()
+def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The class that any classification network gives each uint8 image (the argmax of its logits)."""
+    model.eval()
+    return torch.cat([model(to_unit_range(batch)).argmax(dim=1) for batch in images.split(batch_size)])
 
 
 def check_classifier(

@@ -1,6 +1,6 @@
 """Is a classifier better off with the synthetic images? The downstream arms and their protocol.
 
-Every arm trains the same recipe (pipeline/classifier.py: the network of evaluate.classifier.arch,
+Every arm trains the same recipe (pipeline/classifier_training.py: the network of evaluate.classifier.arch,
 early-stopped on the real val split, best weights kept) and differs only in its training data and how
 it is drawn:
 - real: the imbalanced real train images, drawn uniformly;
@@ -30,14 +30,14 @@ import pandas as pd
 import torch
 
 from pipeline import nets
-from pipeline.classifier import TrainingSet, drawn_frequencies, fit, predict_labels
+from pipeline.balancing import class_weights, oversample_to_balance
+from pipeline.classifier_training import TrainingSet, drawn_frequencies, train_classifier
 from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_rows
 from pipeline.dataset import load_augmented
 from pipeline.io import read_manifest
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.paths import Paths
-from pipeline.sampling import class_weights, oversample_to_balance
 
 CLASSICAL_ARMS = ("classical", "classical_la")
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")
@@ -158,8 +158,8 @@ def _run_job(job: tuple[int, str]) -> dict:
     inputs, val, test, tail, cfg = _WORKER_CONTEXT
     started = time.perf_counter()
     data = arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, seed)[arm]
-    model, history = fit(data, *val, inputs.num_classes, cfg.classifier, seed)
-    predicted = predict_labels(model, test[0]).numpy()
+    model, history = train_classifier(data, *val, inputs.num_classes, cfg.classifier, seed)
+    predicted = nets.predict_labels(model, test[0]).numpy()
     scores = classification_scores(test[1].numpy(), predicted, inputs.num_classes, tail)
     return {
         "arm": arm,

@@ -1,6 +1,6 @@
-"""The one classifier recipe: the judge, and every downstream arm of evaluate, are trained by `fit`.
+"""The one classifier recipe: the judge, and every downstream arm of evaluate, are trained by `train_classifier`.
 
-The network of `arch` (nets.build_classifier: the small CNN nets.Classifier by default, a torchvision
+The network of `arch` (nets.build_classifier: the small CNN nets.SmallCNN by default, a torchvision
 model, or your own) learns from uint8 images held in memory, each drawn batch augmented by
 albumentations (`classifier_augmentation`, `AugmentedBatches`), with AdamW, under Lightning's Trainer. Every
 `eval_every` updates it is scored on the real val split; training stops when the val balanced
@@ -9,7 +9,8 @@ are kept; the learning rate is cut by 5 whenever the score has not risen for two
 val images it trains for `max_steps` at a constant rate and keeps the last weights.
 
 Seeding makes runs paired: two calls with the same seed start from the same weights and draw the
-same augmentation stream, whatever their training data.
+same augmentation stream, whatever their training data. Running a trained network over images
+(`predict`, `predict_labels`) is nets/classifiers.py's: the generate stage's gate needs no training code.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ class AugmentedBatches:
         return torch.from_numpy(augmented).permute(0, 3, 1, 2), self.labels[indices]
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierTraining(pl.LightningModule):
+    """The network of `recipe.arch` under training: cross-entropy (plus `log_prior`: the logit adjustment),
+    AdamW, and the balanced accuracy on the val split every epoch (`eval_every` updates)."""
+
     def __init__(
         self,
         image_size: int,
@@ -143,7 +147,7 @@ def log_prior(frequencies: np.ndarray, tau: float) -> torch.Tensor:
     return torch.tensor(tau * np.log(np.maximum(frequencies, 1e-12)), dtype=torch.float32)
 
 
-def fit(
+def train_classifier(
     data: TrainingSet,
     val_images: torch.Tensor,
     val_labels: torch.Tensor,
@@ -163,7 +167,7 @@ def fit(
             frequencies = drawn_frequencies(data.labels, data.weights, num_classes)
         prior = log_prior(frequencies, data.logit_adjustment)
     validate = len(val_labels) > 0
-    module = ClassifierModule(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
+    module = ClassifierTraining(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
     if initial_weights is not None:
         module.net.load_state_dict(initial_weights)
     module.to(memory_format=torch.channels_last)
@@ -207,23 +211,3 @@ def fit(
         "best_val_balanced_accuracy": float(best.best_model_score) if validate else None,
     }
     return module.net.eval(), history
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class probabilities, features) of uint8 images, computed in batches; the features are the input of
-    the network's output layer (nets.logits_and_features: the judge's networks have one)."""
-    model.eval()
-    probabilities, features = [], []
-    for batch in images.split(batch_size):  # an empty tensor splits into one empty batch
-        logits, batch_features = nets.logits_and_features(model, nets.to_unit_range(batch))
-        probabilities.append(logits.softmax(dim=1))
-        features.append(batch_features)
-    return torch.cat(probabilities), torch.cat(features)
-
-
-@torch.inference_mode()
-def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """The class that any classification network gives each uint8 image (the argmax of its logits)."""
-    model.eval()
-    return torch.cat([model(nets.to_unit_range(batch)).argmax(dim=1) for batch in images.split(batch_size)])
