@@ -57,10 +57,11 @@ import torch  # noqa: E402
 
 from pipeline.arms import CLASSICAL_ARMS, read_arm_inputs, run_arms  # noqa: E402
 from pipeline.config import load_params, params_to_dict  # noqa: E402
-from pipeline.contracts import ModelMeta, PreparedStats, load_split, read_accepted_synthetic  # noqa: E402
+from pipeline.contracts import GeneratorDetails, ModelMeta, PreparedStats, load_split, read_accepted_synthetic  # noqa: E402
+from pipeline.environment import environment  # noqa: E402
 from pipeline.gan.data import TrainImages  # noqa: E402
 from pipeline.gan.training import ConditionalGAN  # noqa: E402
-from pipeline.io import load_images, read_json, sha256_bytes, write_json  # noqa: E402
+from pipeline.io import json_text, load_images, read_json, sha256_bytes, write_atomically, write_json  # noqa: E402
 from pipeline.metrics import copy_thresholds, paired_difference, tail_classes  # noqa: E402
 from pipeline.nets import (  # noqa: E402
     load_judge,
@@ -158,11 +159,8 @@ class Snapshots(pl.Callback):
                 if not (
                     folder / "models/gan/generator_ema.pt"
                 ).is_file():  # else saved before a kill: measured as saved
-                    details = self.meta["details"] | {
-                        "epochs": epoch,
-                        "batches": int(module.batches_seen),
-                        "train_seconds": round(seconds, 1),
-                    }
+                    write_atomically(folder / "train_seconds.json", json_text({"train_seconds": round(seconds, 1)}))
+                    details = GeneratorDetails(**self.meta["details"], epochs=epoch, batches=int(module.batches_seen))
                     save_model(
                         module.generator_ema.module,
                         folder / "models/gan",
@@ -218,6 +216,7 @@ def train_with_snapshots(workspace: Path, budgets: list[float], seconds_of: Path
             "batch_size": data.batch_size,
             "seed": params.seed,
             "train": params_to_dict(cfg),
+            "environment": environment("cpu"),
         },
     }
     pl.seed_everything(params.seed, workers=True, verbose=False)
@@ -313,7 +312,7 @@ def measure(folder: Path, seeds: int) -> None:
         "budget": folder.name,
         "epochs": meta["epochs"],
         "batches": meta["batches"],
-        "train_seconds": meta["train_seconds"],
+        "train_seconds": read_json(folder / "train_seconds.json")["train_seconds"],
         "generate_seconds": round(generate_seconds, 1),
         "seeds": seeds,
         "synthetic": int(plan["generated"].sum()),

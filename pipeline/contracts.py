@@ -1,7 +1,8 @@
 """The files between stages, as typed objects: what each stage may rely on in another's output.
 
 - data/prepared/stats.json  -> PreparedStats (image size and mode, classes, counts per split)
-- models/*/<name>.json      -> ModelMeta (what a saved network is and the data it was made for)
+- models/*/<name>.json      -> ModelMeta (what a saved network is and the data it was made for), with
+  JudgeDetails or GeneratorDetails (what the judge or train stage recorded)
 - data/synthetic/summary.json -> SyntheticSummary
 - manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged)
 - reports/metrics.json and reports/tables/*.csv name the arms (ARMS) and verdicts (VERDICTS, NO_SYNTHETIC)
@@ -12,7 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -97,22 +98,77 @@ def load_split(prepared: Path, stats: PreparedStats, split: str) -> tuple[torch.
 
 
 @dataclass(frozen=True)
+class JudgeDetails:
+    """What the judge stage records beside its network (the `details` of models/judge/judge.json)."""
+
+    steps: int  # updates trained
+    source_fingerprint: str  # of the prepared data it was trained on
+    params: dict  # {"seed": ..., "judge": the judge params it was trained with}
+    environment: dict  # what it computed with (pipeline/environment.py)
+    val_balanced_accuracy: float | None = None  # None (and left out of the file) without val images
+    val_recall_per_class: dict[str, float] | None = None  # class name -> recall on val; likewise
+
+    @property
+    def arch(self) -> str:
+        return self.params["judge"]["arch"]
+
+
+@dataclass(frozen=True)
+class GeneratorDetails:
+    """What the train stage records beside the EMA generator (the `details` of models/gan/generator_ema.json)."""
+
+    train_counts: list[int]  # real train images per class, in label order
+    epochs: int
+    batches: int  # batches trained (each one discriminator update)
+    batch_size: int  # the batch size used (train.batch_size, reduced to the train split's size)
+    seed: int
+    train: dict  # the train params it was trained with
+    environment: dict  # what it computed with (pipeline/environment.py)
+
+    @property
+    def arch(self) -> str:
+        return self.train["arch"]
+
+    @property
+    def g_conditioning(self) -> str:
+        return self.train["g_conditioning"]
+
+
+@dataclass(frozen=True)
 class ModelMeta:
-    """`<name>.json` beside a saved network `<name>.pt`: how to rebuild it and what data it was made for."""
+    """`<name>.json` beside a saved network `<name>.pt`: how to rebuild it, what data it was made for and,
+    for a network a stage trained, that stage's record (`details`: JudgeDetails or GeneratorDetails)."""
 
     image_size: int
     channels: int
     class_names: list[str]
     width: int
     z_dim: int | None = None  # generators only
-    details: dict = field(default_factory=dict)  # what the stage records besides: params, scores, counts
+    details: JudgeDetails | GeneratorDetails | None = None  # None: a network no stage trained (written as {})
 
     @classmethod
-    def read(cls, path: Path) -> ModelMeta:
-        return cls(**read_json(path))
+    def read(cls, path: Path, details: type[JudgeDetails] | type[GeneratorDetails]) -> ModelMeta:
+        """Read a file whose record, if it has one, is of the type `details`."""
+        raw = read_json(path)
+        record = raw.pop("details", {})
+        if record:
+            names = [f.name for f in dataclasses.fields(details)]
+            required = {f.name for f in dataclasses.fields(details) if f.default is dataclasses.MISSING}
+            if not required <= set(record) <= set(names):
+                raise InputError(f"{path}: written by another version of the stage that makes it; rerun that stage")
+            raw["details"] = details(**record)
+        return cls(**raw)
 
     def write(self, path: Path) -> None:
-        write_json(path, dataclasses.asdict(self))
+        record = dataclasses.asdict(self)
+        # an optional value that is None is left out of the record, not written as null
+        record["details"] = {key: value for key, value in (record["details"] or {}).items() if value is not None}
+        write_json(path, record)
+
+    @property
+    def environment(self) -> dict | None:
+        """What the stage that trained the network computed with; None for a network no stage trained."""
+        return self.details.environment if self.details else None
 
 
 @dataclass(frozen=True)

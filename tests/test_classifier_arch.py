@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_PARAMS, dvc, make_repo_cop
 from pipeline import nets
 from pipeline.arms import read_arm_inputs, run_arms
 from pipeline.classifier_training import TrainingSet, train_classifier
-from pipeline.contracts import ModelMeta, PreparedStats, load_split
+from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError
 from pipeline.metrics import balanced_accuracy
 from pipeline.nets import predict
@@ -92,7 +92,7 @@ def test_a_torchvision_judge_is_trained_saved_and_rebuilt_with_its_features(work
     probabilities, features = predict(model, val_images)
     assert features.shape == (len(val_images), 512)  # ResNet-18's pooled vector, the input of its fc layer
     predicted = probabilities.argmax(dim=1).numpy()
-    assert round(balanced_accuracy(val_labels.numpy(), predicted), 6) == meta.details["val_balanced_accuracy"]
+    assert round(balanced_accuracy(val_labels.numpy(), predicted), 6) == meta.details.val_balanced_accuracy
 
 
 def test_the_judge_stage_refuses_a_network_without_features_before_training(workspace):
@@ -164,7 +164,7 @@ def test_dvc_exp_run_measures_the_verdict_with_resnet18_and_with_a_users_network
         page = (repo / "reports/report.html").read_text(encoding="utf-8")
         assert f"trained the downstream classifier <b>{arch}</b>" in page
         shown[arch] = metrics
-    assert ModelMeta.read(repo / "models/judge/judge.json").details["params"]["judge"]["arch"] == "small_cnn"
+    assert ModelMeta.read(repo / "models/judge/judge.json", JudgeDetails).details.params["judge"]["arch"] == "small_cnn"
 
     experiments = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
     listed = {

@@ -17,7 +17,7 @@ from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 from pipeline.arms import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 from pipeline.classifier_training import AugmentedBatches, TrainingSet, train_classifier
 from pipeline.config import ClassifierParams, VerdictParams
-from pipeline.contracts import ARMS, GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import ARMS, GATE_COLUMNS, MANIFEST_COLUMNS, JudgeDetails, ModelMeta, PreparedStats, load_split
 from pipeline.errors import InputError
 from pipeline.io import read_manifest, write_manifest
 from pipeline.nets import predict
@@ -298,7 +298,7 @@ def test_with_nothing_to_generate_the_augmented_arm_draws_the_real_images_class_
 
 
 def test_a_judge_of_other_classes_is_an_error_naming_it(inputs_copy):
-    meta = ModelMeta.read(inputs_copy.judge / "judge.json")
+    meta = ModelMeta.read(inputs_copy.judge / "judge.json", JudgeDetails)
     ModelMeta(meta.image_size, meta.channels, [*meta.class_names[:-1], "ten"], meta.width).write(
         inputs_copy.judge / "judge.json"
     )

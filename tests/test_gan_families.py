@@ -195,7 +195,7 @@ def test_the_train_stage_trains_each_family_resumes_it_and_generate_samples_from
 
     generator, meta = load_generator(paths.gan)
     assert type(generator).__name__ == ("StyleGenerator" if family == "stylegan2" else "Generator")
-    assert meta.details["batches"] == 2 * per_epoch
+    assert meta.details.batches == 2 * per_epoch
     state = torch.load(paths.gan_resume / train.CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
     if family == "ada":  # the probability is part of the checkpoint, and logged as a training curve
         assert float(state["augment_probability"]) > 0
@@ -218,7 +218,7 @@ def test_the_style_based_generator_with_the_wasserstein_loss_and_adaptive_augmen
     assert result.returncode == 0, result.stderr[-3000:]
     generator, meta = load_generator(workspace.gan)
     assert type(generator).__name__ == "StyleGenerator"
-    assert meta.details["batches"] == 498 // (32 * 2)  # each process trains on half of every epoch
+    assert meta.details.batches == 498 // (32 * 2)  # each process trains on half of every epoch
     state = torch.load(workspace.gan_resume / train.CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
     # the signs of both processes' real images, summed over the processes, so both adapt the same probability
-    assert float(state["real_signs"][1]) == meta.details["batches"] * 32 * 2
+    assert float(state["real_signs"][1]) == meta.details.batches * 32 * 2

@@ -44,7 +44,7 @@ def test_the_train_stage_trains_in_bf16_mixed_on_the_gpu(trained_on_gpu):
         == "bf16-mixed"
     )
     generator, meta = nets.load_generator(trained_on_gpu.gan)
-    assert meta.details["batches"] == 498 // 32
+    assert meta.details.batches == 498 // 32
     assert all(torch.isfinite(v).all() for v in generator.state_dict().values() if v.is_floating_point())
     checkpoint = torch.load(trained_on_gpu.gan / "last.ckpt", map_location="cpu", weights_only=True)
     assert int(checkpoint["state_dict"]["batches_seen"]) == 498 // 32
@@ -73,7 +73,7 @@ def test_each_generator_family_trains_in_bf16_mixed_on_the_gpu(family, prepared_
     shutil.copytree(prepared_tiny / "data", paths.root / "data")
     train.run(tiny_params(train={**TRAIN, **FAMILIES[family]}), paths)
     generator, meta = nets.load_generator(paths.gan)
-    assert meta.details["batches"] == 498 // 32
+    assert meta.details.batches == 498 // 32
     assert all(torch.isfinite(v).all() for v in generator.state_dict().values() if v.is_floating_point())
     with torch.no_grad():
         images = generator.cuda()(torch.randn(4, TRAIN["z_dim"], device="cuda"), torch.arange(4, device="cuda"))

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import FAST_GAN, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline.balancing import class_weights
 from pipeline.config import params_to_dict
-from pipeline.contracts import ModelMeta, PreparedStats, load_split
+from pipeline.contracts import GeneratorDetails, ModelMeta, PreparedStats, load_split
 from pipeline.errors import ConfigError, InputError
 from pipeline.gan.augment import AUGMENTATIONS, diff_augment
 from pipeline.gan.data import TrainImages
@@ -225,12 +225,15 @@ def default_run(prepared_tiny, tmp_path_factory) -> Run:
     return train_fresh(prepared_tiny, tmp_path_factory.mktemp("default_run"))
 
 
-def test_stage_writes_the_generator_checkpoint_and_grids(default_run):
+def test_stage_writes_the_generator_checkpoint_and_grids(default_run, tmp_path):
     paths = default_run.paths
     generator, meta = load_generator(paths.gan)
     assert meta.class_names == [str(d) for d in range(10)]
     assert (meta.image_size, meta.channels, meta.z_dim, meta.width) == (16, 1, 16, 8)
-    assert (meta.details["epochs"], meta.details["batches"]) == (1, BATCHES_PER_EPOCH)
+    assert (meta.details.epochs, meta.details.batches) == (1, BATCHES_PER_EPOCH)
+    assert meta.details.train == params_to_dict(tiny_params(train={**FAST, "max_epochs": 1}).train)
+    meta.write(tmp_path / "generator_ema.json")  # the typed record writes the file it was read from
+    assert (tmp_path / "generator_ema.json").read_bytes() == (paths.gan / "generator_ema.json").read_bytes()
     with torch.no_grad():
         images = generator(torch.randn(10, 16), torch.arange(10))
     assert images.shape == (10, 1, 16, 16) and images.abs().max() <= 1
@@ -293,9 +296,9 @@ def test_a_batch_size_larger_than_the_train_split_is_reduced_with_a_note(workspa
         f"train: note: train.batch_size 1000 is larger than the train split ({TRAIN_IMAGES} images); "
         f"using {TRAIN_IMAGES}"
     ) in capsys.readouterr().out
-    details = ModelMeta.read(workspace.gan / "generator_ema.json").details
-    assert details["batch_size"] == TRAIN_IMAGES
-    assert details["batches"] == FAST["max_epochs"]  # one batch of the whole split per epoch
+    details = ModelMeta.read(workspace.gan / "generator_ema.json", GeneratorDetails).details
+    assert details.batch_size == TRAIN_IMAGES
+    assert details.batches == FAST["max_epochs"]  # one batch of the whole split per epoch
     # fewer batches than the usual log interval still log: reports/train/plots is a DVC output
     assert {"loss_d", "loss_g"} <= json.loads((workspace.train_report / "metrics.json").read_text()).keys()
     assert (workspace.train_report / "plots/metrics/loss_d.tsv").is_file()
@@ -332,7 +335,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypa
     assert f"train: resuming from {workspace.gan_resume / train.CHECKPOINT}" in capsys.readouterr().out
     assert len(steps_run) == per_epoch  # the second epoch only
     assert int(checkpoint_state(workspace)["batches_seen"]) == 2 * per_epoch
-    assert ModelMeta.read(workspace.gan / "generator_ema.json").details["epochs"] == 2
+    assert ModelMeta.read(workspace.gan / "generator_ema.json", GeneratorDetails).details.epochs == 2
     for tsv in metric_tsvs(workspace.train_report):
         steps = pd.read_csv(tsv, sep="\t")["step"].tolist()
         assert steps == sorted(set(steps)), f"{tsv.name}: a step logged twice"
@@ -482,7 +485,7 @@ def test_ddp_on_two_cpu_processes_trains_one_epoch(workspace):
     with torch.no_grad():
         images = generator(torch.randn(10, meta.z_dim), torch.arange(10))
     assert images.shape == (10, 1, 16, 16) and torch.isfinite(images).all()
-    assert meta.details["batches"] == TRAIN_IMAGES // (32 * 2)  # each process trains on half of every epoch
+    assert meta.details.batches == TRAIN_IMAGES // (32 * 2)  # each process trains on half of every epoch
     assert "loss_d" in json.loads((workspace.train_report / "metrics.json").read_text())
 
 

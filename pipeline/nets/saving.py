@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.contracts import ModelMeta
+from pipeline.contracts import GeneratorDetails, JudgeDetails, ModelMeta
 from pipeline.errors import InputError
 from pipeline.nets.classifiers import SMALL_CNN, build_classifier
 from pipeline.nets.generators import build_generator
@@ -24,13 +24,14 @@ def save_model(model: nn.Module, folder: Path | str, name: str, meta: ModelMeta)
     meta.write(folder / f"{name}.json")
 
 
-def load_model(folder: Path | str, name: str, build) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild a model saved by `save_model`; `build(meta)` makes the empty network."""
+def load_model(folder: Path | str, name: str, build, details: type) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild a model saved by `save_model`; `build(meta)` makes the empty network, `details` is the type of
+    the record of the stage that trains it (contracts.JudgeDetails, GeneratorDetails)."""
     folder = Path(folder)
     weights = folder / f"{name}.pt"
     if not weights.is_file():
         raise InputError(f"{weights}: not found (run the stage that makes it first)")
-    meta = ModelMeta.read(folder / f"{name}.json")
+    meta = ModelMeta.read(folder / f"{name}.json", details)
     model = build(meta)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval(), meta
@@ -47,29 +48,30 @@ def weights_hash(model: nn.Module) -> str:
 
 def load_generator(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
     """The EMA generator of the train stage: `generator_ema.pt` + `generator_ema.json` (whose
-    details.train, the train params it was made with, name its architecture; resnet when absent)."""
+    GeneratorDetails, the train params it was made with, name its architecture; an untrained generator
+    saved without them is the default resnet)."""
 
     def build(meta: ModelMeta) -> nn.Module:
-        train = meta.details.get("train", {})
+        details = meta.details
         return build_generator(
-            train.get("arch", "resnet"),
+            details.arch if details else "resnet",
             meta.image_size,
             meta.channels,
             len(meta.class_names),
             meta.z_dim,
             meta.width,
-            train.get("g_conditioning", "tables"),
+            details.g_conditioning if details else "tables",
         )
 
-    return load_model(folder, "generator_ema", build)
+    return load_model(folder, "generator_ema", build, GeneratorDetails)
 
 
 def load_judge(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
     """The judge stage's classifier: `judge.pt` + `judge.json`, a network of the `arch` of the judge params
-    that judge.json records (small_cnn where it records none)."""
+    that judge.json's JudgeDetails record (small_cnn for an untrained network saved without them)."""
 
     def build(meta: ModelMeta) -> nn.Module:
-        arch = meta.details.get("params", {}).get("judge", {}).get("arch", SMALL_CNN)
+        arch = meta.details.arch if meta.details else SMALL_CNN
         return build_classifier(arch, meta.image_size, meta.channels, len(meta.class_names), meta.width)
 
-    return load_model(folder, "judge", build)
+    return load_model(folder, "judge", build, JudgeDetails)

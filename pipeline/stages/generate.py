@@ -249,8 +249,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
                 if row.short > 0
             },
             environment={
-                "judge": judge_meta.details.get("environment"),
-                "train": generator_meta.details.get("environment"),
+                "judge": judge_meta.environment,
+                "train": generator_meta.environment,
                 "generate": environment(settings["accelerator"]),
             },
             # where the images were sampled does not change them, so the hardware is no part of their record

@@ -18,7 +18,7 @@ from pipeline import nets
 from pipeline.balancing import class_weights
 from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import ModelMeta, PreparedStats, load_split
+from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats, load_split
 from pipeline.environment import environment
 from pipeline.io import atomic_output
 from pipeline.metrics import balanced_accuracy
@@ -43,21 +43,27 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
             logger.experiment.make_summary()
 
-    details = {
-        "steps": history["steps"],
-        "source_fingerprint": stats.source_fingerprint,
-        "params": {"seed": params.seed, "judge": params_to_dict(recipe)},
-        "environment": environment("cpu"),
-    }  # the classifier recipe trains on the CPU
+    val_scores = {}
     if len(val_labels):
         predicted, truth = nets.predict(model, val_images)[0].argmax(dim=1).numpy(), val_labels.numpy()
-        details["val_balanced_accuracy"] = round(balanced_accuracy(truth, predicted), 6)
-        details["val_recall_per_class"] = {
-            name: round(float(np.mean(predicted[truth == label] == label)), 6)
-            for label, name in enumerate(stats.class_names)
-            if (truth == label).any()
+        val_scores = {
+            "val_balanced_accuracy": round(balanced_accuracy(truth, predicted), 6),
+            "val_recall_per_class": {
+                name: round(float(np.mean(predicted[truth == label] == label)), 6)
+                for label, name in enumerate(stats.class_names)
+                if (truth == label).any()
+            },
         }
-        print(f"judge: val balanced accuracy {details['val_balanced_accuracy']:.3f} after {history['steps']} updates")
+        print(
+            f"judge: val balanced accuracy {val_scores['val_balanced_accuracy']:.3f} after {history['steps']} updates"
+        )
+    details = JudgeDetails(
+        steps=history["steps"],
+        source_fingerprint=stats.source_fingerprint,
+        params={"seed": params.seed, "judge": params_to_dict(recipe)},
+        environment=environment("cpu"),  # the classifier recipe trains on the CPU
+        **val_scores,
+    )
     meta = ModelMeta(stats.image_size, stats.channels, stats.class_names, recipe.width, details=details)
     with atomic_output(paths.judge) as out:
         nets.save_model(model, out, "judge", meta)

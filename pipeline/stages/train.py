@@ -29,7 +29,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import Params, TrainParams, params_to_dict
-from pipeline.contracts import ModelMeta
+from pipeline.contracts import GeneratorDetails, ModelMeta
 from pipeline.environment import environment
 from pipeline.errors import ConfigError
 from pipeline.gan.data import TrainImages
@@ -145,22 +145,16 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         return
 
     ema_generator = module.generator_ema.module
-    meta = ModelMeta(
-        data.image_size,
-        data.channels,
-        data.class_names,
-        cfg.g_width,
-        z_dim=cfg.z_dim,
-        details={
-            "train_counts": data.counts,
-            "epochs": trainer.current_epoch,
-            "batches": int(module.batches_seen),
-            "batch_size": data.batch_size,
-            "seed": params.seed,
-            "train": params_to_dict(cfg),
-            "environment": environment(settings["accelerator"]),
-        },
+    details = GeneratorDetails(
+        train_counts=data.counts,
+        epochs=trainer.current_epoch,
+        batches=int(module.batches_seen),
+        batch_size=data.batch_size,
+        seed=params.seed,
+        train=params_to_dict(cfg),
+        environment=environment(settings["accelerator"]),
     )
+    meta = ModelMeta(data.image_size, data.channels, data.class_names, cfg.g_width, z_dim=cfg.z_dim, details=details)
     with atomic_output(paths.gan) as out:
         save_model(ema_generator, out, "generator_ema", meta)
         shutil.copy2(resume_dir / CHECKPOINT, out / CHECKPOINT)
@@ -172,7 +166,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         if (resume_dir / "grids").is_dir():
             shutil.copytree(resume_dir / "grids", out / "grids")
     _say(
-        f"{meta.details['batches']} batches in {meta.details['epochs']} epochs; wrote {paths.gan}/generator_ema.pt "
+        f"{details.batches} batches in {details.epochs} epochs; wrote {paths.gan}/generator_ema.pt "
         f"and {paths.samples}/samples.png"
     )
 
