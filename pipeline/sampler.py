@@ -7,6 +7,8 @@ drawn in, the process that draws it or the number of processes). Nothing here tr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -66,7 +68,10 @@ def sample_batches(
     """The uint8 images of each batch of candidates (latent seeds, label), in order, on the first
     process; None on the others. Under DDP every process must call it with the same batches."""
     sampler.batches = batches
-    predictions = trainer.predict(sampler, return_predictions=True) or []  # None where a process had no batch
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the seeds are in memory
+        warnings.filterwarnings("ignore", ".*local rank has zero length.*")  # fewer batches than processes
+        predictions = trainer.predict(sampler, return_predictions=True) or []  # None where a process had no batch
     if trainer.world_size > 1:
         shares = [None] * trainer.world_size
         torch.distributed.all_gather_object(shares, predictions)

@@ -1,24 +1,25 @@
 """Stage `generate`: EMA generator + judge + class counts -> data/synthetic/<class>/*.png, manifest.csv.
 
+Three steps (`run`):
 1. Plan: how many synthetic images each class needs to reach `generate.target` (printed, and saved
    as plan.csv together with what the gate let through).
-2. Sample candidates from the EMA generator in batches, through Lightning's predict loop (sampler.py's
-   CandidateSampler), so `generate.accelerator`, `devices` and `num_nodes` place it as they place the
-   training. Every candidate has its own latent seed, drawn from a stream that belongs to its class,
-   so changing one class's count never changes the images of another class, and neither does the
-   number of processes (each batch goes through the generator whole, in one process; on the CPU, at
-   the same number of threads per process).
-3. Gate every candidate in the judge's feature space (gate.py): the label check and the memorisation
-   check. Candidates are drawn in rounds, one batch per class that still needs some, until the
-   class's target is met, or until it has drawn `max_attempts` candidates per image it needs. A class
-   that falls short (the gate never lowers its bar) keeps what passed with `on_short: fill`: a warning
-   names it, plan.csv and summary.json record it, and merge fills the rest of its sampling mass with
-   its real images; `on_short: fail` stops the stage naming the class.
-4. Select (gate.py): `selection: first` keeps the first candidates that pass; `diverse` lets `pool`
-   times as many pass and keeps a spread-out subset of them, so that the synthetic images add what
-   the few real ones do not show; `informative` keeps the passing candidates the judge labels correctly
-   but is least sure of (the hard cases near the class boundary rather than the easy ones
-   oversampling already gives).
+2. Draw and gate. Candidates are sampled from the EMA generator in batches, through Lightning's
+   predict loop (pipeline/sampler.py), so `generate.accelerator`, `devices` and `num_nodes` place it
+   as they place the training. Every candidate has its own latent seed, drawn from a stream that
+   belongs to its class, so changing one class's count never changes the images of another class,
+   and neither does the number of processes (each batch goes through the generator whole, in one
+   process; on the CPU, at the same number of threads per process). Every candidate is gated in the
+   judge's feature space (pipeline/gate.py): the label check and the memorisation check. Candidates
+   are drawn in rounds, one batch per class that still needs some, until the class's target is met,
+   or until it has drawn `max_attempts` candidates per image it needs. A class that falls short (the
+   gate never lowers its bar) keeps what passed with `on_short: fill`: a warning names it, plan.csv
+   and summary.json record it, and merge fills the rest of its sampling mass with its real images;
+   `on_short: fail` stops the stage naming the class.
+3. Write, each class as soon as it is done drawing, after selecting (gate.py): `selection: first`
+   keeps the first candidates that pass; `diverse` lets `pool` times as many pass and keeps a
+   spread-out subset of them, so that the synthetic images add what the few real ones do not show;
+   `informative` keeps the passing candidates the judge labels correctly but is least sure of (the
+   hard cases near the class boundary rather than the easy ones oversampling already gives).
 
 The manifest holds one row per candidate judged, accepted or not, with the gate's verdict; rejected
 rows have no file (`path` is empty) but keep their seed, so they can be regenerated and inspected.
@@ -29,11 +30,9 @@ and writes the outputs.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import sys
-import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +44,14 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline import nets
 from pipeline.config import GenerateParams, Params, params_to_dict
-from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for
+from pipeline.contracts import (
+    GATE_COLUMNS,
+    MANIFEST_COLUMNS,
+    ModelMeta,
+    PreparedStats,
+    SyntheticSummary,
+    check_made_for,
+)
 from pipeline.environment import environment
 from pipeline.errors import GateError
 from pipeline.gate import ClassGate, build_gates, select_passing
@@ -129,50 +135,18 @@ class ClassDraws:
         self.passed += int(passing.sum())
 
 
-# --- the stage -----------------------------------------------------------------------------------
+# --- the stage: plan, draw and gate, write --------------------------------------------------------
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.generate
     stats = PreparedStats.read(paths.prepared)
-    generator, generator_meta = nets.load_generator(paths.gan)
-    check_made_for(
-        generator_meta.image_size,
-        generator_meta.channels,
-        generator_meta.class_names,
-        stats,
-        f"{paths.gan}/generator_ema.json",
-    )
-    judge, judge_meta = nets.load_judge(paths.judge)
-    check_made_for(
-        judge_meta.image_size, judge_meta.channels, judge_meta.class_names, stats, f"{paths.judge}/judge.json"
-    )
-    for model in (generator, judge):
-        model.to(memory_format=torch.channels_last)  # about a third faster on the CPU
+    models = Models.load(paths, stats)
 
-    real_counts = stats.split_counts("train")
-    plan = pd.DataFrame(
-        {
-            "label": [c.label for c in stats.classes],
-            "class_name": stats.class_names,
-            "folder": [c.folder for c in stats.classes],
-            "real": real_counts,
-            "planned": plan_counts(real_counts, cfg.target, cfg.max_synthetic_per_real),
-        }
-    )
+    # 1. Plan: how many images each class needs, and the candidates each one may draw.
+    plan = plan_table(stats, cfg)
     _say(f"generate: plan for target {cfg.target!r}, {plan['planned'].sum()} synthetic images:")
     _say(plan[["class_name", "real", "planned"]].to_string(index=False))
-
-    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate")
-    trainer = pl.Trainer(
-        **settings,
-        use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    sampler = CandidateSampler(generator, generator_meta.z_dim, cfg.truncation)
     draws = [
         ClassDraws(
             row.label,
@@ -182,83 +156,39 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         )
         for row in plan.itertuples()
     ]
-    gates = functools.cache(lambda: build_gates(judge, stats, paths, cfg))  # built where first needed
-    plan_rows, manifests = list(plan.itertuples()), {}  # manifests: per label, once the class is written
-    with contextlib.ExitStack() as stack:
-        # The first process writes; under DDP which process that is, is known once the Trainer has started.
-        output = functools.cache(lambda: stack.enter_context(atomic_output(paths.synthetic)))
 
-        def write(draw: ClassDraws) -> None:
-            manifests[draw.label] = write_class(plan_rows[draw.label], draw, cfg.selection, output())
-            draw.images, draw.features = [], []  # written: the memory goes to the classes still drawing
+    # 2. Draw and gate, in rounds. Under DDP every process samples its share of a round; the first
+    # gates the candidates, decides the next round and writes; the others only sample.
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate")
+    trainer = pl.Trainer(
+        **settings,
+        use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    sampler = CandidateSampler(models.generator, models.generator_meta.z_dim, cfg.truncation)
+    if not trainer.is_global_zero:
+        follow_rounds(trainer, sampler, next_round(draws))  # the first round depends on the plan only
+        return
+    gates = build_gates(models.judge, stats, paths, cfg)
 
-        draw_in_rounds(trainer, sampler, draws, gates, write)
-        if not trainer.is_global_zero:
-            return
-        for draw in draws:
-            if draw.label not in manifests:  # a class that needs no image
-                write(draw)
-        out, outcome = output(), []
-        for row in plan_rows:
-            rows = manifests[row.label]
-            accepted, candidates = int(rows["accepted"].sum()), len(rows)
-            outcome.append((accepted, candidates, round(accepted / candidates, 6) if candidates else None))
-            if accepted < row.planned:
-                message = (
-                    f"class {row.class_name!r}: {accepted} of {row.planned} images passed the gate after "
-                    f"{candidates} candidates (acceptance rate {accepted / candidates:.1%}, "
-                    f"generate.max_attempts {cfg.max_attempts})"
-                )
-                if cfg.on_short == "fail":
-                    raise GateError(
-                        message + "; lower generate.label_pass_rate, train the GAN longer, raise "
-                        "generate.max_attempts or set generate.on_short: fill"
-                    )
-                print(
-                    f"generate: warning: {message}; kept what passed, and its real images fill the rest of "
-                    "the class (generate.on_short: fill)",
-                    file=sys.stderr,
-                )
-
-        generator_hash = nets.weights_hash(generator)
-        plan["generated"], plan["candidates"], plan["acceptance_rate"] = zip(*outcome)
-        plan["short"] = plan["planned"] - plan["generated"]
-        plan["label_threshold"] = [round(g.label_threshold, 6) for g in gates()]
-        plan["copy_threshold"] = [round(g.copy_threshold, 6) for g in gates()]
-        manifest = pd.concat([manifests[row.label] for row in plan_rows], ignore_index=True).reindex(
-            columns=MANIFEST_COLUMNS + GATE_COLUMNS
-        )
-        manifest["source"] = generator_hash
+    # 3. Write each class once it is done (its candidates then leave memory), then the records.
+    plan_rows, manifests = list(plan.itertuples()), {}
+    with (
+        atomic_output(paths.synthetic) as out,
+        contextlib.closing(draw_and_gate(trainer, sampler, draws, gates)) as done,
+    ):
+        for draw in done:
+            manifests[draw.label] = write_class(plan_rows[draw.label], draw, cfg.selection, out)
+            draw.images, draw.features = [], []
+        plan = with_outcome(plan, manifests, gates, cfg)
+        manifest = pd.concat([manifests[label] for label in plan["label"]], ignore_index=True)
+        manifest = manifest.reindex(columns=MANIFEST_COLUMNS + GATE_COLUMNS).assign(source=models.generator_hash)
         write_manifest(manifest, out / "manifest.csv")
         write_manifest(plan, out / "plan.csv")
-        SyntheticSummary(
-            generator_hash=generator_hash,
-            judge_hash=nets.weights_hash(judge),
-            image_size=stats.image_size,
-            channels=stats.channels,
-            class_names=stats.class_names,
-            generated=int(plan["generated"].sum()),
-            candidates=int(plan["candidates"].sum()),
-            short=int(plan["short"].sum()),
-            label_thresholds=dict(zip(plan["class_name"], plan["label_threshold"])),
-            copy_thresholds=dict(zip(plan["class_name"], plan["copy_threshold"])),
-            planned={row.class_name: int(row.planned) for row in plan.itertuples()},
-            short_classes={
-                row.class_name: {"passed": int(row.generated), "planned": int(row.planned)}
-                for row in plan.itertuples()
-                if row.short > 0
-            },
-            environment={
-                "judge": judge_meta.environment,
-                "train": generator_meta.environment,
-                "generate": environment(settings["accelerator"]),
-            },
-            # where the images were sampled does not change them, so the hardware is no part of their record
-            params={
-                "seed": params.seed,
-                "generate": {key: value for key, value in params_to_dict(cfg).items() if key not in HARDWARE_PARAMS},
-            },
-        ).write(out)
+        synthetic_summary(plan, stats, models, settings["accelerator"], params).write(out)
     if plan["planned"].sum() == 0:
         print(
             f"generate: nothing to generate: the plan for target {cfg.target!r} asks for no synthetic images; "
@@ -271,39 +201,85 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         )
 
 
-def draw_in_rounds(
-    trainer: pl.Trainer,
-    sampler: CandidateSampler,
-    draws: list[ClassDraws],
-    gates: Callable[[], list[ClassGate]],
-    finished: Callable[[ClassDraws], None],
-) -> None:
-    """Draw the candidates of every class in rounds of one batch per class that still draws, until none
-    does. Every process samples its share of a round; the first gates the batches (it alone calls
-    `gates`), hands each class that is done to `finished` and decides the next round."""
-    batches = next_round(draws)  # the first round depends on the plan only, so every process knows it
+@dataclass(frozen=True)
+class Models:
+    """The EMA generator and the judge, checked against the prepared data."""
+
+    generator: torch.nn.Module
+    generator_meta: ModelMeta
+    judge: torch.nn.Module
+    judge_meta: ModelMeta
+
+    @classmethod
+    def load(cls, paths: Paths, stats: PreparedStats) -> Models:
+        generator, generator_meta = nets.load_generator(paths.gan)
+        meta, path = generator_meta, f"{paths.gan}/generator_ema.json"
+        check_made_for(meta.image_size, meta.channels, meta.class_names, stats, path)
+        judge, judge_meta = nets.load_judge(paths.judge)
+        meta, path = judge_meta, f"{paths.judge}/judge.json"
+        check_made_for(meta.image_size, meta.channels, meta.class_names, stats, path)
+        for model in (generator, judge):
+            model.to(memory_format=torch.channels_last)  # about a third faster on the CPU
+        return cls(generator, generator_meta, judge, judge_meta)
+
+    @property
+    def generator_hash(self) -> str:
+        return nets.weights_hash(self.generator)
+
+
+def plan_table(stats: PreparedStats, cfg: GenerateParams) -> pd.DataFrame:
+    """One row per class, in label order: label, class_name, folder, real (train images) and planned."""
+    real_counts = stats.split_counts("train")
+    return pd.DataFrame(
+        {
+            "label": [c.label for c in stats.classes],
+            "class_name": stats.class_names,
+            "folder": [c.folder for c in stats.classes],
+            "real": real_counts,
+            "planned": plan_counts(real_counts, cfg.target, cfg.max_synthetic_per_real),
+        }
+    )
+
+
+# --- 2. draw and gate ----------------------------------------------------------------------------
+
+
+def draw_and_gate(
+    trainer: pl.Trainer, sampler: CandidateSampler, draws: list[ClassDraws], gates: list[ClassGate]
+) -> Iterator[ClassDraws]:
+    """The first process's rounds: each samples one batch of every class that still draws (with the other
+    processes under DDP), gates them and decides the next round. Yields each class once it is done: first
+    those that need no image, then each as its last round ends."""
+    yield from (draw for draw in draws if not len(draw.next_seeds()))
+    batches = next_round(draws)
     while batches:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the seeds are in memory
-            warnings.filterwarnings("ignore", ".*local rank has zero length.*")  # fewer batches than processes
-            images = sample_batches(trainer, sampler, batches)
-        if trainer.is_global_zero:
-            try:
-                for (seeds, label), batch in zip(batches, images):
-                    draws[label].take(seeds, batch, gates()[label])
-                upcoming = next_round(draws)
-                for label in sorted({label for _, label in batches} - {label for _, label in upcoming}):
-                    finished(draws[label])
-                batches = upcoming
-            except Exception:
-                trainer.strategy.broadcast([], src=0)  # the others stop instead of waiting for a round forever
-                raise
-        batches = trainer.strategy.broadcast(batches, src=0)
+        images = sample_batches(trainer, sampler, batches)
+        try:
+            for (seeds, label), batch in zip(batches, images):
+                draws[label].take(seeds, batch, gates[label])
+            upcoming = next_round(draws)
+            for label in sorted({label for _, label in batches} - {label for _, label in upcoming}):
+                yield draws[label]
+        except BaseException:  # an error here or where a yielded class is written
+            trainer.strategy.broadcast([], src=0)  # the others stop instead of waiting for a round forever
+            raise
+        batches = trainer.strategy.broadcast(upcoming, src=0)
+
+
+def follow_rounds(trainer: pl.Trainer, sampler: CandidateSampler, batches: list[tuple[np.ndarray, int]]) -> None:
+    """Under DDP, every process but the first: sample its share of each round the first process decides,
+    until it decides none."""
+    while batches:
+        sample_batches(trainer, sampler, batches)
+        batches = trainer.strategy.broadcast(None, src=0)
 
 
 def next_round(draws: list[ClassDraws]) -> list[tuple[np.ndarray, int]]:
     """(seeds, label) of the next batch of every class that still draws."""
     return [(seeds, draw.label) for draw in draws if len(seeds := draw.next_seeds())]
+
+
+# --- 3. write ------------------------------------------------------------------------------------
 
 
 def write_class(plan_row, draw: ClassDraws, selection: str, out: Path) -> pd.DataFrame:
@@ -336,3 +312,73 @@ def write_class(plan_row, draw: ClassDraws, selection: str, out: Path) -> pd.Dat
         (out / path).write_bytes(png)
         rows.loc[row, ["accepted", "reject_reason", "path", "sha256"]] = [True, "", path, sha256_bytes(png)]
     return rows.assign(label=label, class_name=plan_row.class_name, split="train", origin="synthetic")
+
+
+def with_outcome(
+    plan: pd.DataFrame, manifests: dict[int, pd.DataFrame], gates: list[ClassGate], cfg: GenerateParams
+) -> pd.DataFrame:
+    """The plan with what each class got (generated, candidates, acceptance_rate, short) and its gate's
+    thresholds. A short class stops the stage (`on_short: fail`) or is named in a warning (`fill`)."""
+    outcome = []
+    for row in plan.itertuples():
+        rows = manifests[row.label]
+        accepted, candidates = int(rows["accepted"].sum()), len(rows)
+        outcome.append((accepted, candidates, round(accepted / candidates, 6) if candidates else None))
+        if accepted < row.planned:
+            message = (
+                f"class {row.class_name!r}: {accepted} of {row.planned} images passed the gate after "
+                f"{candidates} candidates (acceptance rate {accepted / candidates:.1%}, "
+                f"generate.max_attempts {cfg.max_attempts})"
+            )
+            if cfg.on_short == "fail":
+                raise GateError(
+                    message + "; lower generate.label_pass_rate, train the GAN longer, raise "
+                    "generate.max_attempts or set generate.on_short: fill"
+                )
+            print(
+                f"generate: warning: {message}; kept what passed, and its real images fill the rest of "
+                "the class (generate.on_short: fill)",
+                file=sys.stderr,
+            )
+    plan = plan.copy()
+    plan["generated"], plan["candidates"], plan["acceptance_rate"] = zip(*outcome)
+    plan["short"] = plan["planned"] - plan["generated"]
+    plan["label_threshold"] = [round(g.label_threshold, 6) for g in gates]
+    plan["copy_threshold"] = [round(g.copy_threshold, 6) for g in gates]
+    return plan
+
+
+def synthetic_summary(
+    plan: pd.DataFrame, stats: PreparedStats, models: Models, accelerator: str, params: Params
+) -> SyntheticSummary:
+    """summary.json: what was made, by which networks and params, on what."""
+    return SyntheticSummary(
+        generator_hash=models.generator_hash,
+        judge_hash=nets.weights_hash(models.judge),
+        image_size=stats.image_size,
+        channels=stats.channels,
+        class_names=stats.class_names,
+        generated=int(plan["generated"].sum()),
+        candidates=int(plan["candidates"].sum()),
+        short=int(plan["short"].sum()),
+        label_thresholds=dict(zip(plan["class_name"], plan["label_threshold"])),
+        copy_thresholds=dict(zip(plan["class_name"], plan["copy_threshold"])),
+        planned={row.class_name: int(row.planned) for row in plan.itertuples()},
+        short_classes={
+            row.class_name: {"passed": int(row.generated), "planned": int(row.planned)}
+            for row in plan.itertuples()
+            if row.short > 0
+        },
+        environment={
+            "judge": models.judge_meta.environment,
+            "train": models.generator_meta.environment,
+            "generate": environment(accelerator),
+        },
+        # where the images were sampled does not change them, so the hardware is no part of their record
+        params={
+            "seed": params.seed,
+            "generate": {
+                key: value for key, value in params_to_dict(params.generate).items() if key not in HARDWARE_PARAMS
+            },
+        },
+    )
