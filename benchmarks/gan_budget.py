@@ -69,7 +69,7 @@ from pipeline.nets import (  # noqa: E402
     save_model,
 )
 from pipeline.paths import Paths  # noqa: E402
-from pipeline.quality import class_quality  # noqa: E402
+from pipeline.quality import ClassFeatures, class_quality  # noqa: E402
 from pipeline.stages.train import LastCheckpoint  # noqa: E402
 
 SHARED = ("data/prepared", "data/holdout", "models/judge")  # made once per workspace, read by every budget
@@ -289,7 +289,7 @@ def measure(folder: Path, seeds: int) -> None:
     plan = pd.read_csv(paths.synthetic / "plan.csv")
     classes = []
     for label, name in enumerate(stats.class_names):
-        row = class_quality(
+        features = ClassFeatures(
             label,
             train_features[train[1] == label],
             val_features[val[1] == label],
@@ -297,9 +297,8 @@ def measure(folder: Path, seeds: int) -> None:
             val_probabilities.argmax(1)[val[1] == label],
             synthetic_probabilities.argmax(1)[synthetic[1] == label],
             bars[label],
-            cfg,
-            params.seed,
         )
+        row = class_quality(features, cfg, params.seed)
         recall = np.mean([r[label] for r in by_arm["synthetic_only"]["recall"]])
         classes.append(
             {"class_name": name, "cas_recall": float(recall), "acceptance_rate": plan.loc[label, "acceptance_rate"]}

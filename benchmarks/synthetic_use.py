@@ -81,18 +81,23 @@ def variant_set(
         weights = merged_weights(labels.numpy(), synthetic, num_classes, share)
         if kind == "mix":
             return TrainingSet(
-                mixed_with_real(images, labels, synthetic, float(value), seed), labels, weights, **adjustment
+                mixed_with_real(images, labels, synthetic, float(value), seed),
+                labels,
+                num_classes,
+                weights,
+                **adjustment,
             )
         targets = torch.nn.functional.one_hot(labels, num_classes).float()
         alpha = float(value)
         targets[synthetic] = (1 - alpha) * targets[synthetic] + alpha * judge_probabilities[synthetic]
-        return TrainingSet(images, targets, weights, **adjustment)
+        return TrainingSet(images, targets, num_classes, weights, **adjustment)
     below = {"all": np.inf, "none": 0, "below": float(value or 0)}[kind]
     keep = ~synthetic | (train_counts[labels.numpy()] < below)
     index = torch.from_numpy(np.flatnonzero(keep))
     return TrainingSet(
         images[index],
         labels[index],
+        num_classes,
         merged_weights(labels.numpy()[keep], synthetic[keep], num_classes, share),
         **adjustment,
     )
@@ -128,7 +133,7 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
                 c["logit_adjustments"][1],
                 c["mix_seed"],
             )
-        model, history = train_classifier(data, *c["val"], len(c["counts"]), recipe, seed, initial_weights=weights)
+        model, history = train_classifier(data, c["val"], recipe, seed, initial_weights=weights)
         recipe, weights = dataclasses.replace(recipe, lr=recipe.lr / 5), model.state_dict()
     return variant, seed, history["best_val_balanced_accuracy"]
 

@@ -87,21 +87,22 @@ def arm_training_sets(
         "logit_adjustment": balanced_logit_adjustment,
         "class_frequencies": drawn_frequencies(real_labels, None, inputs.num_classes),
     }
+    k = inputs.num_classes
     arms = {
-        "real": TrainingSet(real_images, real_labels),
-        "classical": TrainingSet(real_images[oversampled], real_labels[oversampled], **balanced_adjustment),
-        "classical_la": TrainingSet(real_images, real_labels, logit_adjustment=logit_adjustment),
+        "real": TrainingSet(real_images, real_labels, k),
+        "classical": TrainingSet(real_images[oversampled], real_labels[oversampled], k, **balanced_adjustment),
+        "classical_la": TrainingSet(real_images, real_labels, k, logit_adjustment=logit_adjustment),
         "augmented": TrainingSet(
-            inputs.merged_images, inputs.merged_labels, inputs.merged_weights, **balanced_adjustment
+            inputs.merged_images, inputs.merged_labels, k, inputs.merged_weights, **balanced_adjustment
         ),
     }
     if len(synthetic_labels):
         arms["synthetic_only"] = TrainingSet(
-            synthetic_images, synthetic_labels, class_weights(synthetic_labels.numpy(), inputs.num_classes)
+            synthetic_images, synthetic_labels, k, class_weights(synthetic_labels.numpy(), k)
         )
     if len(inputs.holdout_labels):
         arms["oracle"] = TrainingSet(
-            torch.cat([real_images, inputs.holdout_images]), torch.cat([real_labels, inputs.holdout_labels])
+            torch.cat([real_images, inputs.holdout_images]), torch.cat([real_labels, inputs.holdout_labels]), k
         )
     return arms
 
@@ -158,7 +159,7 @@ def _run_job(job: tuple[int, str]) -> dict:
     inputs, val, test, tail, cfg = _WORKER_CONTEXT
     started = time.perf_counter()
     data = arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, seed)[arm]
-    model, history = train_classifier(data, *val, inputs.num_classes, cfg.classifier, seed)
+    model, history = train_classifier(data, val, cfg.classifier, seed)
     predicted = nets.predict_labels(model, test[0]).numpy()
     scores = classification_scores(test[1].numpy(), predicted, inputs.num_classes, tail)
     return {

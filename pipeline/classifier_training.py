@@ -54,6 +54,7 @@ class TrainingSet:
 
     images: torch.Tensor  # uint8 N x C x H x W
     labels: torch.Tensor  # int64 N
+    num_classes: int  # the network's outputs (labels are below it)
     weights: np.ndarray | None = None  # per-image sampling weights; None: every image equally often
     logit_adjustment: float = 0.0  # tau of the logit-adjusted loss (Menon et al., 2021); 0: plain cross-entropy
     class_frequencies: np.ndarray | None = None  # what the adjustment is relative to; None: the frequencies drawn
@@ -149,25 +150,25 @@ def log_prior(frequencies: np.ndarray, tau: float) -> torch.Tensor:
 
 def train_classifier(
     data: TrainingSet,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
-    num_classes: int,
+    val: tuple[torch.Tensor, torch.Tensor],
     recipe: ClassifierParams,
     seed: int,
     logger=False,
     initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train the recipe on `data`; returns the best-on-val network (eval mode) and how training went.
-    `initial_weights` (a network's state_dict) replaces the seed's initial weights: fine-tuning."""
+    """Train the recipe on `data`, scored on `val` (uint8 images, labels; may be empty); returns the
+    best-on-val network (eval mode) and how training went. `initial_weights` (a network's state_dict)
+    replaces the seed's initial weights: fine-tuning."""
+    val_images, val_labels = val
     pl.seed_everything(seed, verbose=False)
     prior = None
     if data.logit_adjustment:
         frequencies = data.class_frequencies
         if frequencies is None:
-            frequencies = drawn_frequencies(data.labels, data.weights, num_classes)
+            frequencies = drawn_frequencies(data.labels, data.weights, data.num_classes)
         prior = log_prior(frequencies, data.logit_adjustment)
     validate = len(val_labels) > 0
-    module = ClassifierTraining(data.images.shape[-1], data.images.shape[1], num_classes, recipe, prior, validate)
+    module = ClassifierTraining(data.images.shape[-1], data.images.shape[1], data.num_classes, recipe, prior, validate)
     if initial_weights is not None:
         module.net.load_state_dict(initial_weights)
     module.to(memory_format=torch.channels_last)

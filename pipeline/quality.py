@@ -6,6 +6,8 @@ Everything here takes feature tensors and numbers; nothing reads or writes files
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -50,39 +52,41 @@ def subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     return features[torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:limit]]
 
 
-def class_quality(
-    label: int,
-    train: torch.Tensor,
-    test: torch.Tensor,
-    synthetic: torch.Tensor,
-    test_predictions: torch.Tensor,
-    synthetic_predictions: torch.Tensor,
-    copy_threshold: float,
-    cfg: EvaluateParams,
-    seed: int,
-) -> dict:
+@dataclass(frozen=True)
+class ClassFeatures:
+    """One class's images in the judge's feature space, what its synthetic images are measured against."""
+
+    label: int
+    train: torch.Tensor  # the features of its real train images
+    test: torch.Tensor  # of its real test images (val where a setting is chosen)
+    synthetic: torch.Tensor  # of its synthetic images
+    test_predictions: torch.Tensor  # the judge's labels for the test images
+    synthetic_predictions: torch.Tensor  # the judge's labels for the synthetic images
+    copy_threshold: float  # the class's copy rule (metrics.copy_thresholds)
+
+
+def class_quality(features: ClassFeatures, cfg: EvaluateParams, seed: int) -> dict:
     """Fidelity, diversity and memorisation of one class's synthetic features: every QUALITY_COLUMNS
     key, NaN where there is no value (no synthetic images, too few images for a distribution metric).
-
-    `*_predictions` are the judge's labels for the class's real test and synthetic images;
-    `copy_threshold` is the class's copy rule (metrics.copy_thresholds). Distribution metrics run on
-    at most `cfg.max_images_per_class` images of each set; nearest-neighbour distances use them all.
+    Distribution metrics run on at most `cfg.max_images_per_class` images of each set;
+    nearest-neighbour distances use them all.
     """
+    label, train, test, synthetic = features.label, features.train, features.test, features.synthetic
     row = dict.fromkeys(QUALITY_COLUMNS, float("nan")) | {
         "real_train": len(train),
         "real_test": len(test),
         "synthetic": len(synthetic),
-        "judge_real_recall": float((test_predictions == label).double().mean()) if len(test) else float("nan"),
-        "copy_threshold": copy_threshold,
+        "judge_real_recall": float((features.test_predictions == label).double().mean()) if len(test) else float("nan"),
+        "copy_threshold": features.copy_threshold,
     }
     if len(synthetic) == 0:
         return row
-    row["label_agreement"] = float((synthetic_predictions == label).double().mean())
+    row["label_agreement"] = float((features.synthetic_predictions == label).double().mean())
     synthetic_to_train, _ = nearest_neighbours(synthetic, train)
     row["synthetic_to_train_median"] = float(synthetic_to_train.median())
     if len(test):
         row["test_to_train_median"] = float(nearest_neighbours(test, train)[0].median())
-    row["memorised_share"] = memorised_share(synthetic_to_train, copy_threshold)
+    row["memorised_share"] = memorised_share(synthetic_to_train, features.copy_threshold)
     limit = cfg.max_images_per_class
     train, test, synthetic = (subsample(f, limit, seed) for f in (train, test, synthetic))
     if len(synthetic) >= 2 and len(test) >= 2:

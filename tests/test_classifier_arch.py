@@ -106,8 +106,9 @@ def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_in
     stats = PreparedStats.read(paths.prepared)
     images, labels = load_split(paths.prepared, stats, "train")
     recipe = dataclasses.replace(tiny_params().evaluate.classifier, arch=MLP)
-    model, _ = train_classifier(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, recipe, seed=0)
-    assert isinstance(model[0], nn.Flatten)  # fit trained the factory's network
+    no_val = images[:0], labels[:0]
+    model, _ = train_classifier(TrainingSet(images, labels, stats.num_classes), no_val, recipe, seed=0)
+    assert isinstance(model[0], nn.Flatten)  # train_classifier trained the factory's network
 
     val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")
     cfg = dataclasses.replace(tiny_params().evaluate, seeds=1, classifier=recipe)

@@ -47,11 +47,11 @@ def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation
     stats = PreparedStats.read(paths.prepared)
     images, labels = load_split(paths.prepared, stats, "train")
     frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
-    one, _ = train_classifier(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=3)
-    other, _ = train_classifier(
-        TrainingSet(images[labels == 0], labels[labels == 0]), images[:0], labels[:0], stats.num_classes, frozen, seed=3
-    )
-    third, _ = train_classifier(TrainingSet(images, labels), images[:0], labels[:0], stats.num_classes, frozen, seed=4)
+    k, no_val = stats.num_classes, (images[:0], labels[:0])
+    everything, class_0 = TrainingSet(images, labels, k), TrainingSet(images[labels == 0], labels[labels == 0], k)
+    one, _ = train_classifier(everything, no_val, frozen, seed=3)
+    other, _ = train_classifier(class_0, no_val, frozen, seed=3)
+    third, _ = train_classifier(everything, no_val, frozen, seed=4)
     assert torch.equal(one.body[0].weight, other.body[0].weight)
     assert not torch.equal(one.body[0].weight, third.body[0].weight)
 
@@ -73,11 +73,10 @@ def test_fine_tuning_starts_from_the_given_weights_instead_of_the_seeds(prepared
     images, labels = load_split(paths.prepared, stats, "train")
     frozen = ClassifierParams(width=4, lr=0.0, weight_decay=0.0, eval_every=2, max_steps=2)  # lr 0: the initial weights
     no_val = images[:0], labels[:0]
-    start, _ = train_classifier(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=3)
-    tuned, _ = train_classifier(
-        TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4, initial_weights=start.state_dict()
-    )
-    fresh, _ = train_classifier(TrainingSet(images, labels), *no_val, stats.num_classes, frozen, seed=4)
+    data = TrainingSet(images, labels, stats.num_classes)
+    start, _ = train_classifier(data, no_val, frozen, seed=3)
+    tuned, _ = train_classifier(data, no_val, frozen, seed=4, initial_weights=start.state_dict())
+    fresh, _ = train_classifier(data, no_val, frozen, seed=4)
     assert torch.equal(tuned.body[0].weight, start.body[0].weight)
     assert torch.equal(tuned.head[-1].weight, start.head[-1].weight)
     assert not torch.equal(tuned.body[0].weight, fresh.body[0].weight)
@@ -94,9 +93,9 @@ def test_the_logit_adjustment_is_relative_to_the_given_class_frequencies(prepare
     )
     frequencies = np.full(k, 0.01 / (k - 1))
     frequencies[0] = 0.99  # class 0 "frequent": the adjusted network must favour the others at prediction time
-    plain, _ = train_classifier(TrainingSet(images, labels), *no_val, k, recipe, seed=0)
+    plain, _ = train_classifier(TrainingSet(images, labels, k), no_val, recipe, seed=0)
     adjusted, _ = train_classifier(
-        TrainingSet(images, labels, logit_adjustment=1.0, class_frequencies=frequencies), *no_val, k, recipe, seed=0
+        TrainingSet(images, labels, k, logit_adjustment=1.0, class_frequencies=frequencies), no_val, recipe, seed=0
     )
 
     def share_of_class_0(model) -> float:
@@ -111,7 +110,7 @@ def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     stats = PreparedStats.read(paths.prepared)
     train, val = load_split(paths.prepared, stats, "train"), load_split(paths.prepared, stats, "val")
     recipe = ClassifierParams(width=4, eval_every=10, patience=2, max_steps=400)
-    model, history = train_classifier(TrainingSet(*train), *val, stats.num_classes, recipe, seed=0)
+    model, history = train_classifier(TrainingSet(*train, stats.num_classes), val, recipe, seed=0)
     assert history["steps"] < 400  # it stopped early
     from pipeline.metrics import balanced_accuracy
 

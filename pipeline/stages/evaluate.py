@@ -39,7 +39,7 @@ from pipeline.errors import InputError
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
-from pipeline.quality import add_verdicts, class_quality, nearest_real_table
+from pipeline.quality import ClassFeatures, add_verdicts, class_quality, nearest_real_table
 
 HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy")
 
@@ -79,21 +79,23 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     test_probabilities, test_features = nets.predict(judge, test[0])
     synthetic_probabilities, synthetic_features = nets.predict(judge, synthetic[0])
     copy_bars = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
+    test_predictions, synthetic_predictions = test_probabilities.argmax(dim=1), synthetic_probabilities.argmax(dim=1)
+    classes = [
+        ClassFeatures(
+            y,
+            train_features[train[1] == y],
+            test_features[test[1] == y],
+            synthetic_features[synthetic[1] == y],
+            test_predictions[test[1] == y],
+            synthetic_predictions[synthetic[1] == y],
+            copy_bars[y],
+        )
+        for y in range(stats.num_classes)
+    ]
     quality = pd.DataFrame(
         [
-            {"class_name": name, "planned": summary.planned[name]}
-            | class_quality(
-                y,
-                train_features[train[1] == y],
-                test_features[test[1] == y],
-                synthetic_features[synthetic[1] == y],
-                test_probabilities.argmax(dim=1)[test[1] == y],
-                synthetic_probabilities.argmax(dim=1)[synthetic[1] == y],
-                copy_bars[y],
-                cfg,
-                params.seed,
-            )
-            for y, name in enumerate(stats.class_names)
+            {"class_name": name, "planned": summary.planned[name]} | class_quality(features, cfg, params.seed)
+            for name, features in zip(stats.class_names, classes)
         ]
     )
     nearest = nearest_real_table(

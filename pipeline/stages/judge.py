@@ -33,12 +33,12 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     )
     train_images, train_labels = load_split(paths.prepared, stats, "train")
     val_images, val_labels = load_split(paths.prepared, stats, "val")
-    balanced = TrainingSet(train_images, train_labels, class_weights(train_labels.numpy(), stats.num_classes))
+    balanced = TrainingSet(
+        train_images, train_labels, stats.num_classes, class_weights(train_labels.numpy(), stats.num_classes)
+    )
     with atomic_output(paths.judge_report) as live_dir:
         logger = DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
-        model, history = train_classifier(
-            balanced, val_images, val_labels, stats.num_classes, recipe, params.seed, logger
-        )
+        model, history = train_classifier(balanced, (val_images, val_labels), recipe, params.seed, logger)
         if history["best_val_balanced_accuracy"] is not None:  # the kept weights' score, beside the last one's
             logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
             logger.experiment.make_summary()

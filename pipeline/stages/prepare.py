@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -209,14 +210,15 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     )
     with _progress("prepare: write", int(np.isin(splits, [*SPLITS, HOLDOUT]).sum())) as bar:
         png_of = _png_maker(checked, cfg, channels, bar)
+        assigned = AssignedItems(kept, labels, splits)
         with atomic_output(paths.prepared) as out:
-            _write_images(out, png_of, kept, labels, splits, SPLITS, class_names, folders)
+            _write_images(out, png_of, assigned, SPLITS, stats.classes)
             pd.DataFrame(checked.skipped, columns=["path", "reason"]).to_csv(
                 out / "skipped.csv", index=False, lineterminator="\n"
             )
             stats.write(out)
         with atomic_output(paths.holdout) as out:
-            _write_images(out, png_of, kept, labels, splits, (HOLDOUT,), class_names, folders)
+            _write_images(out, png_of, assigned, (HOLDOUT,), stats.classes)
     _say(stats, profile, cfg.imbalance.ratio)
 
 
@@ -311,18 +313,32 @@ def _thin_train(
     return splits
 
 
-def _write_images(out, png_of, kept, labels, splits, which_splits, class_names, folders) -> None:
+@dataclass(frozen=True)
+class AssignedItems:
+    """The usable items of the source, each with its label and split (train, val, test, holdout; None:
+    left out by the cap)."""
+
+    items: list[SourceItem]
+    labels: np.ndarray
+    splits: np.ndarray
+
+
+def _write_images(
+    out: Path, png_of: Callable[[int], bytes], assigned: AssignedItems, which_splits, classes: list[ClassInfo]
+) -> None:
     """PNGs of the items of `which_splits` under out/<split>/<folder>/, and out/manifest.csv."""
     rows = []
     for split in which_splits:
-        for label, (name, folder) in enumerate(zip(class_names, folders)):
-            members = np.flatnonzero((labels == label) & (splits == split))
+        for c in classes:
+            members = np.flatnonzero((assigned.labels == c.label) & (assigned.splits == split))
             if len(members) == 0:
                 continue
-            (out / split / folder).mkdir(parents=True)
+            (out / split / c.folder).mkdir(parents=True)
             for k, index in enumerate(members):
                 png = png_of(index)
-                rel = f"{split}/{folder}/{k:05d}.png"
+                rel = f"{split}/{c.folder}/{k:05d}.png"
                 (out / rel).write_bytes(png)
-                rows.append([rel, label, name, split, "real", kept[index].origin, "", sha256_bytes(png)])
+                rows.append(
+                    [rel, c.label, c.class_name, split, "real", assigned.items[index].origin, "", sha256_bytes(png)]
+                )
     write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), out / "manifest.csv")
