@@ -4,6 +4,11 @@ Every section of params.yaml is a dataclass below. Each field may carry bounds i
 (`ge`, `gt`, `le`, `lt`) or a set of allowed values (`choices`). Loading fails with one line that
 names the key (`params.yaml: train.max_epochs must be >= 1, got -3`) on an unknown key, a wrong
 type or an out-of-range value, so a typo is an error and never a silent default.
+
+The validator is our own on purpose: pydantic (installed with albumentations) kept every message
+only through strict types and a translation of its error types back into these lines, saved 17 of
+357 lines, and validates every construction, which the tests' deliberate out-of-range recipes (a
+learning rate of 0 to keep the initial weights) must be able to bypass.
 """
 
 from __future__ import annotations
