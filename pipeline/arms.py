@@ -33,14 +33,13 @@ from pipeline import nets
 from pipeline.balancing import class_weights, oversample_to_balance
 from pipeline.classifier_training import TrainingSet, drawn_frequencies, train_classifier
 from pipeline.config import EvaluateParams
-from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_rows
+from pipeline.contracts import MANIFEST_COLUMNS, SCORES, PreparedStats, load_rows
 from pipeline.dataset import load_augmented
 from pipeline.io import read_manifest
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.paths import Paths
 
 CLASSICAL_ARMS = ("classical", "classical_la")
-SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")
 
 
 @dataclass(frozen=True)

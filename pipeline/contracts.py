@@ -5,7 +5,8 @@
   JudgeDetails or GeneratorDetails (what the judge or train stage recorded)
 - data/synthetic/summary.json -> SyntheticSummary
 - manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged)
-- reports/metrics.json and reports/tables/*.csv name the arms (ARMS) and verdicts (VERDICTS, NO_SYNTHETIC)
+- reports/metrics.json and reports/tables/*.csv name the arms (ARMS) and verdicts (VERDICTS, NO_SYNTHETIC);
+  the tables' columns: RUN_COLUMNS, UTILITY_COLUMNS, recall_columns, QUALITY_TABLE_COLUMNS, NEAREST_COLUMNS
 
 `check_made_for` is the one "was this made for this data?" check every consumer runs.
 """
@@ -29,6 +30,42 @@ VERDICTS = ("use", "use with care", "do not use")
 NO_SYNTHETIC = "no synthetic images"
 MANIFEST_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "seed", "sha256"]
 GATE_COLUMNS = ["accepted", "reject_reason", "judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
+
+# reports/tables/*.csv, written by evaluate and read by report, in this column order; a value that
+# cannot be measured is left empty
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")  # a classifier's, on the real test split
+RUN_COLUMNS = ["arm", "seed", "steps", "val_balanced_accuracy", *SCORES]  # utility_runs.csv: per arm and seed
+# utility.csv: per arm, the mean and standard deviation over the seeds
+UTILITY_COLUMNS = ["arm"] + [
+    f"{name}_{stat}" for name in (*SCORES, "val_balanced_accuracy", "steps") for stat in ("mean", "std")
+]
+# quality.csv: per class, the quality of its synthetic images in judge features (quality.class_quality)
+QUALITY_COLUMNS = (
+    "real_train",
+    "real_test",
+    "synthetic",
+    "judge_real_recall",
+    "copy_threshold",
+    "label_agreement",
+    "synthetic_to_train_median",
+    "test_to_train_median",
+    "memorised_share",
+    "frechet",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "frechet_floor",
+    "kid_floor",
+)
+QUALITY_TABLE_COLUMNS = ["class_name", "planned", *QUALITY_COLUMNS, "recall_change", "verdict", "reason"]
+NEAREST_COLUMNS = ["label", "synthetic_path", "train_path", "distance", "relative_distance"]  # nearest_real.csv
+
+
+def recall_columns(arms: list[str]) -> list[str]:
+    """recall.csv's columns: per class, the mean and standard deviation of each arm's recall of it."""
+    return ["class_name"] + [f"{arm}_{stat}" for arm in arms for stat in ("mean", "std")]
 
 
 @dataclass(frozen=True)

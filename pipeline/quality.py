@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import EvaluateParams, VerdictParams
-from pipeline.contracts import NO_SYNTHETIC
+from pipeline.contracts import NEAREST_COLUMNS, NO_SYNTHETIC, QUALITY_COLUMNS
 from pipeline.metrics import (
     frechet_distance,
     kernel_distance,
@@ -21,28 +21,6 @@ from pipeline.metrics import (
     nearest_neighbours,
     precision_recall_density_coverage,
 )
-
-# the columns of a class's quality row (class_quality), in order; a value that cannot be measured is NaN
-QUALITY_COLUMNS = (
-    "real_train",
-    "real_test",
-    "synthetic",
-    "judge_real_recall",
-    "copy_threshold",
-    "label_agreement",
-    "synthetic_to_train_median",
-    "test_to_train_median",
-    "memorised_share",
-    "frechet",
-    "kid",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "frechet_floor",
-    "kid_floor",
-)
-NEAREST_COLUMNS = ["label", "synthetic_path", "train_path", "distance", "relative_distance"]
 
 
 def subsample(features: torch.Tensor, limit: int, seed: int) -> torch.Tensor:

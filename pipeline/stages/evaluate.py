@@ -25,7 +25,11 @@ from pipeline.config import Params
 from pipeline.contracts import (
     ARMS,
     MANIFEST_COLUMNS,
+    NEAREST_COLUMNS,
     NO_SYNTHETIC,
+    QUALITY_TABLE_COLUMNS,
+    RUN_COLUMNS,
+    UTILITY_COLUMNS,
     VERDICTS,
     PreparedStats,
     SyntheticSummary,
@@ -34,6 +38,7 @@ from pipeline.contracts import (
     load_rows,
     load_split,
     read_accepted_synthetic,
+    recall_columns,
 )
 from pipeline.errors import InputError
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
@@ -127,11 +132,11 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     )
     with atomic_output(paths.tables) as tables:
         for name, table in (
-            ("utility.csv", arms),
-            ("utility_runs.csv", runs.drop(columns=["recall", "seconds"])),
-            ("recall.csv", recalls),
-            ("quality.csv", quality),
-            ("nearest_real.csv", nearest),
+            ("utility.csv", arms[UTILITY_COLUMNS]),
+            ("utility_runs.csv", runs[RUN_COLUMNS]),
+            ("recall.csv", recalls[recall_columns(arms["arm"])]),
+            ("quality.csv", quality[QUALITY_TABLE_COLUMNS]),
+            ("nearest_real.csv", nearest[NEAREST_COLUMNS]),
         ):
             table.to_csv(tables / name, index=False, lineterminator="\n", float_format="%.6f")
     write_atomically(paths.metrics, json_text(metrics))

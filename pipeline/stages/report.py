@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -26,11 +27,16 @@ from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (
     ARMS,
     MANIFEST_COLUMNS,
+    NEAREST_COLUMNS,
     NO_SYNTHETIC,
+    QUALITY_TABLE_COLUMNS,
+    RUN_COLUMNS,
+    UTILITY_COLUMNS,
     VERDICTS,
     PreparedStats,
     load_rows,
     read_accepted_synthetic,
+    recall_columns,
 )
 from pipeline.errors import InputError
 from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, read_manifest, write_atomically
@@ -39,19 +45,7 @@ from pipeline.paths import Paths
 TEMPLATES = Path(__file__).parents[1] / "templates"  # package data of pipeline/, beside the library
 TEMPLATE = "report.html.j2"
 METRICS_KEYS = ("classifier", "utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
-UTILITY_COLUMNS = [
-    "arm",
-    "balanced_accuracy_mean",
-    "balanced_accuracy_std",
-    "tail_recall_mean",
-    "tail_recall_std",
-    "accuracy_mean",
-    "macro_f1_mean",
-    "val_balanced_accuracy_mean",
-    "steps_mean",
-]
 QUALITY_BARS = ("label_agreement", "precision", "recall", "coverage", "memorised_share")
-VERDICT_COLUMNS = ("label_agreement", "judge_real_recall", "memorised_share")
 DETAIL_COLUMNS = (
     "real_test",
     "frechet",
@@ -102,6 +96,33 @@ def read_metrics(path: Path) -> dict:
 def check_classes(table: pd.DataFrame, stats: PreparedStats, path: Path) -> None:
     if table["class_name"].tolist() != stats.class_names:
         raise InputError(f"{path}: its classes are not those of data/prepared; rerun the evaluate stage")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the evaluate stage wrote: reports/metrics.json and the tables of reports/tables."""
+
+    metrics: dict
+    arms: pd.DataFrame  # utility.csv
+    runs: pd.DataFrame  # utility_runs.csv
+    recalls: pd.DataFrame  # recall.csv
+    quality: pd.DataFrame  # quality.csv
+    nearest: pd.DataFrame  # nearest_real.csv
+
+    @classmethod
+    def read(cls, paths: Paths, stats: PreparedStats) -> Evaluation:
+        """Read and check against the prepared data (the tables' columns: contracts.py)."""
+        evaluation = cls(
+            metrics=read_metrics(paths.metrics),
+            arms=read_table(paths.tables / "utility.csv", UTILITY_COLUMNS),
+            runs=read_table(paths.tables / "utility_runs.csv", RUN_COLUMNS),
+            recalls=read_table(paths.tables / "recall.csv", recall_columns(["real", "augmented"])),
+            quality=read_table(paths.tables / "quality.csv", QUALITY_TABLE_COLUMNS),
+            nearest=read_table(paths.tables / "nearest_real.csv", NEAREST_COLUMNS),
+        )
+        check_classes(evaluation.recalls, stats, paths.tables / "recall.csv")
+        check_classes(evaluation.quality, stats, paths.tables / "quality.csv")
+        return evaluation
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -183,15 +204,9 @@ def sample_grid(real: torch.Tensor, synthetic: torch.Tensor, per_class: int, bla
     return encode_png_tensor(make_grid(torch.stack(cells), nrow=per_class, padding=2, pad_value=255))
 
 
-def make_figures(
-    params: Params,
-    paths: Paths,
-    stats: PreparedStats,
-    quality: pd.DataFrame,
-    recalls: pd.DataFrame,
-    nearest: pd.DataFrame,
-) -> dict[str, bytes]:
+def make_figures(params: Params, paths: Paths, stats: PreparedStats, evaluation: Evaluation) -> dict[str, bytes]:
     """Every figure, by file name; only the images shown are read."""
+    quality, recalls, nearest = evaluation.quality, evaluation.recalls, evaluation.nearest
     per_class = params.report.images_per_class
     train_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS).query("split == 'train'")
     real, real_labels = load_rows(paths.prepared, train_rows.groupby("label").head(per_class), stats)
@@ -282,21 +297,12 @@ def paired_runs(runs: pd.DataFrame, baseline: str) -> list[dict]:
 
 
 def render_page(
-    params: Params,
-    stats: PreparedStats,
-    metrics: dict,
-    card: dict,
-    arms: pd.DataFrame,
-    runs: pd.DataFrame,
-    quality: pd.DataFrame,
-    recalls: pd.DataFrame,
-    figures: dict[str, bytes],
+    params: Params, stats: PreparedStats, evaluation: Evaluation, card: dict, figures: dict[str, bytes]
 ) -> str:
+    metrics, quality, recalls = evaluation.metrics, evaluation.quality, evaluation.recalls
     baseline = metrics["best_classical"]
     order = {arm: i for i, arm in enumerate(ARMS)}
-    arms = arms.sort_values("arm", key=lambda names: names.map(lambda arm: order.get(arm, len(ARMS))))
-    shown = (*VERDICT_COLUMNS, *DETAIL_COLUMNS)  # absent when no class has the value
-    quality = quality.reindex(columns=[*quality.columns, *(c for c in shown if c not in quality)])
+    arms = evaluation.arms.sort_values("arm", key=lambda names: names.map(lambda arm: order.get(arm, len(ARMS))))
     classes = [
         {
             **row,
@@ -316,7 +322,7 @@ def render_page(
             card=card,
             utility=metrics["utility"],
             arms=arms.to_dict("records"),
-            runs=paired_runs(runs, baseline),
+            runs=paired_runs(evaluation.runs, baseline),
             classes=classes,
             recall_arms=("real", baseline, "augmented"),
             verdict_counts={
@@ -340,26 +346,15 @@ def render_page(
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
-    metrics = read_metrics(paths.metrics)
-    arms = read_table(paths.tables / "utility.csv", UTILITY_COLUMNS)
-    runs = read_table(paths.tables / "utility_runs.csv", ["arm", "seed", "balanced_accuracy"])
-    recalls = read_table(paths.tables / "recall.csv", ["class_name", "real_mean", "augmented_mean"])
-    quality = read_table(
-        paths.tables / "quality.csv", ["class_name", "real_train", "synthetic", "planned", "verdict", "reason"]
-    )
-    nearest = read_table(
-        paths.tables / "nearest_real.csv", ["label", "synthetic_path", "train_path", "relative_distance"]
-    )
-    for table, name in ((recalls, "recall.csv"), (quality, "quality.csv")):
-        check_classes(table, stats, paths.tables / name)
+    evaluation = Evaluation.read(paths, stats)
     card = read_json(paths.augmented / "dataset.json")
     if "environment" not in card:
         raise InputError(
             f"{paths.augmented}/dataset.json: has no environment block (an older merge wrote it); rerun merge"
         )
 
-    figures = make_figures(params, paths, stats, quality, recalls, nearest)
-    page = render_page(params, stats, metrics, card, arms, runs, quality, recalls, figures)
+    figures = make_figures(params, paths, stats, evaluation)
+    page = render_page(params, stats, evaluation, card, figures)
     with atomic_output(paths.figures) as folder:
         for name, png in figures.items():
             (folder / name).write_bytes(png)
