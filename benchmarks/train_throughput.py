@@ -3,7 +3,7 @@ versus a plain PyTorch loop doing the same work, for every generator family and 
 channels-last memory format of the networks gains: the same plain loop in the default (contiguous)
 layout.
 
-Both loops drive the same ConditionalGAN (pipeline/gan.py) on the same prepared data and data
+Both loops drive the same ConditionalGAN (pipeline/gan/training.py) on the same prepared data and data
 loader, with the same batch size and number of batches: the plain loop calls the module's own
 `discriminator_step_loss`, `generator_step_loss` and `end_batch`, with plain optimiser steps and the
 same freezing of the other network that Lightning's `toggled_optimizer` does, so every switch of the
