@@ -6,7 +6,7 @@
 - data/synthetic/summary.json -> SyntheticSummary
 - manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged)
 - reports/metrics.json and reports/tables/*.csv name the arms (ARMS) and verdicts (VERDICTS, NO_SYNTHETIC);
-  the tables' columns: RUN_COLUMNS, UTILITY_COLUMNS, recall_columns, QUALITY_TABLE_COLUMNS, NEAREST_COLUMNS
+  the columns of reports/tables/*.csv: table_columns
 
 `check_made_for` is the one "was this made for this data?" check every consumer runs.
 """
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +32,10 @@ NO_SYNTHETIC = "no synthetic images"
 MANIFEST_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "seed", "sha256"]
 GATE_COLUMNS = ["accepted", "reject_reason", "judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
 
-# reports/tables/*.csv, written by evaluate and read by report, in this column order; a value that
-# cannot be measured is left empty
+# reports/tables/*.csv, written by evaluate and read by report, in the column order of table_columns;
+# a value that cannot be measured is left empty
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")  # a classifier's, on the real test split
-RUN_COLUMNS = ["arm", "seed", "steps", "val_balanced_accuracy", *SCORES]  # utility_runs.csv: per arm and seed
-# utility.csv: per arm, the mean and standard deviation over the seeds
-UTILITY_COLUMNS = ["arm"] + [
-    f"{name}_{stat}" for name in (*SCORES, "val_balanced_accuracy", "steps") for stat in ("mean", "std")
-]
-# quality.csv: per class, the quality of its synthetic images in judge features (quality.class_quality)
+# quality.csv's measures of a class's synthetic images in judge features (quality.class_quality)
 QUALITY_COLUMNS = (
     "real_train",
     "real_test",
@@ -59,13 +55,26 @@ QUALITY_COLUMNS = (
     "frechet_floor",
     "kid_floor",
 )
-QUALITY_TABLE_COLUMNS = ["class_name", "planned", *QUALITY_COLUMNS, "recall_change", "verdict", "reason"]
-NEAREST_COLUMNS = ["label", "synthetic_path", "train_path", "distance", "relative_distance"]  # nearest_real.csv
+NEAREST_COLUMNS = ["label", "synthetic_path", "train_path", "distance", "relative_distance"]
+TABLE_COLUMNS = {
+    # per arm and seed
+    "utility_runs.csv": ["arm", "seed", "steps", "val_balanced_accuracy", *SCORES],
+    # per arm, the mean and standard deviation over the seeds
+    "utility.csv": ["arm"]
+    + [f"{name}_{stat}" for name in (*SCORES, "val_balanced_accuracy", "steps") for stat in ("mean", "std")],
+    # per class
+    "quality.csv": ["class_name", "planned", *QUALITY_COLUMNS, "recall_change", "verdict", "reason"],
+    # per synthetic image: its nearest real train image
+    "nearest_real.csv": NEAREST_COLUMNS,
+}
 
 
-def recall_columns(arms: list[str]) -> list[str]:
-    """recall.csv's columns: per class, the mean and standard deviation of each arm's recall of it."""
-    return ["class_name"] + [f"{arm}_{stat}" for arm in arms for stat in ("mean", "std")]
+def table_columns(file: str, arms: Iterable[str] = ("real", "augmented")) -> list[str]:
+    """The columns of reports/tables/<file>, in order. recall.csv's, per class, are the mean and standard
+    deviation of each arm's recall of it, for the arms that ran (real and augmented always do)."""
+    if file == "recall.csv":
+        return ["class_name"] + [f"{arm}_{stat}" for arm in arms for stat in ("mean", "std")]
+    return TABLE_COLUMNS[file]
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,7 @@ from pipeline.config import Params
 from pipeline.contracts import (
     ARMS,
     MANIFEST_COLUMNS,
-    NEAREST_COLUMNS,
     NO_SYNTHETIC,
-    QUALITY_TABLE_COLUMNS,
-    RUN_COLUMNS,
-    UTILITY_COLUMNS,
     VERDICTS,
     PreparedStats,
     SyntheticSummary,
@@ -38,7 +34,7 @@ from pipeline.contracts import (
     load_rows,
     load_split,
     read_accepted_synthetic,
-    recall_columns,
+    table_columns,
 )
 from pipeline.errors import InputError
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
@@ -132,13 +128,15 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     )
     with atomic_output(paths.tables) as tables:
         for name, table in (
-            ("utility.csv", arms[UTILITY_COLUMNS]),
-            ("utility_runs.csv", runs[RUN_COLUMNS]),
-            ("recall.csv", recalls[recall_columns(arms["arm"])]),
-            ("quality.csv", quality[QUALITY_TABLE_COLUMNS]),
-            ("nearest_real.csv", nearest[NEAREST_COLUMNS]),
+            ("utility.csv", arms),
+            ("utility_runs.csv", runs),
+            ("recall.csv", recalls),
+            ("quality.csv", quality),
+            ("nearest_real.csv", nearest),
         ):
-            table.to_csv(tables / name, index=False, lineterminator="\n", float_format="%.6f")
+            table[table_columns(name, arms["arm"])].to_csv(
+                tables / name, index=False, lineterminator="\n", float_format="%.6f"
+            )
     write_atomically(paths.metrics, json_text(metrics))
     print(summary_line(metrics))
 

@@ -27,16 +27,12 @@ from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (
     ARMS,
     MANIFEST_COLUMNS,
-    NEAREST_COLUMNS,
     NO_SYNTHETIC,
-    QUALITY_TABLE_COLUMNS,
-    RUN_COLUMNS,
-    UTILITY_COLUMNS,
     VERDICTS,
     PreparedStats,
     load_rows,
     read_accepted_synthetic,
-    recall_columns,
+    table_columns,
 )
 from pipeline.errors import InputError
 from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, read_manifest, write_atomically
@@ -69,15 +65,17 @@ ENVIRONMENT_STAGES = ("judge", "train", "generate", "merge")  # the stages whose
 # --- inputs --------------------------------------------------------------------------------------
 
 
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """One of evaluate's CSV tables, which must hold `columns` (others are ignored)."""
+def read_table(folder: Path, file: str) -> pd.DataFrame:
+    """One of evaluate's CSV tables, which must hold its columns (contracts.table_columns; of recall.csv,
+    those of the real and augmented arms)."""
+    path = folder / file
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage first)")
     table = pd.read_csv(
         path,
         dtype={"class_name": str, "arm": str, "verdict": str, "reason": str, "synthetic_path": str, "train_path": str},
     )
-    missing = [c for c in columns if c not in table.columns]
+    missing = [c for c in table_columns(file) if c not in table.columns]
     if missing:
         raise InputError(f"{path}: lacks the columns {', '.join(missing)}; rerun the evaluate stage")
     return table
@@ -114,11 +112,11 @@ class Evaluation:
         """Read and check against the prepared data (the tables' columns: contracts.py)."""
         evaluation = cls(
             metrics=read_metrics(paths.metrics),
-            arms=read_table(paths.tables / "utility.csv", UTILITY_COLUMNS),
-            runs=read_table(paths.tables / "utility_runs.csv", RUN_COLUMNS),
-            recalls=read_table(paths.tables / "recall.csv", recall_columns(["real", "augmented"])),
-            quality=read_table(paths.tables / "quality.csv", QUALITY_TABLE_COLUMNS),
-            nearest=read_table(paths.tables / "nearest_real.csv", NEAREST_COLUMNS),
+            arms=read_table(paths.tables, "utility.csv"),
+            runs=read_table(paths.tables, "utility_runs.csv"),
+            recalls=read_table(paths.tables, "recall.csv"),
+            quality=read_table(paths.tables, "quality.csv"),
+            nearest=read_table(paths.tables, "nearest_real.csv"),
         )
         check_classes(evaluation.recalls, stats, paths.tables / "recall.csv")
         check_classes(evaluation.quality, stats, paths.tables / "quality.csv")
