@@ -1,8 +1,8 @@
 """Stage `report`: presents what the evaluate stage measured; computes no new number.
 
-Reads reports/metrics.json and reports/tables/*.csv (written by evaluate), a few real train images
-(data/prepared), the accepted synthetic images (data/synthetic) and the dataset card
-(data/augmented/dataset.json); writes reports/figures/*.png (DVC image plots) and reports/report.html,
+Reads reports/metrics.json, reports/detail.json and reports/tables/*.csv (written by evaluate), a
+few real train images (data/prepared), the accepted synthetic images (data/synthetic) and the dataset
+card (data/augmented/dataset.json); writes reports/figures/*.png (DVC image plots) and reports/report.html,
 one self-contained page rendered from pipeline/templates/report.html.j2. The page's wording and
 layout live in that template, so editing them reruns this stage only.
 """
@@ -38,7 +38,18 @@ from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
-METRICS_KEYS = ("classifier", "utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
+# reports/metrics.json, evaluate's headline (with `gap_closed` when there is an oracle arm)
+HEADLINE_KEYS = (
+    "gain",
+    "gain_low",
+    "gain_high",
+    "tail_gain",
+    "baseline",
+    "baseline_score",
+    "augmented_score",
+    "classifier",
+    "classes",
+)
 UTILITY_COLUMNS = [
     "arm",
     "balanced_accuracy_mean",
@@ -89,14 +100,13 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     return table
 
 
-def read_metrics(path: Path) -> dict:
-    metrics = read_json(path)
-    missing = [key for key in METRICS_KEYS if key not in metrics]
-    if missing or "augmented" not in metrics["utility"] or metrics["best_classical"] not in metrics["utility"]:
-        raise InputError(
-            f"{path}: lacks {', '.join(missing) or 'the augmented or best classical arm'}; rerun the evaluate stage"
-        )
-    return metrics
+def read_evaluation(path: Path, keys: tuple[str, ...]) -> dict:
+    """reports/metrics.json or reports/detail.json, which must hold `keys`."""
+    document = read_json(path)
+    missing = [key for key in keys if key not in document]
+    if missing:
+        raise InputError(f"{path}: lacks {', '.join(missing)}; rerun the evaluate stage")
+    return document
 
 
 def check_classes(table: pd.DataFrame, stats: PreparedStats, path: Path) -> None:
@@ -285,6 +295,7 @@ def render_page(
     params: Params,
     stats: PreparedStats,
     metrics: dict,
+    detail: dict,
     card: dict,
     arms: pd.DataFrame,
     runs: pd.DataFrame,
@@ -292,7 +303,7 @@ def render_page(
     recalls: pd.DataFrame,
     figures: dict[str, bytes],
 ) -> str:
-    baseline = metrics["best_classical"]
+    baseline = metrics["baseline"]
     order = {arm: i for i, arm in enumerate(ARMS)}
     arms = arms.sort_values("arm", key=lambda names: names.map(lambda arm: order.get(arm, len(ARMS))))
     shown = (*VERDICT_COLUMNS, *DETAIL_COLUMNS)  # absent when no class has the value
@@ -311,16 +322,16 @@ def render_page(
         .get_template(TEMPLATE)
         .render(
             metrics=metrics,
+            detail=detail,
             baseline=baseline,
-            gain=metrics["augmented_gain"],
             card=card,
-            utility=metrics["utility"],
             arms=arms.to_dict("records"),
+            by_arm=arms.set_index("arm", drop=False).to_dict("index"),
             runs=paired_runs(runs, baseline),
             classes=classes,
             recall_arms=("real", baseline, "augmented"),
             verdict_counts={
-                verdict: metrics["verdicts"].get(verdict.replace(" ", "_"), 0) for verdict in (*VERDICTS, NO_SYNTHETIC)
+                verdict: metrics["classes"].get(verdict.replace(" ", "_"), 0) for verdict in (*VERDICTS, NO_SYNTHETIC)
             },
             detail_columns=[c for c in DETAIL_COLUMNS if quality[c].notna().any()],
             evaluate=params.evaluate,
@@ -340,8 +351,15 @@ def render_page(
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
-    metrics = read_metrics(paths.metrics)
     arms = read_table(paths.tables / "utility.csv", UTILITY_COLUMNS)
+    metrics = read_evaluation(paths.metrics, HEADLINE_KEYS)
+    detail = read_evaluation(paths.reports / "detail.json", ("tail_classes",))
+    missing_arms = sorted({"augmented", metrics["baseline"]} - set(arms["arm"]))
+    if missing_arms:
+        raise InputError(
+            f"{paths.tables / 'utility.csv'}: lacks the arm {', '.join(missing_arms)} that {paths.metrics} names; "
+            "rerun the evaluate stage"
+        )
     runs = read_table(paths.tables / "utility_runs.csv", ["arm", "seed", "balanced_accuracy"])
     recalls = read_table(paths.tables / "recall.csv", ["class_name", "real_mean", "augmented_mean"])
     quality = read_table(
@@ -359,7 +377,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         )
 
     figures = make_figures(params, paths, stats, quality, recalls, nearest)
-    page = render_page(params, stats, metrics, card, arms, runs, quality, recalls, figures)
+    page = render_page(params, stats, metrics, detail, card, arms, runs, quality, recalls, figures)
     with atomic_output(paths.figures) as folder:
         for name, png in figures.items():
             (folder / name).write_bytes(png)
