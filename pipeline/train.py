@@ -20,6 +20,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -94,6 +95,19 @@ class SampleGrids(pl.Callback):
             (self.folder / f"epoch_{epoch:04d}.png").write_bytes(encode_png_tensor(grid))
 
 
+class SeedPerProcess(pl.Callback):
+    """Under DDP every process seeds itself with `seed` (pl.seed_everything) and would draw the same
+    latents and augmentations as the others; once the ranks are known, each process gets a stream of
+    its own (seeded by `seed` and its rank). One process keeps the stream `seed` started."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            torch.manual_seed(int(np.random.default_rng([self.seed, trainer.global_rank]).integers(2**63)))
+
+
 # --- the stage -----------------------------------------------------------------------------------
 
 
@@ -134,6 +148,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             SampleGrids(
                 resume_dir / "grids", cfg.sample_every_n_epochs, data.num_classes, cfg.samples_per_class, params.seed
             ),
+            SeedPerProcess(params.seed),
         ],
         enable_progress_bar=True,
     )
