@@ -33,7 +33,7 @@ from pipeline.contracts import ModelMeta
 from pipeline.environment import environment
 from pipeline.errors import ConfigError
 from pipeline.gan import ConditionalGAN, TrainImages, sample_grid, trainer_settings
-from pipeline.io import atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
+from pipeline.io import atomic_output, encode_png_tensor, json_text, sha256_bytes, sha256_file, write_atomically
 from pipeline.nets import save_model
 from pipeline.paths import Paths
 
@@ -218,11 +218,14 @@ def _check_transition_fits(cfg: TrainParams, batches_per_epoch: int) -> None:
 def _resume_checkpoint(resume_dir: Path, fingerprint: str) -> Path | None:
     """The checkpoint to resume from, or None after clearing the resume folder for a fresh start.
 
-    Only the first process changes the folder: under DDP the others start inside `trainer.fit`,
-    after it has decided, and reach the same decision from the same files.
+    Only the first process changes the folder. The others reach the same decision from the same
+    files, even while it clears them (under torchrun or srun every process runs this at once): they
+    read the fingerprint before the checkpoint, and a fresh start deletes the checkpoint before it
+    writes the new fingerprint, whole, so no process finds a matching fingerprint beside a checkpoint
+    that is being deleted.
     """
     checkpoint, stamp = resume_dir / CHECKPOINT, resume_dir / "fingerprint.json"
-    if checkpoint.is_file() and stamp.is_file() and read_json(stamp)["fingerprint"] == fingerprint:
+    if _stamped_fingerprint(stamp) == fingerprint and checkpoint.is_file():
         _say(f"resuming from {checkpoint}")
         if rank_zero_only.rank == 0:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -233,5 +236,13 @@ def _resume_checkpoint(resume_dir: Path, fingerprint: str) -> Path | None:
             _say(f"{checkpoint} was made with other params or data; starting fresh")
         shutil.rmtree(resume_dir, ignore_errors=True)
         resume_dir.mkdir(parents=True)
-        write_json(stamp, {"fingerprint": fingerprint})
+        write_atomically(stamp, json_text({"fingerprint": fingerprint}))
     return None
+
+
+def _stamped_fingerprint(stamp: Path) -> str | None:
+    """The fingerprint a resume folder was made for; None when it has none (yet, or no longer)."""
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8"))["fingerprint"]
+    except FileNotFoundError:
+        return None
