@@ -48,7 +48,7 @@ from pipeline.config import GenerateParams, Params, params_to_dict
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for
 from pipeline.environment import environment
 from pipeline.errors import GateError
-from pipeline.gan import HARDWARE_PARAMS, CandidateSampler, sample_batches, trainer_settings
+from pipeline.gan import HARDWARE_PARAMS, CandidateSampler, launched_processes, sample_batches, trainer_settings
 from pipeline.gate import ClassGate, build_gates, select_passing
 from pipeline.io import atomic_output, encode_png_tensor, sha256_bytes, write_manifest
 from pipeline.paths import Paths
@@ -162,7 +162,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     _say(f"generate: plan for target {cfg.target!r}, {plan['planned'].sum()} synthetic images:")
     _say(plan[["class_name", "real", "planned"]].to_string(index=False))
 
-    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate")
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate", launched_processes())
     trainer = pl.Trainer(
         **settings,
         use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself

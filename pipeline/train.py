@@ -32,7 +32,7 @@ from pipeline.config import Params, TrainParams, params_to_dict
 from pipeline.contracts import ModelMeta
 from pipeline.environment import environment
 from pipeline.errors import ConfigError
-from pipeline.gan import ConditionalGAN, TrainImages, sample_grid, trainer_settings
+from pipeline.gan import ConditionalGAN, TrainImages, launched_processes, sample_grid, trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, json_text, sha256_bytes, sha256_file, write_atomically
 from pipeline.nets import save_model
 from pipeline.paths import Paths
@@ -124,7 +124,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             f"note: the train split decodes to {data.decoded_bytes / 2**20:.0f} MB, more than train.memory_budget_mb "
             f"{cfg.memory_budget_mb}; reading its images from {paths.prepared} as they are drawn"
         )
-    settings = trainer_settings(cfg, torch.cuda.device_count(), "train")
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "train", launched_processes())
     batches_per_epoch = _batches_per_epoch(sum(data.counts), data.batch_size, settings["devices"] * cfg.num_nodes)
     _check_transition_fits(cfg, batches_per_epoch)
     resume_dir = paths.gan_resume

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,13 +17,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 from conftest import FAST_GAN, REPO_ROOT, TINY_PARAMS, copy_outputs, merge_dicts, tiny_params, write_params
 from pipeline import generate, train
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, SyntheticSummary
-from pipeline.gan import TrainImages
+from pipeline.errors import ConfigError
+from pipeline.gan import TrainImages, launched_processes, trainer_settings
 from pipeline.io import read_manifest, write_json
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
@@ -152,6 +155,50 @@ def test_two_node_ranks_share_generates_batches_and_write_the_files_of_one_proce
     manifest = read_manifest(workspace.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     assert seeds[0] and seeds[1] and not seeds[0] & seeds[1]
     assert seeds[0] | seeds[1] == set(manifest["seed"].tolist())
+
+
+# --- the launcher's processes against the params -------------------------------------------------
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    """An environment without torchrun's or SLURM's variables (a test sets the ones it needs)."""
+    for name in list(os.environ):
+        if name.startswith("SLURM_") or name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_launched_processes_are_read_from_torchrun_or_slurm(no_launcher):
+    assert launched_processes() == 1
+    for name, value in {"SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NAME": "gan"}.items():
+        no_launcher.setenv(name, value)  # as srun sets them for 2 nodes of 4 tasks
+    assert launched_processes() == 8
+    no_launcher.setenv("TORCHELASTIC_RUN_ID", "none")
+    no_launcher.setenv("WORLD_SIZE", "4")
+    assert launched_processes() == 4
+
+
+def test_the_launchers_processes_must_be_the_params_processes():
+    two_nodes = tiny_params(train={**ON_THE_CPU, "num_nodes": 2}).train
+    assert trainer_settings(two_nodes, 0, "train", launched=2)["num_nodes"] == 2
+    with pytest.raises(ConfigError, match=r"^train\.num_nodes 2 x train\.devices 1 make 2 process\(es\), but the "):
+        trainer_settings(two_nodes, 0, "train", launched=4)
+
+
+@pytest.mark.parametrize("stage", ["train", "generate"])
+def test_a_stage_that_torchrun_started_twice_with_one_process_in_its_params_stops_before_it_starts(
+    stage, workspace, no_launcher
+):
+    """Left alone, each process would train (or sample) as the only one and write the outputs."""
+    save_untrained_models(workspace)  # what generate reads
+    no_launcher.setenv("TORCHELASTIC_RUN_ID", "none")
+    no_launcher.setenv("WORLD_SIZE", "2")
+    no_launcher.setattr(pl, "Trainer", None)  # none may be made
+    expected = f"{stage}.num_nodes 1 x {stage}.devices 1 make 1 process(es), but the launcher (torchrun or srun) "
+    expected += "started 2; set"
+    with pytest.raises(ConfigError, match="^" + re.escape(expected)):
+        {"train": train, "generate": generate}[stage].run(tiny_params(**{stage: ON_THE_CPU}), workspace)
 
 
 # --- the resume folder under concurrent ranks ----------------------------------------------------
