@@ -5,7 +5,8 @@
   JudgeDetails or GeneratorDetails (what the judge or train stage recorded)
 - data/synthetic/summary.json -> SyntheticSummary
 - manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged)
-- reports/metrics.json and reports/tables/*.csv name the arms (ARMS) and verdicts (VERDICTS, NO_SYNTHETIC);
+- reports/metrics.json (its keys: HEADLINE_KEYS) and reports/tables/*.csv name the arms (ARMS) and
+  verdicts (VERDICTS, NO_SYNTHETIC);
   the columns of reports/tables/*.csv: table_columns
 
 `check_made_for` is the one "was this made for this data?" check every consumer runs.
@@ -32,6 +33,18 @@ NO_SYNTHETIC = "no synthetic images"
 MANIFEST_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "seed", "sha256"]
 GATE_COLUMNS = ["accepted", "reject_reason", "judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
 
+# reports/metrics.json, evaluate's headline (with `gap_closed` when there is an oracle arm)
+HEADLINE_KEYS = (
+    "gain",
+    "gain_low",
+    "gain_high",
+    "tail_gain",
+    "baseline",
+    "baseline_score",
+    "augmented_score",
+    "classifier",
+    "classes",
+)
 # reports/tables/*.csv, written by evaluate and read by report, in the column order of table_columns;
 # a value that cannot be measured is left empty
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")  # a classifier's, on the real test split

@@ -118,10 +118,13 @@ def workspace(tmp_path, prepared_tiny) -> Paths:
     return Paths(tmp_path)
 
 
-def dvc(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """The `dvc` CLI of this environment, with the venv's `python` first on PATH (dvc.yaml calls `python`)."""
+def dvc(*args: str, cwd: Path, timeout: float = 900, columns: int | None = None) -> subprocess.CompletedProcess:
+    """The `dvc` CLI of this environment, with the venv's `python` first on PATH (dvc.yaml calls `python`);
+    `columns`: the terminal width its tables are drawn for."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )

@@ -160,8 +160,7 @@ def test_dvc_exp_run_measures_the_verdict_with_resnet18_and_with_a_users_network
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert only_stages_run(result.stdout) == stages
         metrics = json.loads((repo / "reports/metrics.json").read_text())
-        assert metrics["classifier"] == arch and set(metrics["utility"]) >= {"classical", "augmented", "oracle"}
-        assert "ci95_low" in metrics["augmented_gain"]
+        assert metrics["classifier"] == arch and "gain_low" in metrics and "gap_closed" in metrics  # oracle: thinned
         page = (repo / "reports/report.html").read_text(encoding="utf-8")
         assert f"trained the downstream classifier <b>{arch}</b>" in page
         shown[arch] = metrics

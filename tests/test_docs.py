@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -249,3 +250,25 @@ def test_every_error_a_user_can_meet_has_a_troubleshooting_row():
     missing = [f"{where}: {pieces}" for where, pieces in errors if pieces and not any(p in table for p in pieces)]
     advice = "add a row (message | cause | fix) to the README's troubleshooting table for:\n"
     assert not missing, advice + "\n".join(missing)
+
+
+# --- what evaluate writes ------------------------------------------------------------------------
+
+
+def evaluate_section() -> str:
+    text = (REPO_ROOT / "docs/stages.md").read_text(encoding="utf-8")
+    match = re.search(r"(?ms)^## Evaluate\n(.*?)(?=^## )", text)
+    assert match, "docs/stages.md has no ## Evaluate section"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "detail.json"])
+def test_stages_md_names_every_key_evaluate_writes(name):
+    """Each key of the committed reports/metrics.json (the headline) and reports/detail.json, and each count
+    under `classes`, is named in docs/stages.md's evaluate section."""
+    section = evaluate_section()
+    assert f"`reports/{name}`" in section
+    document = json.loads((REPO_ROOT / "reports" / name).read_text(encoding="utf-8"))
+    unnamed = [key for key in document if not re.search(rf"`{re.escape(key)}[`.]", section)]
+    unnamed += [f"classes.{key}" for key in document.get("classes", {}) if not re.search(rf"\b{key}\b", section)]
+    assert not unnamed, f"docs/stages.md's evaluate section does not name {unnamed}"

@@ -5,16 +5,21 @@ set of classes down to one of 3 images, a corrupt file, a stray README and a hid
 `data.source` is changed in the project's params.yaml, apart from the compute budget (short
 trainings, two seeds) that keeps the test fast: the data-related defaults (thinning, batch sizes,
 the gate) are the project's. Then: an untouched source is a no-op, a report param reruns only the
-report, `dvc exp run -S train.max_epochs=...` and `dvc exp show` list the training and utility
-metrics, and adding a file to the source makes `dvc status` name prepare and `dvc repro` rerun it.
+report, `dvc exp run -S train.max_epochs=...` then the README's `dvc exp show` (120 columns wide) shows
+evaluate's headline, the gain and its interval in full, for the workspace, the commit and the experiment;
+committed, the experiment is a second dataset version, and `dvc metrics diff` between the two is a
+short table; and adding a file to the source makes `dvc status` name prepare and `dvc repro` rerun it.
 """
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -97,10 +102,39 @@ def check_the_users_data_survived(repo: Path) -> None:
     assert set(merged["class_name"]) == set(CLASSES)
     assert card["version"] == sha256_file(repo / "data/augmented/manifest.csv")
 
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert "oracle" not in metrics["utility"]  # nothing was thinned, so there is no ceiling to measure
+    assert "gap_closed" not in json.loads((repo / "reports/metrics.json").read_text())  # nothing was thinned: no oracle
+    assert "oracle" not in pd.read_csv(repo / "reports/tables/utility.csv")["arm"].tolist()
     page = (repo / "reports/report.html").read_text(encoding="utf-8")
     assert all(name in page for name in CLASSES) and card["version"] in page
+
+
+def readme_exp_show() -> list[str]:
+    """The README's `dvc exp show` command, as a user copies it."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if line.startswith("dvc exp show "))
+    return shlex.split(line.split(" #")[0])[1:]
+
+
+def check_the_readmes_exp_show(repo: Path, expected: dict[str, dict]) -> None:
+    """The README's `dvc exp show`, 120 columns wide, shows the gain and its interval in full in the
+    workspace's, the commit's and the experiment's rows, and the param the experiment changed."""
+    table = checked(dvc(*readme_exp_show(), cwd=repo, columns=120))
+    lines = [line.rstrip() for line in table.splitlines() if line.strip()]
+    assert max(map(len, lines)) <= 120 and "…" not in table, table  # nothing collapsed or cut
+    header = next(line for line in lines if line.strip().startswith("Experiment"))
+    names = re.split(r"\s{2,}", header.strip())
+    rows = {}
+    for line in lines[lines.index(header) + 1 :]:
+        if set(line.strip()) == {"─"}:  # a rule
+            continue
+        cells = dict(zip(names, re.split(r"\s{2,}", line.strip())))
+        kind = cells["Experiment"].split()[0]
+        rows[{"workspace": "workspace", "├──": "experiment", "└──": "experiment"}.get(kind, "baseline")] = cells
+    assert set(rows) == set(expected), table
+    for row, headline in expected.items():
+        for key in ("gain", "gain_low", "gain_high"):
+            assert float(rows[row][key]) == pytest.approx(headline[key], rel=1e-4, abs=1e-6), table
+    assert (rows["baseline"]["train.max_epochs"], rows["experiment"]["train.max_epochs"]) == ("3", "2"), table
 
 
 def test_a_users_folder_through_dvc_repro_rerun_rules_and_experiments(tmp_path):
@@ -122,15 +156,23 @@ def test_a_users_folder_through_dvc_repro_rerun_rules_and_experiments(tmp_path):
     assert stages_run(checked(dvc("repro", cwd=repo))) == {"report"}
     commit(repo, "smaller grids")
 
-    # an experiment: DVC sees the GAN's DVCLive metrics and evaluate's utility metrics
+    # an experiment: `dvc exp show` lists evaluate's headline, and no other metrics (DVCLive's logs are plots)
+    first_version = read_json(repo / "data/augmented/dataset.json")["version"]
+    committed = json.loads((repo / "reports/metrics.json").read_text())
     checked(dvc("exp", "run", "-S", "train.max_epochs=2", cwd=repo))
     experiment = only_experiment(json.loads(checked(dvc("exp", "show", "--json", cwd=repo))))
     assert experiment["params"]["params.yaml"]["data"]["train"]["max_epochs"] == 2
-    metrics = experiment["metrics"]
-    assert {"loss_d", "loss_g"} <= set(metrics["reports/train/metrics.json"]["data"])
-    utility = metrics["reports/metrics.json"]["data"]
-    assert set(utility["utility"]["augmented"]) >= {"balanced_accuracy", "tail_recall"}
-    assert "ci95_low" in utility["augmented_gain"] and "val" in metrics["reports/judge/metrics.json"]["data"]
+    assert set(experiment["metrics"]) == {"reports/metrics.json"}
+    headline = experiment["metrics"]["reports/metrics.json"]["data"]
+    assert headline == json.loads((repo / "reports/metrics.json").read_text())  # the workspace holds the experiment
+    check_the_readmes_exp_show(repo, {"workspace": headline, "baseline": committed, "experiment": headline})
+
+    # the experiment is the second dataset version: `dvc metrics diff` compares the two by their headline
+    assert read_json(repo / "data/augmented/dataset.json")["version"] != first_version
+    commit(repo, "second version")
+    rows = checked(dvc("metrics", "diff", "--all", "HEAD~1", "HEAD", cwd=repo, columns=120)).splitlines()[1:]
+    assert len(rows) <= 20, rows
+    assert {"gain", "gain_low", "gain_high", "tail_gain", "baseline", "classifier"} <= {row.split()[1] for row in rows}
 
     # the source is a dependency: a new image makes prepare stale, and repro rebuilds it
     Image.fromarray(np.full((30, 30, 3), 200, dtype=np.uint8)).save(source / "four" / "new.png")

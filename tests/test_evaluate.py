@@ -1,6 +1,7 @@
 """The evaluate stage on the tiny data with synthetic images of known quality (see conftest's
 `evaluate_inputs`): the paired protocol, the arms and the oracle's isolation, the gain and its
-interval, per-class quality and verdicts, metrics.json for DVC, and bad input."""
+interval, per-class quality and verdicts, the headline (metrics.json, for DVC) and the detail (detail.json
+and the tables), and bad input."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 from pipeline.arms import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 from pipeline.classifier_training import AugmentedBatches, TrainingSet, train_classifier
 from pipeline.config import ClassifierParams, VerdictParams
-from pipeline.contracts import ARMS, GATE_COLUMNS, MANIFEST_COLUMNS, JudgeDetails, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import (
+    ARMS,
+    GATE_COLUMNS,
+    HEADLINE_KEYS,
+    MANIFEST_COLUMNS,
+    JudgeDetails,
+    ModelMeta,
+    PreparedStats,
+    load_split,
+)
 from pipeline.errors import InputError
 from pipeline.io import read_manifest, write_manifest
 from pipeline.nets import predict
@@ -211,28 +221,40 @@ def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs
 # --- the stage -----------------------------------------------------------------------------------
 
 
-def test_metrics_json_has_the_headline_keys_and_no_per_class_detail(evaluated):
+def test_metrics_json_is_the_headline_and_the_detail_is_in_detail_json_and_the_tables(evaluated):
     root, _ = evaluated
     metrics = json.loads((root / "reports/metrics.json").read_text())
+    # the tiny source was thinned, so the oracle exists; the keys in reading order, the gain first
+    assert list(metrics) == [*HEADLINE_KEYS[:7], "gap_closed", *HEADLINE_KEYS[7:]]
     assert metrics["classifier"] == "small_cnn (width 4)"  # the network the verdict holds for
-    assert set(metrics["utility"]) == set(ARMS)  # the tiny source was thinned, so the oracle exists
-    for arm in ARMS:
-        for score in ("balanced_accuracy", "tail_recall"):
-            assert set(metrics["utility"][arm][score]) == {"mean", "std"}
-            assert 0.0 <= metrics["utility"][arm][score]["mean"] <= 1.0
-    assert metrics["best_classical"] in ("classical", "classical_la")
-    assert set(metrics["augmented_gain"]) == {"balanced_accuracy", "ci95_low", "ci95_high", "tail_recall"}
-    best = metrics["utility"][metrics["best_classical"]]["balanced_accuracy"]["mean"]
-    assert metrics["augmented_gain"]["balanced_accuracy"] == pytest.approx(
-        metrics["utility"]["augmented"]["balanced_accuracy"]["mean"] - best, abs=1e-5
-    )
-    assert metrics["gap_closed"] == pytest.approx(
-        metrics["augmented_gain"]["balanced_accuracy"]
-        / (metrics["utility"]["oracle"]["balanced_accuracy"]["mean"] - best),
-        abs=1e-4,
-    )
-    assert metrics["tail_classes"] == ["7", "8", "9"]
-    assert "recall" not in json.dumps(metrics["utility"]).replace("tail_recall", "")  # per class: in the tables
+    assert metrics["baseline"] in ("classical", "classical_la")
+    arms = pd.read_csv(root / "reports/tables/utility.csv").set_index("arm")
+    assert set(arms.index) == set(ARMS)
+    for score in ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy"):
+        assert arms[[f"{score}_mean", f"{score}_std"]].notna().all().all()  # every arm's scores, with their std
+    assert metrics["baseline_score"] == pytest.approx(arms.loc[metrics["baseline"], "balanced_accuracy_mean"])
+    assert metrics["augmented_score"] == pytest.approx(arms.loc["augmented", "balanced_accuracy_mean"])
+    assert metrics["gain"] == pytest.approx(metrics["augmented_score"] - metrics["baseline_score"], abs=1e-5)
+    assert metrics["gain_low"] <= metrics["gain"] <= metrics["gain_high"]
+    oracle_gain = arms.loc["oracle", "balanced_accuracy_mean"] - metrics["baseline_score"]
+    assert metrics["gap_closed"] == pytest.approx(metrics["gain"] / oracle_gain, abs=1e-4)
+    quality = pd.read_csv(root / "reports/tables/quality.csv", dtype={"class_name": str})
+    assert metrics["classes"] == {
+        "use": (quality["verdict"] == "use").sum(),
+        "use_with_care": (quality["verdict"] == "use with care").sum(),
+        "do_not_use": (quality["verdict"] == "do not use").sum(),
+        "no_synthetic_images": 1,  # class 0, the largest
+        "short": 0,
+    }
+    assert all(isinstance(value, (int, float, str)) for value in metrics.values() if not isinstance(value, dict))
+
+    detail = json.loads((root / "reports/detail.json").read_text())
+    assert detail["tail_classes"] == ["7", "8", "9"] and detail["short_classes"] == {}
+    with_synthetic = quality[quality["synthetic"] > 0]
+    means = detail["quality_mean_over_classes"]
+    assert {"frechet", "kid", "precision", "recall", "memorised_share", "label_agreement"} <= set(means)
+    for column, mean in means.items():
+        assert mean == pytest.approx(with_synthetic[column].mean(), abs=1e-5)
 
 
 def test_tables_hold_every_run_and_class(evaluated):
@@ -272,16 +294,17 @@ def test_quality_and_verdicts_name_their_cause(evaluated):
         r"gap to the oracle closed -?\d+%; classes: .*no synthetic images 1",
         last_line,
     ), last_line
-    assert f"do not use {metrics['verdicts']['do_not_use']}" in last_line
+    assert f"do not use {metrics['classes']['do_not_use']}" in last_line
 
 
 def test_with_nothing_to_generate_the_augmented_arm_draws_the_real_images_class_balanced(evaluated_without_synthetic):
     root, printed = evaluated_without_synthetic
     assert "generate: nothing to generate: the plan for target 0 asks for no synthetic images" in printed
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    assert set(metrics["utility"]) == set(ARMS) - {"synthetic_only"}  # no synthetic images to train on alone
-    assert metrics["verdicts"] == {"use": 0, "use_with_care": 0, "do_not_use": 0, "no_synthetic_images": 10}
-    assert metrics["quality_mean_over_classes"] == {}
+    arms = set(pd.read_csv(root / "reports/tables/utility.csv")["arm"])
+    assert arms == set(ARMS) - {"synthetic_only"}  # no synthetic images to train on alone
+    assert metrics["classes"] == {"use": 0, "use_with_care": 0, "do_not_use": 0, "no_synthetic_images": 10, "short": 0}
+    assert json.loads((root / "reports/detail.json").read_text())["quality_mean_over_classes"] == {}
     assert re.search(r"evaluate: balanced accuracy of augmented \d\.\d{3} vs classical", printed.splitlines()[-1])
 
     merged = read_manifest(root / "data/augmented/manifest.csv", MANIFEST_COLUMNS + ["weight"])

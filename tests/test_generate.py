@@ -39,6 +39,12 @@ def save_untrained_models(paths: Paths, image_size=None, class_names=None) -> No
         "generator_ema",
         ModelMeta(image_size, stats.channels, class_names, width=8, z_dim=16),
     )
+    save_untrained_judge(paths)
+
+
+def save_untrained_judge(paths: Paths) -> None:
+    """An untrained judge for the prepared data of `paths`."""
+    stats = PreparedStats.read(paths.prepared)
     judge = nets.SmallCNN(stats.image_size, stats.channels, stats.num_classes, width=4)
     nets.save_model(
         judge.eval(), paths.judge, "judge", ModelMeta(stats.image_size, stats.channels, stats.class_names, width=4)

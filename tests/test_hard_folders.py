@@ -97,8 +97,9 @@ def test_an_already_balanced_folder_publishes_its_real_images_drawn_equally(tmp_
     check_environment(card)
 
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert metrics["short_classes"] == {} and "synthetic_only" not in metrics["utility"]
-    assert metrics["verdicts"]["no_synthetic_images"] == 3
+    assert metrics["classes"]["short"] == 0 and metrics["classes"]["no_synthetic_images"] == 3
+    assert read_json(repo / "reports/detail.json")["short_classes"] == {}
+    assert "synthetic_only" not in pd.read_csv(repo / "reports/tables/utility.csv")["arm"].tolist()
     page = (repo / "reports/report.html").read_text(encoding="utf-8")
     assert "There was nothing to generate" in page and card["version"] in page
     assert verdict_cells(page) == dict.fromkeys(BALANCED, "no synthetic images")
@@ -127,8 +128,8 @@ def test_a_class_the_gan_cannot_serve_is_filled_by_its_real_images_and_reported(
     assert rare["synthetic_share"] == round(MergeParams().synthetic_share * passed / planned, 6)
     assert all(c["sampling_mass"] == round(1 / 3, 6) for c in card["classes"])  # balanced all the same
     check_environment(card)
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert metrics["short_classes"] == short
+    assert json.loads((repo / "reports/metrics.json").read_text())["classes"]["short"] == 1
+    assert read_json(repo / "reports/detail.json")["short_classes"] == short
     page = (repo / "reports/report.html").read_text(encoding="utf-8")
     assert verdict_cells(page)["eight rare"].endswith(f"short: {passed} of {planned}")
     assert "Short classes" in page

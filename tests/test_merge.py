@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import tarfile
 import warnings
 from importlib.metadata import version
@@ -12,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import copy_outputs, tiny_params
+from conftest import REPO_ROOT, copy_outputs, tiny_params
 from pipeline.balancing import class_weights
 from pipeline.config import MergeParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, SyntheticSummary
@@ -290,6 +292,32 @@ def test_load_augmented_reads_shards_as_it_reads_the_image_folder(generated, tmp
     shard.write_bytes(b"")
     with pytest.raises(InputError, match="not a readable tar file"):
         load_augmented(sharded.augmented)
+
+
+def webdataset_snippet() -> str:
+    """The code block of docs/dataset.md's WebDataset section, as the page shows it."""
+    section = (REPO_ROOT / "docs/dataset.md").read_text(encoding="utf-8").split("## With WebDataset", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_webdataset_reads_the_shards_as_the_image_folder_holds_them(generated, monkeypatch):
+    merge.run(tiny_params(merge={**SHARDS, "format": "both"}), generated)
+    monkeypatch.chdir(generated.root)  # the snippet's paths are the repository's
+    snippet = {}
+    exec(webdataset_snippet(), snippet)
+    assert len(snippet["shards"]) > 1
+
+    folder = ImageFolder(str(generated.augmented / "train"))  # its class index of each file is the label
+    label_of = {Path(path).relative_to(generated.augmented).as_posix(): label for path, label in folder.samples}
+    mode = read_json(generated.augmented / "dataset.json")["mode"]
+    read = []
+    for image, row in snippet["dataset"]:
+        assert row["label"] == label_of[row["path"]], row["path"]
+        with Image.open(generated.augmented / row["path"]) as file:
+            assert image.mode == file.mode == mode and np.array_equal(np.asarray(image), np.asarray(file))
+        read.append(row["path"])
+    assert sorted(read) == sorted(label_of)  # every image once
+    assert snippet["row"]["path"] == read[0] and snippet["image"].size == image.size
 
 
 def test_a_long_manifest_reads_with_one_type_per_column(tmp_path):

@@ -27,6 +27,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT, TINY_PARAMS, run_cli, tiny_params, write_params
 from pipeline.contracts import PreparedStats
+from pipeline.errors import InputError
 from pipeline.io import read_json
 from pipeline.paths import Paths
 from pipeline.stages import report
@@ -42,6 +43,7 @@ REPORT_INPUTS = (
     "data/synthetic",
     "data/augmented/dataset.json",
     "reports/metrics.json",
+    "reports/detail.json",
     "reports/tables",
 )
 
@@ -149,21 +151,27 @@ def test_the_page_holds_the_version_the_gain_every_arm_and_each_class_verdict(re
     page = Page(paths.html.read_text(encoding="utf-8"))
     text = " ".join(" ".join(page.text).split())
     assert read_json(paths.augmented / "dataset.json")["version"] in text
-    gain = metrics["augmented_gain"]
     assert (
-        f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval "
-        f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+        f"{metrics['gain']:+.3f} balanced accuracy, 95 % interval "
+        f"{metrics['gain_low']:+.3f} to {metrics['gain_high']:+.3f}" in text
     )
-    assert f"tail recall {gain['tail_recall']:+.3f}" in text
+    assert f"tail recall {metrics['tail_gain']:+.3f}" in text
     assert "interval includes zero" in text or "interval lies" in text
-    assert "not of Inception" in text and ", ".join(metrics["tail_classes"]) in text
+    tail = read_json(paths.reports / "detail.json")["tail_classes"]
+    assert "not of Inception" in text and f"rarest classes: {', '.join(tail)})" in text
 
+    utility = pd.read_csv(paths.tables / "utility.csv").set_index("arm")
+    augmented, baseline = utility.loc["augmented"], utility.loc[metrics["baseline"]]
+    assert (
+        f"augmented {augmented['balanced_accuracy_mean']:.3f} ± {augmented['balanced_accuracy_std']:.3f} against "
+        f"{metrics['baseline']} {baseline['balanced_accuracy_mean']:.3f} ± {baseline['balanced_accuracy_std']:.3f}"
+    ) in text
     arms = [row[0] for row in page.table_with("tail recall")[1:]]
     assert arms == [
-        f"{arm} (best classical)" if arm == metrics["best_classical"] else arm
+        f"{arm} (best classical)" if arm == metrics["baseline"] else arm
         for arm in ("real", "classical", "classical_la", "augmented", "synthetic_only", "oracle")
     ]
-    assert set(metrics["utility"]) == {arm.removesuffix(" (best classical)") for arm in arms}
+    assert set(utility.index) == {arm.removesuffix(" (best classical)") for arm in arms}
 
     verdicts = page.table_with("verdict")
     column = [" ".join(cell.split()) for cell in verdicts[0]].index("verdict")
@@ -233,6 +241,15 @@ def test_a_missing_metrics_file_is_a_one_line_error_and_writes_nothing(evaluated
     assert not (root / "reports/report.html").exists() and not (root / "reports/figures").exists()
 
 
+def test_a_headline_of_an_older_evaluate_is_a_one_line_error_naming_what_it_lacks(evaluated, tmp_path):
+    root = report_workspace(evaluated, tmp_path)
+    older = {"best_classical": "classical", "augmented_gain": {"balanced_accuracy": 0.01}}  # before the flat headline
+    Paths(root).metrics.write_text(json.dumps(older))
+    with pytest.raises(InputError, match=r"metrics\.json: lacks gain, gain_low, .*; rerun the evaluate stage$"):
+        report.run(tiny_params(), Paths(root))
+    assert not (root / "reports/report.html").exists()
+
+
 # --- the page in a browser -----------------------------------------------------------------------
 
 
@@ -287,18 +304,18 @@ def test_the_width_probe_sees_a_page_that_runs_off_the_edge(tmp_path):
 # --- the committed example of the default run ----------------------------------------------------
 
 
-def shows_the_run(page: Page, metrics: dict, quality: pd.DataFrame) -> None:
-    """The page shows the gain, its interval, the tail recall, every arm and each class's verdict of a run."""
+def shows_the_run(page: Page, metrics: dict, arms: list[str], quality: pd.DataFrame) -> None:
+    """The page shows the gain, its interval, the tail recall, every arm (of utility.csv) and each class's verdict
+    of a run."""
     text = " ".join(" ".join(page.text).split())
-    gain = metrics["augmented_gain"]
     assert (
-        f"{gain['balanced_accuracy']:+.3f} balanced accuracy, 95 % interval "
-        f"{gain['ci95_low']:+.3f} to {gain['ci95_high']:+.3f}" in text
+        f"{metrics['gain']:+.3f} balanced accuracy, 95 % interval "
+        f"{metrics['gain_low']:+.3f} to {metrics['gain_high']:+.3f}" in text
     )
-    assert f"tail recall {gain['tail_recall']:+.3f}" in text
-    arms = [row[0] for row in page.table_with("tail recall")[1:]]
-    assert {arm.removesuffix(" (best classical)") for arm in arms} == set(metrics["utility"])
-    assert f"{metrics['best_classical']} (best classical)" in arms
+    assert f"tail recall {metrics['tail_gain']:+.3f}" in text
+    shown = [row[0] for row in page.table_with("tail recall")[1:]]
+    assert {arm.removesuffix(" (best classical)") for arm in shown} == set(arms)
+    assert f"{metrics['baseline']} (best classical)" in shown
     verdicts = page.table_with("verdict")
     column = [" ".join(cell.split()) for cell in verdicts[0]].index("verdict")
     assert [(row[0], row[column]) for row in verdicts[1:]] == list(zip(quality["class_name"], quality["verdict"]))
@@ -315,10 +332,11 @@ def test_the_committed_example_report_is_the_default_runs_page(tmp_path):
         "docs/example-report/report.html is not the page dvc.lock records: run `make example-report`"
     )
     metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text(encoding="utf-8"))
+    arms = pd.read_csv(REPO_ROOT / "reports" / "tables" / "utility.csv")["arm"].tolist()
     quality = pd.read_csv(REPO_ROOT / "reports" / "tables" / "quality.csv", dtype={"class_name": str})
-    shows_the_run(Page(example.read_text(encoding="utf-8")), metrics, quality)
+    shows_the_run(Page(example.read_text(encoding="utf-8")), metrics, arms, quality)
     rendered = chromium(tmp_path / "profile", "--window-size=1280,2000", "--dump-dom", example.as_uri())
-    shows_the_run(Page(rendered), metrics, quality)  # what a reader's browser shows, not only the file
+    shows_the_run(Page(rendered), metrics, arms, quality)  # what a reader's browser shows, not only the file
     with Image.open(EXAMPLE / "report.png") as picture:  # the full-page picture GitHub shows
         assert picture.size[0] == 1280 and picture.size[1] > 2000
 
@@ -327,10 +345,9 @@ def test_the_example_check_sees_a_page_of_another_run(reported):
     """shows_the_run fails on a page whose numbers are not those of the metrics it is given."""
     paths = Paths(reported)
     metrics = json.loads(paths.metrics.read_text())
+    arms = pd.read_csv(paths.tables / "utility.csv")["arm"].tolist()
     quality = pd.read_csv(paths.tables / "quality.csv", dtype={"class_name": str})
     page = Page(paths.html.read_text(encoding="utf-8"))
-    shows_the_run(page, metrics, quality)
-    other = json.loads(json.dumps(metrics))
-    other["augmented_gain"]["balanced_accuracy"] += 0.5
+    shows_the_run(page, metrics, arms, quality)
     with pytest.raises(AssertionError):
-        shows_the_run(page, other, quality)
+        shows_the_run(page, metrics | {"gain": metrics["gain"] + 0.5}, arms, quality)

@@ -2,8 +2,9 @@
 
 Reads data/prepared (real train, val and test), data/holdout (the oracle's images), models/judge
 (the feature extractor), data/synthetic (the accepted images) and data/augmented (the merged
-dataset); writes reports/metrics.json (the headline numbers, for `dvc metrics` and `dvc exp show`)
-and reports/tables/*.csv (per arm, per seed, per class and per synthetic image; DVC plots).
+dataset); writes reports/metrics.json (the headline: a dozen numbers for `dvc metrics` and `dvc exp show`),
+reports/detail.json (the tail and short classes, quality means over classes) and reports/tables/*.csv
+(per arm, per seed, per class and per synthetic image; DVC plots).
 
 1. Quality of each class's synthetic images against its real test images, in the judge's feature
    space (pipeline/quality.py): Fréchet distance and KID beside their real-vs-real floors, precision,
@@ -15,6 +16,7 @@ and reports/tables/*.csv (per arm, per seed, per class and per synthetic image; 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -23,7 +25,6 @@ from pipeline import nets
 from pipeline.arms import best_classical, gain, read_arm_inputs, run_arms, summarise
 from pipeline.config import Params
 from pipeline.contracts import (
-    ARMS,
     MANIFEST_COLUMNS,
     NO_SYNTHETIC,
     VERDICTS,
@@ -41,8 +42,6 @@ from pipeline.io import atomic_output, json_text, read_json, read_manifest, writ
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
 from pipeline.quality import ClassFeatures, add_verdicts, class_quality, nearest_real_table
-
-HEADLINE = ("balanced_accuracy", "tail_recall", "accuracy", "macro_f1", "val_balanced_accuracy")
 
 
 def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, SyntheticSummary]:
@@ -118,14 +117,8 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
     # 3. verdicts
     quality = add_verdicts(quality, (recalls["augmented_mean"] - recalls[f"{baseline}_mean"]).to_numpy(), cfg.verdict)
-    metrics = metrics_document(
-        arms,
-        augmented_gain,
-        quality,
-        tail,
-        stats.class_names,
-        nets.classifier_name(cfg.classifier.arch, cfg.classifier.width),
-    )
+    classifier = nets.classifier_name(cfg.classifier.arch, cfg.classifier.width)
+    headline = headline_document(arms, augmented_gain, quality, classifier)
     with atomic_output(paths.tables) as tables:
         for name, table in (
             ("utility.csv", arms),
@@ -137,86 +130,78 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             table[table_columns(name, arms["arm"])].to_csv(
                 tables / name, index=False, lineterminator="\n", float_format="%.6f"
             )
-    write_atomically(paths.metrics, json_text(metrics))
-    print(summary_line(metrics))
+    write_atomically(paths.reports / "detail.json", json_text(detail_document(quality, tail, stats.class_names)))
+    # the headline in its reading order (json_text sorts keys), which `dvc exp show` keeps: the gain first
+    write_atomically(paths.metrics, json.dumps(headline, indent=2, ensure_ascii=False) + "\n")
+    print(summary_line(headline))
 
 
-def metrics_document(
-    arms: pd.DataFrame,
-    augmented_gain: dict,
-    quality: pd.DataFrame,
-    tail: list[int],
-    class_names: list[str],
-    classifier: str,
-) -> dict:
-    """reports/metrics.json: the headline numbers only (per-class detail is in reports/tables), and the
-    network every arm trained (`classifier`): the verdict holds for that network."""
-
-    def number(value):
-        return (
-            None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
-        )
-
-    utility = {
-        row["arm"]: {
-            name: {"mean": number(row[f"{name}_mean"]), "std": number(row[f"{name}_std"])} for name in HEADLINE
-        }
-        for _, row in arms.iterrows()
-    }
+def headline_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataFrame, classifier: str) -> dict:
+    """reports/metrics.json: the answer in a few flat keys, short enough for one line of `dvc exp show`
+    (`gap_closed` only when there is an oracle arm): the augmented arm's gain in test balanced accuracy
+    over the classical arm chosen on val (`baseline`) with its 95 % interval, the tail recall gain, both arms'
+    scores, `classifier` (the network every arm trained: the verdict holds for that network), and `classes`: how
+    many classes got each verdict, and how many are short."""
+    baseline = augmented_gain["baseline"]
+    score = arms.set_index("arm")["balanced_accuracy_mean"]
     document = {
-        "classifier": classifier,
-        "utility": {arm: utility[arm] for arm in ARMS if arm in utility},
-        "best_classical": augmented_gain["baseline"],
-        "augmented_gain": {
-            key: number(augmented_gain[key]) for key in ("balanced_accuracy", "ci95_low", "ci95_high", "tail_recall")
-        },
+        "gain": _number(augmented_gain["balanced_accuracy"]),
+        "gain_low": _number(augmented_gain["ci95_low"]),
+        "gain_high": _number(augmented_gain["ci95_high"]),
+        "tail_gain": _number(augmented_gain["tail_recall"]),
+        "baseline": baseline,
+        "baseline_score": _number(score[baseline]),
+        "augmented_score": _number(score["augmented"]),
+    }
+    if "gap_closed" in augmented_gain:
+        document["gap_closed"] = _number(augmented_gain["gap_closed"])
+    document["classifier"] = classifier
+    document["classes"] = {
+        verdict.replace(" ", "_"): int((quality["verdict"] == verdict).sum()) for verdict in (*VERDICTS, NO_SYNTHETIC)
+    } | {"short": int((quality["synthetic"] < quality["planned"]).sum())}
+    return document
+
+
+def detail_document(quality: pd.DataFrame, tail: list[int], class_names: list[str]) -> dict:
+    """reports/detail.json: the lists and means behind the headline (per arm and per class: reports/tables)."""
+    return {
         "tail_classes": [class_names[label] for label in tail],
-        "quality_mean_over_classes": {
-            key: number(value)
-            for key, value in quality[quality["synthetic"] > 0]
-            .drop(columns=["class_name", "planned", "verdict", "reason", "real_train", "real_test", "synthetic"])
-            .mean()
-            .items()
-            if pd.notna(value)
-        },
-        "verdicts": {
-            verdict.replace(" ", "_"): int((quality["verdict"] == verdict).sum())
-            for verdict in (*VERDICTS, NO_SYNTHETIC)
-        },
         # the classes that fewer synthetic images passed the gate than planned (their real images fill the rest)
         "short_classes": {
             row.class_name: {"passed": int(row.synthetic), "planned": int(row.planned)}
             for row in quality.itertuples()
             if row.synthetic < row.planned
         },
+        "quality_mean_over_classes": {
+            key: _number(value)
+            for key, value in quality[quality["synthetic"] > 0]
+            .drop(columns=["class_name", "planned", "verdict", "reason", "real_train", "real_test", "synthetic"])
+            .mean()
+            .items()
+            if pd.notna(value)
+        },
     }
-    if "gap_closed" in augmented_gain:
-        document["gap_closed"] = number(augmented_gain["gap_closed"])
-    return document
 
 
-def summary_line(metrics: dict) -> str:
-    gain_ = metrics["augmented_gain"]
-    baseline = metrics["best_classical"]
+def _number(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), 6)
+
+
+def summary_line(headline: dict) -> str:
     line = (
-        f"evaluate: balanced accuracy of augmented {metrics['utility']['augmented']['balanced_accuracy']['mean']:.3f} "
-        f"vs {baseline} {metrics['utility'][baseline]['balanced_accuracy']['mean']:.3f}: gain "
-        f"{gain_['balanced_accuracy']:+.3f} "
-        f"(95 % interval {_bound(gain_['ci95_low'])} to {_bound(gain_['ci95_high'])}), "
-        f"tail recall {gain_['tail_recall']:+.3f}"
+        f"evaluate: balanced accuracy of augmented {headline['augmented_score']:.3f} "
+        f"vs {headline['baseline']} {headline['baseline_score']:.3f}: gain {headline['gain']:+.3f} "
+        f"(95 % interval {_bound(headline['gain_low'])} to {_bound(headline['gain_high'])}), "
+        f"tail recall {headline['tail_gain']:+.3f}"
     )
-    if "gap_closed" in metrics and metrics["gap_closed"] is not None:
-        line += f", gap to the oracle closed {metrics['gap_closed']:.0%}"
-    verdicts = metrics["verdicts"]
-    return (
-        line
-        + "; classes: "
-        + ", ".join(
-            f"{name.replace('_', ' ')} {count}"
-            for name, count in verdicts.items()
-            if count or name != "no_synthetic_images"
-        )
-    )
+    if headline.get("gap_closed") is not None:
+        line += f", gap to the oracle closed {headline['gap_closed']:.0%}"
+    counts = [
+        f"{name.replace('_', ' ')} {count}"
+        for name, count in headline["classes"].items()
+        if name != "short" and (count or name != "no_synthetic_images")
+    ]
+    return line + "; classes: " + ", ".join(counts)
 
 
 def _bound(value: float | None) -> str:

@@ -55,7 +55,7 @@ from pipeline.contracts import (
 from pipeline.environment import environment
 from pipeline.errors import GateError
 from pipeline.gate import ClassGate, build_gates, select_passing
-from pipeline.hardware import HARDWARE_PARAMS, trainer_settings
+from pipeline.hardware import HARDWARE_PARAMS, launched_processes, trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, sha256_bytes, write_manifest
 from pipeline.paths import Paths
 from pipeline.sampler import CandidateSampler, sample_batches
@@ -159,7 +159,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
 
     # 2. Draw and gate, in rounds. Under DDP every process samples its share of a round; the first
     # gates the candidates, decides the next round and writes; the others only sample.
-    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate")
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "generate", launched_processes())
     trainer = pl.Trainer(
         **settings,
         use_distributed_sampler=False,  # the CandidateSampler shares the batches out itself

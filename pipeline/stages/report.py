@@ -1,8 +1,8 @@
 """Stage `report`: presents what the evaluate stage measured; computes no new number.
 
-Reads reports/metrics.json and reports/tables/*.csv (written by evaluate), a few real train images
-(data/prepared), the accepted synthetic images (data/synthetic) and the dataset card
-(data/augmented/dataset.json); writes reports/figures/*.png (DVC image plots) and reports/report.html,
+Reads reports/metrics.json, reports/detail.json and reports/tables/*.csv (written by evaluate), a
+few real train images (data/prepared), the accepted synthetic images (data/synthetic) and the dataset
+card (data/augmented/dataset.json); writes reports/figures/*.png (DVC image plots) and reports/report.html,
 one self-contained page rendered from pipeline/templates/report.html.j2. The page's wording and
 layout live in that template, so editing them reruns this stage only.
 """
@@ -26,6 +26,7 @@ from torchvision.utils import make_grid
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (
     ARMS,
+    HEADLINE_KEYS,
     MANIFEST_COLUMNS,
     NO_SYNTHETIC,
     VERDICTS,
@@ -40,7 +41,6 @@ from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parents[1] / "templates"  # package data of pipeline/, beside the library
 TEMPLATE = "report.html.j2"
-METRICS_KEYS = ("classifier", "utility", "best_classical", "augmented_gain", "tail_classes", "verdicts")
 QUALITY_BARS = ("label_agreement", "precision", "recall", "coverage", "memorised_share")
 DETAIL_COLUMNS = (
     "real_test",
@@ -81,14 +81,13 @@ def read_table(folder: Path, file: str) -> pd.DataFrame:
     return table
 
 
-def read_metrics(path: Path) -> dict:
-    metrics = read_json(path)
-    missing = [key for key in METRICS_KEYS if key not in metrics]
-    if missing or "augmented" not in metrics["utility"] or metrics["best_classical"] not in metrics["utility"]:
-        raise InputError(
-            f"{path}: lacks {', '.join(missing) or 'the augmented or best classical arm'}; rerun the evaluate stage"
-        )
-    return metrics
+def read_evaluation(path: Path, keys: tuple[str, ...]) -> dict:
+    """reports/metrics.json or reports/detail.json, which must hold `keys`."""
+    document = read_json(path)
+    missing = [key for key in keys if key not in document]
+    if missing:
+        raise InputError(f"{path}: lacks {', '.join(missing)}; rerun the evaluate stage")
+    return document
 
 
 def check_classes(table: pd.DataFrame, stats: PreparedStats, path: Path) -> None:
@@ -98,9 +97,11 @@ def check_classes(table: pd.DataFrame, stats: PreparedStats, path: Path) -> None
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What the evaluate stage wrote: reports/metrics.json and the tables of reports/tables."""
+    """What the evaluate stage wrote: reports/metrics.json, reports/detail.json and the tables of
+    reports/tables."""
 
-    metrics: dict
+    metrics: dict  # the headline
+    detail: dict
     arms: pd.DataFrame  # utility.csv
     runs: pd.DataFrame  # utility_runs.csv
     recalls: pd.DataFrame  # recall.csv
@@ -111,13 +112,20 @@ class Evaluation:
     def read(cls, paths: Paths, stats: PreparedStats) -> Evaluation:
         """Read and check against the prepared data (the tables' columns: contracts.py)."""
         evaluation = cls(
-            metrics=read_metrics(paths.metrics),
+            metrics=read_evaluation(paths.metrics, HEADLINE_KEYS),
+            detail=read_evaluation(paths.reports / "detail.json", ("tail_classes",)),
             arms=read_table(paths.tables, "utility.csv"),
             runs=read_table(paths.tables, "utility_runs.csv"),
             recalls=read_table(paths.tables, "recall.csv"),
             quality=read_table(paths.tables, "quality.csv"),
             nearest=read_table(paths.tables, "nearest_real.csv"),
         )
+        missing_arms = sorted({"augmented", evaluation.metrics["baseline"]} - set(evaluation.arms["arm"]))
+        if missing_arms:
+            raise InputError(
+                f"{paths.tables / 'utility.csv'}: lacks the arm {', '.join(missing_arms)} that {paths.metrics} "
+                "names; rerun the evaluate stage"
+            )
         check_classes(evaluation.recalls, stats, paths.tables / "recall.csv")
         check_classes(evaluation.quality, stats, paths.tables / "quality.csv")
         return evaluation
@@ -298,7 +306,7 @@ def render_page(
     params: Params, stats: PreparedStats, evaluation: Evaluation, card: dict, figures: dict[str, bytes]
 ) -> str:
     metrics, quality, recalls = evaluation.metrics, evaluation.quality, evaluation.recalls
-    baseline = metrics["best_classical"]
+    baseline = metrics["baseline"]
     order = {arm: i for i, arm in enumerate(ARMS)}
     arms = evaluation.arms.sort_values("arm", key=lambda names: names.map(lambda arm: order.get(arm, len(ARMS))))
     classes = [
@@ -315,16 +323,16 @@ def render_page(
         .get_template(TEMPLATE)
         .render(
             metrics=metrics,
+            detail=evaluation.detail,
             baseline=baseline,
-            gain=metrics["augmented_gain"],
             card=card,
-            utility=metrics["utility"],
             arms=arms.to_dict("records"),
+            by_arm=arms.set_index("arm", drop=False).to_dict("index"),
             runs=paired_runs(evaluation.runs, baseline),
             classes=classes,
             recall_arms=("real", baseline, "augmented"),
             verdict_counts={
-                verdict: metrics["verdicts"].get(verdict.replace(" ", "_"), 0) for verdict in (*VERDICTS, NO_SYNTHETIC)
+                verdict: metrics["classes"].get(verdict.replace(" ", "_"), 0) for verdict in (*VERDICTS, NO_SYNTHETIC)
             },
             detail_columns=[c for c in DETAIL_COLUMNS if quality[c].notna().any()],
             evaluate=params.evaluate,

@@ -21,6 +21,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -34,8 +35,8 @@ from pipeline.environment import environment
 from pipeline.errors import ConfigError
 from pipeline.gan.data import TrainImages
 from pipeline.gan.training import ConditionalGAN, sample_grid
-from pipeline.hardware import trainer_settings
-from pipeline.io import atomic_output, encode_png_tensor, read_json, sha256_bytes, sha256_file, write_json
+from pipeline.hardware import launched_processes, trainer_settings
+from pipeline.io import atomic_output, encode_png_tensor, json_text, sha256_bytes, sha256_file, write_atomically
 from pipeline.nets import save_model
 from pipeline.paths import Paths
 
@@ -97,6 +98,19 @@ class SampleGrids(pl.Callback):
             (self.folder / f"epoch_{epoch:04d}.png").write_bytes(encode_png_tensor(grid))
 
 
+class SeedPerProcess(pl.Callback):
+    """Under DDP every process seeds itself with `seed` (pl.seed_everything) and would draw the same
+    latents and augmentations as the others; once the ranks are known, each process gets a stream of
+    its own (seeded by `seed` and its rank). One process keeps the stream `seed` started."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            torch.manual_seed(int(np.random.default_rng([self.seed, trainer.global_rank]).integers(2**63)))
+
+
 # --- the stage -----------------------------------------------------------------------------------
 
 
@@ -113,7 +127,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             f"note: the train split decodes to {data.decoded_bytes / 2**20:.0f} MB, more than train.memory_budget_mb "
             f"{cfg.memory_budget_mb}; reading its images from {paths.prepared} as they are drawn"
         )
-    settings = trainer_settings(cfg, torch.cuda.device_count(), "train")
+    settings = trainer_settings(cfg, torch.cuda.device_count(), "train", launched_processes())
     batches_per_epoch = _batches_per_epoch(sum(data.counts), data.batch_size, settings["devices"] * cfg.num_nodes)
     _check_transition_fits(cfg, batches_per_epoch)
     resume_dir = paths.gan_resume
@@ -137,6 +151,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
             SampleGrids(
                 resume_dir / "grids", cfg.sample_every_n_epochs, data.num_classes, cfg.samples_per_class, params.seed
             ),
+            SeedPerProcess(params.seed),
         ],
         enable_progress_bar=True,
     )
@@ -200,11 +215,14 @@ def _check_transition_fits(cfg: TrainParams, batches_per_epoch: int) -> None:
 def _resume_checkpoint(resume_dir: Path, fingerprint: str) -> Path | None:
     """The checkpoint to resume from, or None after clearing the resume folder for a fresh start.
 
-    Only the first process changes the folder: under DDP the others start inside `trainer.fit`,
-    after it has decided, and reach the same decision from the same files.
+    Only the first process changes the folder. The others reach the same decision from the same
+    files, even while it clears them (under torchrun or srun every process runs this at once): they
+    read the fingerprint before the checkpoint, and a fresh start deletes the checkpoint before it
+    writes the new fingerprint, whole, so no process finds a matching fingerprint beside a checkpoint
+    that is being deleted.
     """
     checkpoint, stamp = resume_dir / CHECKPOINT, resume_dir / "fingerprint.json"
-    if checkpoint.is_file() and stamp.is_file() and read_json(stamp)["fingerprint"] == fingerprint:
+    if _stamped_fingerprint(stamp) == fingerprint and checkpoint.is_file():
         _say(f"resuming from {checkpoint}")
         if rank_zero_only.rank == 0:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -215,5 +233,13 @@ def _resume_checkpoint(resume_dir: Path, fingerprint: str) -> Path | None:
             _say(f"{checkpoint} was made with other params or data; starting fresh")
         shutil.rmtree(resume_dir, ignore_errors=True)
         resume_dir.mkdir(parents=True)
-        write_json(stamp, {"fingerprint": fingerprint})
+        write_atomically(stamp, json_text({"fingerprint": fingerprint}))
     return None
+
+
+def _stamped_fingerprint(stamp: Path) -> str | None:
+    """The fingerprint a resume folder was made for; None when it has none (yet, or no longer)."""
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8"))["fingerprint"]
+    except FileNotFoundError:
+        return None
