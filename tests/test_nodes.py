@@ -106,7 +106,7 @@ def test_two_node_ranks_train_one_model_on_different_draws_and_rank_zero_alone_w
     assert checkpoints == [paths.gan / "last.ckpt", paths.gan_resume / "last.ckpt"]
     assert checkpoints[0].read_bytes() == checkpoints[1].read_bytes()
     generator, meta = load_generator(paths.gan)
-    assert meta.details["batches"] == TRAIN_IMAGES // 2 // 32  # each rank trained on half of the epoch
+    assert meta.details.batches == TRAIN_IMAGES // 2 // 32  # each rank trained on half of the epoch
 
     # The ranks drew different images: disjoint shares of the one class-balanced draw that a single
     # process makes of the epoch (no image more often than it draws it), and latents of their own.
