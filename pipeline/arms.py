@@ -35,9 +35,11 @@ from pipeline.classifier_training import TrainingSet, drawn_frequencies, train_c
 from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, SCORES, PreparedStats, load_rows
 from pipeline.dataset import load_augmented
+from pipeline.hardware import classifier_settings
 from pipeline.io import read_manifest
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.paths import Paths
+from pipeline.progress import Progress, finishing_order
 
 CLASSICAL_ARMS = ("classical", "classical_la")
 
@@ -115,42 +117,69 @@ def run_arms(
     first_seed: int,
     arms: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Train every arm once per paired seed; one row per (arm, seed): val and test scores, per-class recall.
+    """Train every arm once per paired seed; one row per (arm, seed), in that order: val and test scores,
+    per-class recall.
 
-    The runs are spread over `cfg.workers` processes (auto: one per CPU core), each training with one
-    thread, so the results are the same whatever the number of workers.
+    The runs are spread over worker processes: on the CPU `cfg.workers` (auto: one per core), each
+    training with one thread, so the results are the same whatever the number of workers; where
+    evaluate.classifier trains on GPUs, `cfg.runs_per_gpu` per GPU (auto), each worker on one GPU.
+    Each run is reported on stderr as it finishes, with the time left.
     """
     _, channels, size, _ = inputs.merged_images.shape
     nets.check_classifier(
         cfg.classifier.arch, size, channels, inputs.num_classes, cfg.classifier.width, "evaluate.classifier.arch"
     )
+    gpu_count = torch.cuda.device_count()
+    on_gpu = classifier_settings(cfg.classifier, gpu_count, "evaluate.classifier")["accelerator"] == "gpu"
+    gpus = gpu_count if on_gpu else 0
     arms = arms or list(arm_training_sets(inputs, cfg.logit_adjustment, cfg.balanced_logit_adjustment, first_seed))
     jobs = [(seed, arm) for seed in range(first_seed, first_seed + cfg.seeds) for arm in arms]
-    workers = min(len(jobs), len(os.sched_getaffinity(0)) if cfg.workers == "auto" else cfg.workers)
+    workers = worker_gpus(cfg, len(jobs), gpus, len(os.sched_getaffinity(0)))
     context = (inputs, val, test, tail, cfg)
+    progress = Progress("evaluate", len(jobs), "runs")
     rows = []
-    if workers == 1:
+    if len(workers) == 1:
         threads = torch.get_num_threads()
-        _start_worker(*context)
+        _start_worker(*context, gpu=None)
         try:
-            rows = [_report(_run_job(job)) for job in jobs]
+            rows = [_report(_run_job(job), progress) for job in jobs]
         finally:
             torch.set_num_threads(threads)
     else:
+        spawn = multiprocessing.get_context("spawn")
+        gpu_of_worker = spawn.Queue()  # each worker takes its GPU as it starts
+        for gpu in workers:
+            gpu_of_worker.put(gpu)
         with ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=context
+            len(workers), mp_context=spawn, initializer=_start_worker_from_queue, initargs=(*context, gpu_of_worker)
         ) as pool:
-            rows = [_report(row) for row in pool.map(_run_job, jobs)]
-    return pd.DataFrame(rows)
+            rows = [_report(row, progress) for row in finishing_order(pool, _run_job, jobs)]
+    order = {job: number for number, job in enumerate(jobs)}
+    return pd.DataFrame(sorted(rows, key=lambda row: order[row["seed"], row["arm"]]))
+
+
+def worker_gpus(cfg: EvaluateParams, jobs: int, gpus: int, cores: int) -> list[int | None]:
+    """The GPU of each worker process (None: the CPU), at most one worker per job: `cfg.workers`, or
+    with auto `runs_per_gpu` per GPU, round robin, or one per CPU core where there are no GPUs."""
+    count = min(jobs, (gpus * cfg.runs_per_gpu if gpus else cores) if cfg.workers == "auto" else cfg.workers)
+    return [worker % gpus if gpus else None for worker in range(count)]
 
 
 _WORKER_CONTEXT: tuple = ()
 
 
-def _start_worker(*context) -> None:
+def _start_worker(*context, gpu: int | None) -> None:
+    """One thread per worker; a worker on GPUs sees only its own (it starts before CUDA does)."""
     global _WORKER_CONTEXT
     _WORKER_CONTEXT = context
     torch.set_num_threads(1)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+def _start_worker_from_queue(*context_and_queue) -> None:
+    *context, gpu_of_worker = context_and_queue
+    _start_worker(*context, gpu=gpu_of_worker.get())
 
 
 def _run_job(job: tuple[int, str]) -> dict:
@@ -171,11 +200,11 @@ def _run_job(job: tuple[int, str]) -> dict:
     }
 
 
-def _report(row: dict) -> dict:
-    print(
-        f"evaluate: {row['arm']:<14} seed {row['seed']}: test balanced accuracy {row['balanced_accuracy']:.3f}, "
+def _report(row: dict, progress: Progress) -> dict:
+    progress.done(
+        1,
+        f"{row['arm']} seed {row['seed']}, test balanced accuracy {row['balanced_accuracy']:.3f}, "
         f"{row['steps']} updates ({row['seconds']:.0f} s)",
-        flush=True,
     )
     return row
 

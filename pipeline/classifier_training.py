@@ -9,13 +9,19 @@ are kept; the learning rate is cut by 5 whenever the score has not risen for two
 val images it trains for `max_steps` at a constant rate and keeps the last weights.
 
 Seeding makes runs paired: two calls with the same seed start from the same weights and draw the
-same augmentation stream, whatever their training data. Running a trained network over images
+same augmentation stream, whatever their training data.
+
+The recipe's `accelerator` and `precision` place the training (hardware.classifier_settings): the CPU
+as it always was, or a GPU, where loader processes augment the next batches while the GPU trains on
+this one (each batch then seeds its augmentation by its number, so the images do not depend on which
+process made them) and the val images stay on the GPU. Running a trained network over images
 (`predict`, `predict_labels`) is nets/classifiers.py's: the generate stage's gate needs no training code.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -27,13 +33,18 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from pipeline import nets
 from pipeline.config import ClassifierParams
+from pipeline.hardware import classifier_settings
 from pipeline.metrics import balanced_accuracy
 
 MONITOR = "val_balanced_accuracy"
+VAL_BATCH = 500
+# Processes that augment the next batches while a GPU trains: a small network on a GPU outruns one
+# process's albumentations calls (on the CPU the training augments its own batches, as it always has).
+GPU_LOADER_WORKERS = 2
 # Evaluate trains dozens of these: Lightning's start-up notes (GPU available, tips) would bury the results.
 logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
 
@@ -60,22 +71,58 @@ class TrainingSet:
     class_frequencies: np.ndarray | None = None  # what the adjustment is relative to; None: the frequencies drawn
 
 
+class NumberedBatches(Sampler):
+    """Batches of the indices `sampler` draws, each index paired with its batch's number in the run:
+    [(number, index), ...]. The numbers go on across epochs."""
+
+    def __init__(self, sampler: Sampler, batch_size: int):
+        self.sampler, self.batch_size, self.numbered = sampler, batch_size, 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self):
+        for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False):
+            yield [(self.numbered, index) for index in batch]
+            self.numbered += 1
+
+
+class Keys:
+    """A dataset whose items are their own keys: the loader hands NumberedBatches' pairs to the collate function."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key):
+        return key
+
+
 class AugmentedBatches:
-    """The DataLoader's `collate_fn`: drawn indices -> (uint8 B x C x H x W tensor, labels), augmented by
-    albumentations in groups of `group` images that share one random affine.
+    """The DataLoader's `collate_fn`: a numbered batch of drawn indices -> (uint8 B x C x H x W tensor, labels),
+    augmented by albumentations in groups of `group` images that share one random affine.
 
     Albumentations spends about 0.3 ms of Python per call whatever the image's size, which made it
     most of a classifier's training time at one call per image; one call per group (its `images=`
     batch form) costs about as much as one image, and every image still sees a new random affine
-    each time it is drawn. The k-th group of the run takes the k-th parameters of the seed's stream.
+    each time it is drawn. In the training's own process the k-th group of the run takes the k-th
+    parameters of the seed's stream; with `seed_each_batch` (loader processes, each holding its own
+    copy of the stream) a batch's groups take the stream of (seed, the batch's number) instead.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int, group: int):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int, group: int, seed_each_batch: bool):
         self.images = images.permute(0, 2, 3, 1).numpy()  # albumentations works on (N x) H x W x C arrays
-        self.labels, self.group = labels, group
+        self.labels, self.group, self.seed, self.seed_each_batch = labels, group, seed, seed_each_batch
         self.transform = classifier_augmentation(seed)
 
-    def __call__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, numbered: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = [index for _, index in numbered]
+        if self.seed_each_batch:
+            self.transform.set_random_seed(
+                int(np.random.SeedSequence([self.seed, numbered[0][0]]).generate_state(1)[0])
+            )
         drawn = self.images[indices]
         augmented = np.concatenate(
             [
@@ -107,7 +154,8 @@ class ClassifierTraining(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        logits = self.net(channels_last(images)) + self.log_prior  # zero unless logit-adjusted
+        # the loss in float32 under bf16-mixed; log_prior is zero unless logit-adjusted
+        logits = self.net(channels_last(images)).float() + self.log_prior
         loss = F.cross_entropy(logits, labels)
         self.log("train_loss", loss)
         return loss
@@ -118,7 +166,8 @@ class ClassifierTraining(pl.LightningModule):
         self.val_labels.append(labels)
 
     def on_validation_epoch_end(self):
-        score = balanced_accuracy(torch.cat(self.val_labels).numpy(), torch.cat(self.val_predictions).numpy())
+        labels, predictions = torch.cat(self.val_labels).cpu(), torch.cat(self.val_predictions).cpu()
+        score = balanced_accuracy(labels.numpy(), predictions.numpy())
         self.log(MONITOR, score)
         self.val_predictions, self.val_labels = [], []
 
@@ -155,10 +204,15 @@ def train_classifier(
     seed: int,
     logger=False,
     initial_weights: dict[str, torch.Tensor] | None = None,
+    section: str = "evaluate.classifier",
+    loader_workers: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train the recipe on `data`, scored on `val` (uint8 images, labels; may be empty); returns the
-    best-on-val network (eval mode) and how training went. `initial_weights` (a network's state_dict)
-    replaces the seed's initial weights: fine-tuning."""
+    best-on-val network (eval mode, on the CPU) and how training went. `initial_weights` (a network's
+    state_dict) replaces the seed's initial weights: fine-tuning. `section` names the recipe in an error.
+    `loader_workers`: processes that augment the batches (None: GPU_LOADER_WORKERS on a GPU, none on the CPU)."""
+    settings = classifier_settings(recipe, torch.cuda.device_count(), section)
+    on_gpu = settings["accelerator"] == "gpu"
     val_images, val_labels = val
     pl.seed_everything(seed, verbose=False)
     prior = None
@@ -172,19 +226,26 @@ def train_classifier(
     if initial_weights is not None:
         module.net.load_state_dict(initial_weights)
     module.to(memory_format=torch.channels_last)
-    indices = range(len(data.labels))  # the loader draws indices; AugmentedBatches gathers and augments them
     draws, generator = recipe.eval_every * recipe.batch_size, torch.Generator().manual_seed(seed)
     if data.weights is None:
-        sampler = RandomSampler(indices, replacement=True, num_samples=draws, generator=generator)
+        sampler = RandomSampler(range(len(data.labels)), replacement=True, num_samples=draws, generator=generator)
     else:
         sampler = WeightedRandomSampler(torch.tensor(data.weights, dtype=torch.double), draws, generator=generator)
-    train_loader = DataLoader(
-        indices,
-        batch_size=recipe.batch_size,
-        sampler=sampler,  # an epoch: eval_every updates
-        collate_fn=AugmentedBatches(data.images, data.labels, seed, recipe.augment_group),
+    workers = (GPU_LOADER_WORKERS if on_gpu else 0) if loader_workers is None else loader_workers
+    train_loader = DataLoader(  # an epoch: eval_every updates; AugmentedBatches gathers and augments the drawn indices
+        Keys(len(data.labels)),
+        batch_sampler=NumberedBatches(sampler, recipe.batch_size),
+        collate_fn=AugmentedBatches(data.images, data.labels, seed, recipe.augment_group, seed_each_batch=workers > 0),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=on_gpu,
     )
-    val_loader = DataLoader(TensorDataset(val_images, val_labels), batch_size=500) if validate else None
+    # val in whole batches, already on the device that scores it (no per-image indexing, no copy per scoring)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    val_batches = [
+        (x.to(device), y.to(device)) for x, y in zip(val_images.split(VAL_BATCH), val_labels.split(VAL_BATCH))
+    ]
+    val_loader = DataLoader(val_batches, batch_size=None) if validate else None
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the images are in memory
         warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")  # no val split: no early stopping
@@ -192,8 +253,7 @@ def train_classifier(
             dirpath=scratch, monitor=MONITOR, mode="max", save_weights_only=True, enable_version_counter=False
         )
         trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+            **settings,
             max_epochs=max(1, recipe.max_steps // recipe.eval_every),
             logger=logger,
             log_every_n_steps=min(50, recipe.eval_every),
@@ -206,9 +266,11 @@ def train_classifier(
         )
         trainer.fit(module, train_loader, val_loader)
         if validate:
-            module.load_state_dict(torch.load(best.best_model_path, weights_only=True)["state_dict"])
+            module.load_state_dict(
+                torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+            )
     history = {
         "steps": trainer.global_step,
         "best_val_balanced_accuracy": float(best.best_model_score) if validate else None,
     }
-    return module.net.eval(), history
+    return module.net.cpu().eval(), history

@@ -81,6 +81,10 @@ class ClassifierParams:
     eval_every: int = bounded(50, ge=1)  # updates between two scorings on the val split
     patience: int = bounded(4, ge=1)  # scorings without improvement before training stops
     max_steps: int = bounded(3000, ge=1)  # the cap on updates
+    # hardware, as in train: auto trains on a GPU (bf16-mixed where precision is auto) when there is one, else on
+    # the CPU (32-true); a GPU run draws its augmentation in loader processes (the numbers are the GPU's own)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,10 @@ class VerdictParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     seeds: int = bounded(5, ge=1)  # paired seeds: every arm is trained once per seed
-    workers: Literal["auto"] | int = bounded("auto", ge=1)  # processes training arms (auto: one per core)
+    # processes training the arms: auto, one per CPU core, or runs_per_gpu per GPU when evaluate.classifier
+    # trains on GPUs; results do not depend on it
+    workers: Literal["auto"] | int = bounded("auto", ge=1)
+    runs_per_gpu: int = bounded(4, ge=1)  # arms trained at once on each GPU (small networks leave a GPU idle alone)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)  # the downstream recipe
     logit_adjustment: float = bounded(1.0, gt=0.0)  # tau of the classical_la arm's logit-adjusted loss
     # tau of a logit adjustment by the real class frequencies for the arms drawn class-balanced (classical,

@@ -11,6 +11,7 @@ committed, the experiment is a second dataset version, and `dvc metrics diff` be
 short table; and adding a file to the source makes `dvc status` name prepare and `dvc repro` rerun it.
 """
 
+import copy
 import json
 import re
 import shlex
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -69,6 +71,27 @@ def checked(result: subprocess.CompletedProcess) -> str:
 
 def stages_run(repro_output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w@-]+)'", repro_output))
+
+
+def check_a_gpu_asked_for_stops_its_stage(repo: Path, params: dict) -> None:
+    """On a machine without a GPU, `accelerator: gpu` for the judge, or for evaluate's classifier, stops
+    `dvc repro` at that stage with one line naming the key; the stages before it finish (here merge, rerun
+    for a new share). The committed version is then restored."""
+    for section, stale in (("judge", {}), ("evaluate.classifier", {"merge": {"synthetic_share": 0.3}})):
+        asked = copy.deepcopy(merge_dicts(params, stale))
+        node = asked
+        for key in section.split("."):
+            node = node[key]
+        node["accelerator"] = "gpu"
+        (repo / "params.yaml").write_text(yaml.safe_dump(asked, sort_keys=False))
+        result = dvc("repro", cwd=repo)
+        assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+        assert f"error: {section}.accelerator is gpu but no GPU is available (use auto or cpu)" in result.stderr
+        assert stages_run(result.stdout) == set(stale) | {section.split(".")[0]}
+        assert "up to date" in checked(dvc("status", *stale, "prepare", cwd=repo))
+    subprocess.run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=repo, check=True)
+    checked(dvc("checkout", cwd=repo))
+    assert stages_run(checked(dvc("repro", cwd=repo))) == set()
 
 
 def commit(repo: Path, message: str) -> None:
@@ -155,6 +178,8 @@ def test_a_users_folder_through_dvc_repro_rerun_rules_and_experiments(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stages_run(checked(dvc("repro", cwd=repo))) == {"report"}
     commit(repo, "smaller grids")
+    if not torch.cuda.is_available():
+        check_a_gpu_asked_for_stops_its_stage(repo, params)
 
     # an experiment: `dvc exp show` lists evaluate's headline, and no other metrics (DVCLive's logs are plots)
     first_version = read_json(repo / "data/augmented/dataset.json")["version"]

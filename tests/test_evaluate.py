@@ -67,14 +67,43 @@ def test_the_same_seed_gives_every_arm_the_same_initial_weights_and_augmentation
 
     # the k-th drawn group is augmented with the k-th parameters of the seed's stream, whatever the data
     n = len(images)
-    drawn, drawn_labels = AugmentedBatches(images, labels, seed=3, group=2)([0, 1, 2, 3])
-    again, _ = AugmentedBatches(images.flip(0), labels.flip(0), seed=3, group=2)([n - 1, n - 2, n - 3, n - 4])
+    drawn, drawn_labels = AugmentedBatches(images, labels, seed=3, group=2, seed_each_batch=False)(batch(0, 0, 1, 2, 3))
+    again, _ = AugmentedBatches(images.flip(0), labels.flip(0), 3, 2, False)(batch(0, n - 1, n - 2, n - 3, n - 4))
     assert torch.equal(drawn, again) and torch.equal(drawn_labels, labels[:4])
     assert drawn.shape == images[:4].shape and not torch.equal(drawn[0], images[0])  # it is augmented
 
     # the images of a group share one random affine, and the next group draws another
-    same_image, _ = AugmentedBatches(images, labels, seed=5, group=2)([0, 0, 0, 0])
+    same_image, _ = AugmentedBatches(images, labels, seed=5, group=2, seed_each_batch=False)(batch(0, 0, 0, 0, 0))
     assert torch.equal(same_image[0], same_image[1]) and not torch.equal(same_image[1], same_image[2])
+
+
+def batch(number: int, *indices: int) -> list[tuple[int, int]]:
+    """A numbered batch of drawn indices, as the loader hands it to AugmentedBatches."""
+    return [(number, index) for index in indices]
+
+
+def test_loader_processes_augment_each_batch_by_its_number_so_their_count_changes_nothing(prepared_tiny):
+    paths = Paths(prepared_tiny)
+    stats = PreparedStats.read(paths.prepared)
+    images, labels = load_split(paths.prepared, stats, "train")
+
+    # a batch seeded by its number is the same whichever process's copy augments it, and after whatever batches
+    in_order = AugmentedBatches(images, labels, seed=3, group=2, seed_each_batch=True)
+    in_order(batch(0, 0, 1, 2, 3))
+    second, _ = in_order(batch(1, 4, 5, 6, 7))
+    alone, _ = AugmentedBatches(images, labels, seed=3, group=2, seed_each_batch=True)(batch(1, 4, 5, 6, 7))
+    assert torch.equal(second, alone)
+    # whereas the in-process stream depends on the batches before (why loader processes seed each batch)
+    streamed = AugmentedBatches(images, labels, seed=3, group=2, seed_each_batch=False)
+    first_in_stream, _ = streamed(batch(0, 4, 5, 6, 7))
+    assert not torch.equal(first_in_stream, alone)
+
+    # a whole training with one or two loader processes: the same network, unlike training in-process
+    recipe = ClassifierParams(width=4, eval_every=5, max_steps=10)
+    data, val = TrainingSet(images, labels, stats.num_classes), load_split(paths.prepared, stats, "val")
+    nets = [train_classifier(data, val, recipe, seed=1, loader_workers=w)[0] for w in (1, 2, 0)]
+    assert torch.equal(nets[0].head[-1].weight, nets[1].head[-1].weight)
+    assert not torch.equal(nets[0].head[-1].weight, nets[2].head[-1].weight)
 
 
 def test_fine_tuning_starts_from_the_given_weights_instead_of_the_seeds(prepared_tiny):
@@ -207,15 +236,24 @@ def test_best_classical_is_chosen_on_val_and_the_gain_is_paired_by_seed():
     assert result["gap_closed"] == pytest.approx(0.045 / (0.95 - 0.71))
 
 
-def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs):
+def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs, capsys):
     paths = Paths(evaluate_inputs)
     stats = PreparedStats.read(paths.prepared)
     val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")
     cfg = tiny_params(evaluate={"seeds": 1, "workers": 1}).evaluate
     inputs = arm_inputs(paths)
     alone = run_arms(inputs, val, test, [9], cfg, 0).drop(columns="seconds")
+    capsys.readouterr()
     in_two = run_arms(inputs, val, test, [9], tiny_params(evaluate={"seeds": 1, "workers": 2}).evaluate, 0)
-    pd.testing.assert_frame_equal(alone, in_two.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(alone, in_two.drop(columns="seconds"))  # and the rows in the order of the runs
+
+    # each run is reported on stderr as it finished (progress.finishing_order), counted, with the time left
+    printed = capsys.readouterr()
+    lines = printed.err.splitlines()
+    assert printed.out == "" and len(lines) == len(alone)
+    for done, line in enumerate(lines, start=1):
+        assert re.match(rf"evaluate: {done} of {len(alone)} runs: \w+ seed 0, test balanced accuracy [\d.]+, ", line)
+    assert lines[-1].endswith("about 0 s left")
 
 
 # --- the stage -----------------------------------------------------------------------------------

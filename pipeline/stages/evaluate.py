@@ -20,6 +20,7 @@ import json
 import math
 
 import pandas as pd
+import torch
 
 from pipeline import nets
 from pipeline.arms import best_classical, gain, read_arm_inputs, run_arms, summarise
@@ -38,6 +39,7 @@ from pipeline.contracts import (
     table_columns,
 )
 from pipeline.errors import InputError
+from pipeline.hardware import classifier_settings
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
@@ -63,6 +65,7 @@ def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, Synth
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.evaluate
+    classifier_settings(cfg.classifier, torch.cuda.device_count(), "evaluate.classifier")  # a GPU asked for and none
     stats = PreparedStats.read(paths.prepared)
     judge, judge_meta = nets.load_judge(paths.judge)
     check_made_for(

@@ -58,6 +58,7 @@ from pipeline.gate import ClassGate, build_gates, select_passing
 from pipeline.hardware import HARDWARE_PARAMS, launched_processes, trainer_settings
 from pipeline.io import atomic_output, encode_png_tensor, sha256_bytes, write_manifest
 from pipeline.paths import Paths
+from pipeline.progress import Progress
 from pipeline.sampler import CandidateSampler, sample_batches
 
 _say = rank_zero_only(print)  # under DDP every process runs the stage: the first one speaks
@@ -252,18 +253,28 @@ def draw_and_gate(
     those that need no image, then each as its last round ends."""
     yield from (draw for draw in draws if not len(draw.next_seeds()))
     batches = next_round(draws)
+    progress = Progress("generate", sum(draw.wanted for draw in draws), "passing images settled")
     while batches:
         images = sample_batches(trainer, sampler, batches)
         try:
             for (seeds, label), batch in zip(batches, images):
                 draws[label].take(seeds, batch, gates[label])
             upcoming = next_round(draws)
+            report_round(progress, draws, upcoming)
             for label in sorted({label for _, label in batches} - {label for _, label in upcoming}):
                 yield draws[label]
         except BaseException:  # an error here or where a yielded class is written
             trainer.strategy.broadcast([], src=0)  # the others stop instead of waiting for a round forever
             raise
         batches = trainer.strategy.broadcast(upcoming, src=0)
+
+
+def report_round(progress: Progress, draws: list[ClassDraws], upcoming: list[tuple[np.ndarray, int]]) -> None:
+    """A class's images are settled as they pass, and all of them once it stops drawing (short or not)."""
+    drawing = {label for _, label in upcoming}
+    settled = sum(min(d.passed, d.wanted) if d.label in drawing else d.wanted for d in draws)
+    candidates = sum(d.drawn for d in draws)
+    progress.done(settled - progress.finished, f"{candidates} candidates drawn, {len(drawing)} classes still drawing")
 
 
 def follow_rounds(trainer: pl.Trainer, sampler: CandidateSampler, batches: list[tuple[np.ndarray, int]]) -> None:

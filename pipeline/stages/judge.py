@@ -12,6 +12,7 @@ than the generator and the downstream classifiers do.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from dvclive.lightning import DVCLiveLogger
 
 from pipeline import nets
@@ -20,6 +21,7 @@ from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats, load_split
 from pipeline.environment import environment
+from pipeline.hardware import classifier_settings
 from pipeline.io import atomic_output
 from pipeline.metrics import balanced_accuracy
 from pipeline.paths import Paths
@@ -27,6 +29,7 @@ from pipeline.paths import Paths
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     recipe = params.judge
+    settings = classifier_settings(recipe, torch.cuda.device_count(), "judge")  # a GPU asked for and none: stop here
     stats = PreparedStats.read(paths.prepared)
     nets.check_classifier(
         recipe.arch, stats.image_size, stats.channels, stats.num_classes, recipe.width, "judge.arch", features=True
@@ -38,7 +41,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     )
     with atomic_output(paths.judge_report) as live_dir:
         logger = DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
-        model, history = train_classifier(balanced, (val_images, val_labels), recipe, params.seed, logger)
+        model, history = train_classifier(
+            balanced, (val_images, val_labels), recipe, params.seed, logger, section="judge"
+        )
         if history["best_val_balanced_accuracy"] is not None:  # the kept weights' score, beside the last one's
             logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
             logger.experiment.make_summary()
@@ -61,7 +66,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         steps=history["steps"],
         source_fingerprint=stats.source_fingerprint,
         params={"seed": params.seed, "judge": params_to_dict(recipe)},
-        environment=environment("cpu"),  # the classifier recipe trains on the CPU
+        environment=environment(settings["accelerator"]),
         **val_scores,
     )
     meta = ModelMeta(stats.image_size, stats.channels, stats.class_names, recipe.width, details=details)
