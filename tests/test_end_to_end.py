@@ -76,7 +76,8 @@ def stages_run(repro_output: str) -> set[str]:
 def check_a_gpu_asked_for_stops_its_stage(repo: Path, params: dict) -> None:
     """On a machine without a GPU, `accelerator: gpu` for the judge, or for evaluate's classifier, stops
     `dvc repro` at that stage with one line naming the key; the stages before it finish (here merge, rerun
-    for a new share). The committed version is then restored."""
+    for a new share). Each time the committed version is restored after (DVC removed the failed stage's
+    outputs before running it: `dvc checkout` brings back the cached ones, git the rest)."""
     for section, stale in (("judge", {}), ("evaluate.classifier", {"merge": {"synthetic_share": 0.3}})):
         asked = copy.deepcopy(merge_dicts(params, stale))
         node = asked
@@ -89,8 +90,8 @@ def check_a_gpu_asked_for_stops_its_stage(repo: Path, params: dict) -> None:
         assert f"error: {section}.accelerator is gpu but no GPU is available (use auto or cpu)" in result.stderr
         assert stages_run(result.stdout) == set(stale) | {section.split(".")[0]}
         assert "up to date" in checked(dvc("status", *stale, "prepare", cwd=repo))
-    subprocess.run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=repo, check=True)
-    checked(dvc("checkout", cwd=repo))
+        subprocess.run(["git", "checkout", "params.yaml", "dvc.lock", "reports"], cwd=repo, check=True)
+        checked(dvc("checkout", cwd=repo))
     assert stages_run(checked(dvc("repro", cwd=repo))) == set()
 
 

@@ -8,7 +8,7 @@ data/augmented/
   dataset.json                        the dataset card; `version` is the sha256 of manifest.csv
 
 `train/` loads with torchvision's ImageFolder with the same class indices as the prepared data. The
-`weight` column is a per-image sampling weight (sampling.class_weights): every class gets the same
+`weight` column is a per-image sampling weight (balancing.class_weights): every class gets the same
 total mass and, within a class that has synthetic images, `merge.synthetic_share` of it goes to them.
 Drawing this way keeps the synthetic images from swamping a rare class's few real ones. A class that
 fell short at the gate (generate.on_short: fill) puts only passed/planned of that share on its
