@@ -224,6 +224,7 @@ def train_with_snapshots(workspace: Path, budgets: list[float], seconds_of: Path
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
+        precision=cfg.precision if cfg.precision != "auto" else "32-true",
         max_epochs=max_epochs,
         logger=pl.loggers.CSVLogger(resume_dir, name="log"),
         log_every_n_steps=25,
