@@ -5,7 +5,8 @@ time goes, and the GAN step's efficiency against the same process's matrix multi
 
 1. Stages: the seven stages as `python -m pipeline <stage>`, from an empty workspace (a scratch folder
    holding params.yaml as committed, or `--root`), each timed as a whole process (start-up and imports
-   included, DVC's own bookkeeping not): seconds and share of the total.
+   included, DVC's own bookkeeping not): wall seconds, CPU seconds (which other work on the machine
+   hardly moves) and each stage's share of the CPU seconds.
 2. A GAN step (the default train params, one batch of 32, in this process, with the thread count of the
    environment), over `--gan-steps` steps after a warm-up: drawing the batch, the discriminator's and
    the generator's forward, backward and optimiser step, and the EMA update; the step's FLOPs (torch's
@@ -23,6 +24,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -51,17 +53,24 @@ from pipeline.paths import Paths  # noqa: E402
 STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")
 
 
-def time_stages(workspace: Path) -> dict[str, float]:
+def time_stages(workspace: Path) -> dict[str, tuple[float, float]]:
+    """(wall seconds, CPU seconds) of each stage. The CPU seconds (user + system of the stage's process
+    and the processes it waited for) hardly move with other work on the machine; the wall seconds do."""
     env = os.environ | {"PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1"}
     seconds = {}
     for stage in STAGES:
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), children_cpu_seconds()
         subprocess.run(
             [sys.executable, "-m", "pipeline", stage], cwd=workspace, env=env, check=True, capture_output=True
         )
-        seconds[stage] = time.perf_counter() - started
-        print(f"{stage}: {seconds[stage]:.1f} s", flush=True)
+        seconds[stage] = (time.perf_counter() - started, children_cpu_seconds() - cpu_before)
+        print(f"{stage}: {seconds[stage][0]:.1f} s, {seconds[stage][1]:.1f} CPU s", flush=True)
     return seconds
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def clock(function, repeats: int) -> float:
@@ -175,11 +184,11 @@ def main() -> None:
             (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         if not args.steps_only:
             seconds = time_stages(workspace)
-            total = sum(seconds.values())
-            print("\n| stage | seconds | share |\n|---|---|---|")
-            for stage, value in seconds.items():
-                print(f"| {stage} | {value:.1f} | {value / total:.0%} |")
-            print(f"| all | {total:.1f} | |")
+            wall, cpu = (sum(value[i] for value in seconds.values()) for i in (0, 1))
+            print("\n| stage | seconds | CPU seconds | share of the CPU seconds |\n|---|---|---|---|")
+            for stage, (stage_wall, stage_cpu) in seconds.items():
+                print(f"| {stage} | {stage_wall:.1f} | {stage_cpu:.1f} | {stage_cpu / cpu:.0%} |")
+            print(f"| all | {wall:.1f} | {cpu:.1f} | |")
 
         print(f"\nthreads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
         for bf16 in (False, True) if args.bf16 else (False,):
