@@ -77,9 +77,9 @@ def val_scores(paths: Paths, seeds: int, arm: str = "augmented") -> list[float]:
     cfg = dataclasses.replace(params.evaluate, seeds=seeds)
     stats = PreparedStats.read(paths.prepared)
     val = load_split(paths.prepared, stats, "val")
-    runs = run_arms(
-        read_arm_inputs(paths, stats), val, val, tail_classes(stats.split_counts("train")), cfg, params.seed, arms=[arm]
-    )
+    with tempfile.TemporaryDirectory(prefix="arms-") as scratch:
+        inputs = read_arm_inputs(paths, stats, Path(scratch))
+        runs = run_arms(inputs, val, val, tail_classes(stats.split_counts("train")), cfg, params.seed, arms=[arm])
     return runs.sort_values("seed")["val_balanced_accuracy"].tolist()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def main() -> None:
     params = with_overrides(load_params(paths.root / "params.yaml"), args.set, args.budget)
     cfg = params.evaluate if args.seeds is None else dataclasses.replace(params.evaluate, seeds=args.seeds)
     stats = PreparedStats.read(paths.prepared)
-    inputs = read_arm_inputs(paths, stats)
+    scratch = tempfile.TemporaryDirectory(prefix="arms-")  # the arms' images, deleted on exit
+    inputs = read_arm_inputs(paths, stats, Path(scratch.name))
     inputs = dataclasses.replace(
         inputs,
         merged_weights=merged_weights(

@@ -41,6 +41,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def train_with_snapshots(workspace: Path, budgets: list[float], seconds_of: Path
     params = load_params(workspace / "params.yaml")
     cfg = params.train
     paths = Paths(workspace)
-    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed, cfg.memory_budget_mb)
+    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed)
     if seconds_of is None:
         epochs, seconds = {b: round(b * cfg.max_epochs) for b in budgets}, None
         max_epochs = max(epochs.values())
@@ -261,7 +262,8 @@ def measure(folder: Path, seeds: int) -> None:
     val = load_split(paths.prepared, stats, "val")
     tail = tail_classes(stats.split_counts("train"))
     cfg = dataclasses.replace(params.evaluate, seeds=seeds, workers=1)
-    inputs = read_arm_inputs(paths, stats)
+    scratch = tempfile.TemporaryDirectory(prefix="arms-")  # the arms' images, deleted on exit
+    inputs = read_arm_inputs(paths, stats, Path(scratch.name))
 
     classical_file = workspace / f"classical_runs_{seeds}.pkl"
     if not classical_file.is_file():

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from pipeline.arms import ArmInputs, read_arm_inputs, run_arms
 from pipeline.config import load_params
 from pipeline.contracts import PreparedStats, load_split
 from pipeline.gate import build_gates, select_passing
+from pipeline.image_rows import write_image_rows
 from pipeline.metrics import mean_std, paired_difference, precision_recall_density_coverage, tail_classes
 from pipeline.nets import predict
 from pipeline.paths import Paths
@@ -54,15 +57,23 @@ def invert(generator: nets.Generator, images: torch.Tensor, labels: torch.Tensor
     return z.detach()
 
 
-def with_synthetic(inputs: ArmInputs, synthetic: dict[int, torch.Tensor], num_classes: int, share: float) -> ArmInputs:
-    """The merged dataset with its real images and, per class, the given synthetic images instead of its own."""
+def with_synthetic(
+    inputs: ArmInputs, synthetic: dict[int, torch.Tensor], num_classes: int, share: float, path: Path
+) -> ArmInputs:
+    """The merged dataset with its real images and, per class, the given synthetic images instead of its own
+    (then the holdout, as read_arm_inputs orders them), in the new scratch file `path`."""
     real = ~inputs.merged_synthetic
-    images = torch.cat([inputs.merged_images[real], *synthetic.values()])
+    holdout = len(inputs.merged_labels) + np.arange(len(inputs.holdout_labels))
+    chunks = [
+        inputs.images[np.flatnonzero(real)],
+        *(images.permute(0, 2, 3, 1).numpy() for images in synthetic.values()),
+        inputs.images[holdout],
+    ]
     labels = torch.cat([inputs.merged_labels[real], *(torch.full((len(v),), k) for k, v in synthetic.items())])
     is_synthetic = np.r_[np.zeros(int(real.sum()), bool), np.ones(len(labels) - int(real.sum()), bool)]
     return dataclasses.replace(
         inputs,
-        merged_images=images,
+        images=write_image_rows(path, inputs.images.image_shape, chunks),
         merged_labels=labels,
         merged_synthetic=is_synthetic,
         merged_weights=merged_weights(labels.numpy(), is_synthetic, num_classes, share),
@@ -94,7 +105,8 @@ def main() -> None:
     print(f"inverted {len(donors)} donor images in {time.perf_counter() - started:.0f} s")
 
     gates = build_gates(judge, stats, paths, params.generate)
-    inputs = read_arm_inputs(paths, stats)
+    scratch = tempfile.TemporaryDirectory(prefix="head-to-tail-")  # the arms' images, deleted on exit
+    inputs = read_arm_inputs(paths, stats, Path(scratch.name))
     translated, committed = {}, {}
     for label, planned in enumerate(
         plan_counts(counts, params.generate.target, params.generate.max_synthetic_per_real)
@@ -115,7 +127,8 @@ def main() -> None:
             verdicts["judge_prediction"].to_numpy()[passing] == label,
         )
         translated[label] = candidates[torch.from_numpy(np.flatnonzero(passing)[chosen])]
-        committed[label] = inputs.merged_images[torch.tensor(inputs.merged_synthetic) & (inputs.merged_labels == label)]
+        rows = np.flatnonzero(inputs.merged_synthetic & (inputs.merged_labels == label).numpy())
+        committed[label] = torch.from_numpy(inputs.images[rows]).permute(0, 3, 1, 2).contiguous()
         real_features = predict(judge, val_images[val_labels == label])[1]
         spread = {
             name: precision_recall_density_coverage(real_features, predict(judge, images)[1], params.evaluate.k)
@@ -141,12 +154,14 @@ def main() -> None:
             {k: top_up(k, len(v)) for k, v in translated.items()},
             stats.num_classes,
             params.merge.synthetic_share,
+            Path(scratch.name) / "translated.u8",
         ),
         "mix": with_synthetic(
             inputs,
             {k: top_up(k, min(len(v), len(committed[k]) // 2)) for k, v in translated.items()},
             stats.num_classes,
             params.merge.synthetic_share,
+            Path(scratch.name) / "mix.u8",
         ),
     }
     cfg = params.evaluate if args.seeds is None else dataclasses.replace(params.evaluate, seeds=args.seeds)

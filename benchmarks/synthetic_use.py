@@ -30,7 +30,9 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -124,7 +126,7 @@ def _run(job: tuple[str, int]) -> tuple[str, int, float]:
             inputs = c["inputs"]
             data = variant_set(
                 name,
-                inputs.merged_images,
+                c["merged_images"],
                 inputs.merged_labels,
                 inputs.merged_synthetic,
                 c["probabilities"],
@@ -149,12 +151,15 @@ def main() -> None:
     paths = Paths()
     params = load_params(paths.root / "params.yaml")
     stats = PreparedStats.read(paths.prepared)
-    inputs = read_arm_inputs(paths, stats)
+    scratch = tempfile.TemporaryDirectory(prefix="synthetic-use-")  # the arms' images, deleted on exit
+    inputs = read_arm_inputs(paths, stats, Path(scratch.name))
+    merged_images = torch.from_numpy(inputs.images[np.arange(len(inputs.merged_labels))]).permute(0, 3, 1, 2)
     judge, _ = nets.load_judge(paths.judge)
     synthetic = torch.tensor(inputs.merged_synthetic)
     context = {
         "inputs": inputs,
-        "probabilities": predict(judge, inputs.merged_images)[0],
+        "merged_images": merged_images.contiguous(),  # the variants reweight and mix them in memory
+        "probabilities": predict(judge, merged_images.contiguous())[0],
         "counts": np.array(stats.split_counts("train")),
         "share": params.merge.synthetic_share,
         "val": load_split(paths.prepared, stats, "val"),

@@ -148,7 +148,7 @@ def main() -> None:
 
     params = load_params(args.root / "params.yaml")
     base = dataclasses.replace(params.train, accelerator=args.accelerator)
-    data = TrainImages(Paths(args.root).prepared, base.batch_size, base.balance, params.seed, base.memory_budget_mb)
+    data = TrainImages(Paths(args.root).prepared, base.batch_size, base.balance, params.seed)
     data.setup("fit")
     settings = {**trainer_settings(base, torch.cuda.device_count(), "train"), "devices": 1, "strategy": "auto"}
     device = torch.device("cuda" if settings["accelerator"] == "gpu" else "cpu")

@@ -14,7 +14,8 @@ it is drawn:
 - oracle: the un-thinned real train split (the train images plus data/holdout), drawn uniformly. Only
   when prepare thinned the source: the ceiling, what collecting real images would have given.
 Seeds are paired: with seed s every arm starts from the same weights and draws the same
-augmentation stream, so arm differences are measured seed by seed.
+augmentation stream, so arm differences are measured seed by seed. The arms share one scratch file
+of images (the merged dataset, then the holdout); each arm's training set is its row numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,9 +35,10 @@ from pipeline import nets
 from pipeline.balancing import class_weights, oversample_to_balance
 from pipeline.classifier_training import TrainingSet, drawn_frequencies, train_classifier
 from pipeline.config import EvaluateParams
-from pipeline.contracts import MANIFEST_COLUMNS, SCORES, PreparedStats, load_rows
+from pipeline.contracts import MANIFEST_COLUMNS, SCORES, PreparedStats
 from pipeline.dataset import load_augmented
 from pipeline.hardware import classifier_settings
+from pipeline.image_rows import DECODE_CHUNK, ImageRows, Images, decoded_pngs, write_image_rows
 from pipeline.io import read_manifest
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.paths import Paths
@@ -46,32 +49,37 @@ CLASSICAL_ARMS = ("classical", "classical_la")
 
 @dataclass(frozen=True)
 class ArmInputs:
-    """Everything the arms are built from, decoded once (uint8 N x C x H x W images, int64 labels)."""
+    """Everything the arms are built from: the merged dataset's images, then the holdout's, decoded once into
+    one scratch file that every arm reads by row as it draws them; their labels (int64) and the merged
+    dataset's columns."""
 
-    merged_images: torch.Tensor  # data/augmented, in manifest order
+    images: ImageRows  # data/augmented in manifest order, then data/holdout (empty when prepare thinned nothing)
     merged_labels: torch.Tensor
     merged_synthetic: np.ndarray  # bool per merged image
     merged_weights: np.ndarray  # the manifest's weight column
-    holdout_images: torch.Tensor  # data/holdout (empty when prepare thinned nothing)
     holdout_labels: torch.Tensor
     num_classes: int
 
 
-def read_arm_inputs(paths: Paths, stats: PreparedStats) -> ArmInputs:
-    """The merged dataset (read as a user reads it: load_augmented, files or shards) and the holdout, decoded once."""
+def read_arm_inputs(paths: Paths, stats: PreparedStats, scratch: Path) -> ArmInputs:
+    """The merged dataset (read as a user reads it: load_augmented, files or shards) and the holdout, decoded
+    once into the file <scratch>/arms.u8."""
+    dataset, merged, _ = load_augmented(paths.augmented, transform=np.array)  # a PIL image -> H x W (x C) uint8
+    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
 
-    def as_tensor(image) -> torch.Tensor:  # a PIL image in the dataset's mode -> uint8 C x H x W
-        return torch.from_numpy(np.atleast_3d(np.array(image))).permute(2, 0, 1)
+    def chunks():
+        for start in range(0, len(dataset), DECODE_CHUNK):
+            stop = min(start + DECODE_CHUNK, len(dataset))
+            yield np.stack([np.atleast_3d(dataset[i][0]) for i in range(start, stop)])
+        yield from decoded_pngs(paths.holdout, holdout["path"], stats.channels)
 
-    dataset, merged, _ = load_augmented(paths.augmented, transform=as_tensor)
-    merged_images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    holdout = load_rows(paths.holdout, read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS), stats)
+    shape = (stats.image_size, stats.image_size, stats.channels)
     return ArmInputs(
-        merged_images,
+        write_image_rows(scratch / "arms.u8", shape, chunks()),
         torch.tensor(merged["label"].to_numpy()),
         (merged["origin"] == "synthetic").to_numpy(),
         merged["weight"].to_numpy(),
-        *holdout,
+        torch.tensor(holdout["label"].to_numpy(), dtype=torch.int64),
         stats.num_classes,
     )
 
@@ -79,39 +87,43 @@ def read_arm_inputs(paths: Paths, stats: PreparedStats) -> ArmInputs:
 def arm_training_sets(
     inputs: ArmInputs, logit_adjustment: float, balanced_logit_adjustment: float, seed: int
 ) -> dict[str, TrainingSet]:
-    """The training set of every arm that exists for these inputs (no oracle without a holdout)."""
-    real = ~inputs.merged_synthetic
-    real_images, real_labels = inputs.merged_images[real], inputs.merged_labels[real]
-    synthetic_images, synthetic_labels = inputs.merged_images[~real], inputs.merged_labels[~real]
-    oversampled = torch.from_numpy(oversample_to_balance(real_labels.numpy(), np.random.default_rng(seed)))
+    """The training set of every arm that exists for these inputs (no oracle without a holdout), each as rows
+    of the one file of images (the classical arm's oversampling repeats row numbers, not images)."""
+    merged = len(inputs.merged_labels)
+    real, synthetic = np.flatnonzero(~inputs.merged_synthetic), np.flatnonzero(inputs.merged_synthetic)
+    real_labels, synthetic_labels = inputs.merged_labels[real], inputs.merged_labels[synthetic]
+    oversampled = oversample_to_balance(real_labels.numpy(), np.random.default_rng(seed))
     balanced_adjustment = {
         "logit_adjustment": balanced_logit_adjustment,
         "class_frequencies": drawn_frequencies(real_labels, None, inputs.num_classes),
     }
-    k = inputs.num_classes
+    images, k = inputs.images, inputs.num_classes
     arms = {
-        "real": TrainingSet(real_images, real_labels, k),
-        "classical": TrainingSet(real_images[oversampled], real_labels[oversampled], k, **balanced_adjustment),
-        "classical_la": TrainingSet(real_images, real_labels, k, logit_adjustment=logit_adjustment),
+        "real": TrainingSet(images, real_labels, k, rows=real),
+        "classical": TrainingSet(images, real_labels[oversampled], k, rows=real[oversampled], **balanced_adjustment),
+        "classical_la": TrainingSet(images, real_labels, k, logit_adjustment=logit_adjustment, rows=real),
         "augmented": TrainingSet(
-            inputs.merged_images, inputs.merged_labels, k, inputs.merged_weights, **balanced_adjustment
+            images, inputs.merged_labels, k, inputs.merged_weights, rows=np.arange(merged), **balanced_adjustment
         ),
     }
-    if len(synthetic_labels):
+    if len(synthetic):
         arms["synthetic_only"] = TrainingSet(
-            synthetic_images, synthetic_labels, k, class_weights(synthetic_labels.numpy(), k)
+            images, synthetic_labels, k, class_weights(synthetic_labels.numpy(), k), rows=synthetic
         )
     if len(inputs.holdout_labels):
         arms["oracle"] = TrainingSet(
-            torch.cat([real_images, inputs.holdout_images]), torch.cat([real_labels, inputs.holdout_labels]), k
+            images,
+            torch.cat([real_labels, inputs.holdout_labels]),
+            k,
+            rows=np.concatenate([real, merged + np.arange(len(inputs.holdout_labels))]),
         )
     return arms
 
 
 def run_arms(
     inputs: ArmInputs,
-    val: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[Images, torch.Tensor],
+    test: tuple[Images, torch.Tensor],
     tail: list[int],
     cfg: EvaluateParams,
     first_seed: int,
@@ -123,9 +135,10 @@ def run_arms(
     The runs are spread over worker processes: on the CPU `cfg.workers` (auto: one per core), each
     training with one thread, so the results are the same whatever the number of workers; where
     evaluate.classifier trains on GPUs, `cfg.runs_per_gpu` per GPU (auto), each worker on one GPU.
-    Each run is reported on stderr as it finishes, with the time left.
+    Each run is reported on stderr as it finishes, with the time left. The workers get the images as files
+    (ImageRows pickle as their paths), not as arrays.
     """
-    _, channels, size, _ = inputs.merged_images.shape
+    _, channels, size, _ = inputs.images.shape
     nets.check_classifier(
         cfg.classifier.arch, size, channels, inputs.num_classes, cfg.classifier.width, "evaluate.classifier.arch"
     )

@@ -1,9 +1,11 @@
 """The one classifier recipe: the judge, and every downstream arm of evaluate, are trained by `train_classifier`.
 
 The network of `arch` (nets.build_classifier: the small CNN nets.SmallCNN by default, a torchvision
-model, or your own) learns from uint8 images held in memory, each drawn batch augmented by
-albumentations (`classifier_augmentation`, `AugmentedBatches`), with AdamW, under Lightning's Trainer. Every
-`eval_every` updates it is scored on the real val split; training stops when the val balanced
+model, or your own) learns from uint8 images, in memory or in a scratch file read by row as they are
+drawn (pipeline/image_rows.py: the stages' way, so that memory does not grow with the data), each
+drawn batch augmented by albumentations (`classifier_augmentation`, `AugmentedBatches`), with AdamW,
+under Lightning's Trainer. Every `eval_every` updates it is scored on the real val split; training
+stops when the val balanced
 accuracy has not improved for `patience` scorings (or at `max_steps`), and the best-on-val weights
 are kept; the learning rate is cut by 5 whenever the score has not risen for two scorings. Without
 val images it trains for `max_steps` at a constant rate and keeps the last weights.
@@ -33,11 +35,12 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from pipeline import nets
 from pipeline.config import ClassifierParams
 from pipeline.hardware import classifier_settings
+from pipeline.image_rows import Images, as_rows, image_span
 from pipeline.metrics import balanced_accuracy
 
 MONITOR = "val_balanced_accuracy"
@@ -61,14 +64,18 @@ def classifier_augmentation(seed: int) -> A.Compose:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """What one classifier learns from: images, labels, and how often each image is drawn."""
+    """What one classifier learns from: images, labels, and how often each image is drawn.
 
-    images: torch.Tensor  # uint8 N x C x H x W
-    labels: torch.Tensor  # int64 N
+    The set's images are `images` itself, or, with `rows`, those row numbers of it (repeats allowed): sets
+    that share images (evaluate's arms) refer to one scratch file instead of each holding a copy."""
+
+    images: Images  # uint8 N x C x H x W in memory, or an ImageRows file
+    labels: torch.Tensor  # int64, one per image of the set
     num_classes: int  # the network's outputs (labels are below it)
     weights: np.ndarray | None = None  # per-image sampling weights; None: every image equally often
     logit_adjustment: float = 0.0  # tau of the logit-adjusted loss (Menon et al., 2021); 0: plain cross-entropy
     class_frequencies: np.ndarray | None = None  # what the adjustment is relative to; None: the frequencies drawn
+    rows: np.ndarray | None = None  # the set's images as row numbers of `images`; None: all of them, in order
 
 
 class NumberedBatches(Sampler):
@@ -102,7 +109,8 @@ class Keys:
 
 class AugmentedBatches:
     """The DataLoader's `collate_fn`: a numbered batch of drawn indices -> (uint8 B x C x H x W tensor, labels),
-    augmented by albumentations in groups of `group` images that share one random affine.
+    augmented by albumentations in groups of `group` images that share one random affine. Drawn index i is
+    image `rows[i]` (None: image i) with label `labels[i]`; only the drawn images are read.
 
     Albumentations spends about 0.3 ms of Python per call whatever the image's size, which made it
     most of a classifier's training time at one call per image; one call per group (its `images=`
@@ -112,9 +120,18 @@ class AugmentedBatches:
     copy of the stream) a batch's groups take the stream of (seed, the batch's number) instead.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int, group: int, seed_each_batch: bool):
-        self.images = images.permute(0, 2, 3, 1).numpy()  # albumentations works on (N x) H x W x C arrays
-        self.labels, self.group, self.seed, self.seed_each_batch = labels, group, seed, seed_each_batch
+    def __init__(
+        self,
+        images: Images,
+        labels: torch.Tensor,
+        seed: int,
+        group: int,
+        seed_each_batch: bool,
+        rows: np.ndarray | None = None,
+    ):
+        self.images = as_rows(images)  # albumentations works on (N x) H x W x C arrays
+        self.labels, self.rows, self.group = labels, rows, group
+        self.seed, self.seed_each_batch = seed, seed_each_batch
         self.transform = classifier_augmentation(seed)
 
     def __call__(self, numbered: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +140,7 @@ class AugmentedBatches:
             self.transform.set_random_seed(
                 int(np.random.SeedSequence([self.seed, numbered[0][0]]).generate_state(1)[0])
             )
-        drawn = self.images[indices]
+        drawn = self.images[indices if self.rows is None else self.rows[indices]]
         augmented = np.concatenate(
             [
                 self.transform(images=drawn[start : start + self.group])["images"]
@@ -131,6 +148,20 @@ class AugmentedBatches:
             ]
         )
         return torch.from_numpy(augmented).permute(0, 3, 1, 2), self.labels[indices]
+
+
+class LabelledBatches(Dataset):
+    """Batch k of labelled images: (images k * size onwards, uint8 N x C x H x W; their labels), read when asked."""
+
+    def __init__(self, images: Images, labels: torch.Tensor, size: int):
+        self.images, self.labels, self.size = images, labels, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.size)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start, stop = k * self.size, (k + 1) * self.size
+        return image_span(self.images, start, stop), self.labels[start:stop]
 
 
 class ClassifierTraining(pl.LightningModule):
@@ -199,7 +230,7 @@ def log_prior(frequencies: np.ndarray, tau: float) -> torch.Tensor:
 
 def train_classifier(
     data: TrainingSet,
-    val: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[Images, torch.Tensor],
     recipe: ClassifierParams,
     seed: int,
     logger=False,
@@ -207,8 +238,8 @@ def train_classifier(
     section: str = "evaluate.classifier",
     loader_workers: int | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train the recipe on `data`, scored on `val` (uint8 images, labels; may be empty); returns the
-    best-on-val network (eval mode, on the CPU) and how training went. `initial_weights` (a network's
+    """Train the recipe on `data`, scored on `val` (uint8 images, in memory or a file; labels; may be empty);
+    returns the best-on-val network (eval mode, on the CPU) and how training went. `initial_weights` (a network's
     state_dict) replaces the seed's initial weights: fine-tuning. `section` names the recipe in an error.
     `loader_workers`: processes that augment the batches (None: GPU_LOADER_WORKERS on a GPU, none on the CPU)."""
     settings = classifier_settings(recipe, torch.cuda.device_count(), section)
@@ -235,19 +266,21 @@ def train_classifier(
     train_loader = DataLoader(  # an epoch: eval_every updates; AugmentedBatches gathers and augments the drawn indices
         Keys(len(data.labels)),
         batch_sampler=NumberedBatches(sampler, recipe.batch_size),
-        collate_fn=AugmentedBatches(data.images, data.labels, seed, recipe.augment_group, seed_each_batch=workers > 0),
+        collate_fn=AugmentedBatches(
+            data.images, data.labels, seed, recipe.augment_group, seed_each_batch=workers > 0, rows=data.rows
+        ),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=on_gpu,
     )
-    # val in whole batches, already on the device that scores it (no per-image indexing, no copy per scoring)
-    device = torch.device("cuda" if on_gpu else "cpu")
-    val_batches = [
-        (x.to(device), y.to(device)) for x, y in zip(val_images.split(VAL_BATCH), val_labels.split(VAL_BATCH))
-    ]
+    # val in whole batches (no per-image indexing): on a GPU moved there once; on the CPU read anew for each
+    # scoring, so that val in a scratch file costs the memory of one batch
+    val_batches = LabelledBatches(val_images, val_labels, VAL_BATCH)
+    if on_gpu:
+        val_batches = [(x.cuda(), y.cuda()) for x, y in (val_batches[k] for k in range(len(val_batches)))]
     val_loader = DataLoader(val_batches, batch_size=None) if validate else None
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # the images are in memory
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")  # a batch is a few reads and a copy
         warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")  # no val split: no early stopping
         best = ModelCheckpoint(
             dirpath=scratch, monitor=MONITOR, mode="max", save_weights_only=True, enable_version_counter=False

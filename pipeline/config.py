@@ -26,7 +26,11 @@ from pipeline.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
 # keys that a newer key replaced -> what to write instead
-REPLACED_KEYS = {"generate.allow_short": "generate.on_short: fill (keep what passed and warn) or fail (stop)"}
+REPLACED_KEYS = {
+    "generate.allow_short": "generate.on_short: fill (keep what passed and warn) or fail (stop)",
+    "train.memory_budget_mb": "nothing: the train split is read from a scratch file as drawn, whatever its size; "
+    "delete the key",
+}
 
 
 def bounded(default: Any, **rules: Any) -> Any:
@@ -90,6 +94,7 @@ class ClassifierParams:
 @dataclass(frozen=True)
 class TrainParams:
     max_epochs: int = bounded(60, ge=1)
+    max_batches: int | None = bounded(None, ge=1)  # a cap on the batches trained, before max_epochs ends; null: none
     batch_size: int = bounded(32, ge=1)  # reduced to the train split's size (with a note) when larger
     # networks (pipeline/nets: the generator of `arch`, the projection discriminator)
     arch: Literal["resnet", "stylegan2"] = "resnet"  # the generator family
@@ -127,8 +132,6 @@ class TrainParams:
     num_nodes: int = bounded(1, ge=1)
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when training on more than one device
-    # a train split that decodes to more (N x C x H x W bytes) is read from its PNG files as drawn
-    memory_budget_mb: int = bounded(2048, ge=0)
     # progress outputs
     sample_every_n_epochs: int = bounded(10, ge=1)
     samples_per_class: int = bounded(10, ge=1)

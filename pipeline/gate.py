@@ -14,7 +14,9 @@ the judge labels correctly but is least sure of.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,8 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from pipeline.config import GenerateParams
-from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
+from pipeline.image_rows import decode_rows
 from pipeline.io import read_manifest
 from pipeline.metrics import copy_thresholds
 from pipeline.nets import predict
@@ -147,20 +150,25 @@ class ClassGate:
 
 
 def build_gates(judge: torch.nn.Module, stats: PreparedStats, paths: Paths, cfg: GenerateParams) -> list[ClassGate]:
-    """One gate per class, calibrated on the real train and val images."""
+    """One gate per class, calibrated on the real train and val images (decoded into scratch files and run
+    through the judge in batches: what stays in memory is their features)."""
     manifest = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
     train_paths = manifest.loc[manifest["split"] == "train", "path"].to_numpy()
-    train_images, train_labels = load_split(paths.prepared, stats, "train")
-    val_images, val_labels = load_split(paths.prepared, stats, "val")
-    _, train_features = predict(judge, train_images)
-    val_probabilities, val_features = predict(judge, val_images)
+    with tempfile.TemporaryDirectory(prefix="generate-") as scratch:
+        scratch = Path(scratch)
+        (train_images, train_labels), (val_images, val_labels) = (
+            decode_rows(paths.prepared, manifest[manifest["split"] == split], stats, scratch / f"{split}.u8")
+            for split in ("train", "val")
+        )
+        del manifest
+        train_probabilities, train_features = predict(judge, train_images)
+        val_probabilities, val_features = predict(judge, val_images)
     if len(val_labels):
         calibration_probability, calibration_labels = (
             val_probabilities[torch.arange(len(val_labels)), val_labels],
             val_labels,
         )
     else:  # no val split: the train images are all there is (the judge knows them, so the bar is high)
-        train_probabilities, _ = predict(judge, train_images)
         calibration_probability = train_probabilities[torch.arange(len(train_labels)), train_labels]
         calibration_labels = train_labels
     label_bars = label_thresholds(

@@ -101,7 +101,7 @@ def test_the_judge_stage_refuses_a_network_without_features_before_training(work
     assert not workspace.judge.exists()
 
 
-def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_inputs):
+def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_inputs, tmp_path):
     paths = Paths(evaluate_inputs)
     stats = PreparedStats.read(paths.prepared)
     images, labels = load_split(paths.prepared, stats, "train")
@@ -114,7 +114,7 @@ def test_the_arms_train_a_users_network_the_same_in_worker_processes(evaluate_in
     cfg = dataclasses.replace(tiny_params().evaluate, seeds=1, classifier=recipe)
     runs = {
         workers: run_arms(
-            read_arm_inputs(paths, stats),
+            read_arm_inputs(paths, stats, tmp_path),
             val,
             test,
             [9],

@@ -48,6 +48,11 @@ def test_repository_params_load_and_are_the_code_defaults():
             "params.yaml: evaluate.classifier.patience must be >= 1, got 0",
         ),
         ({"evaluate": {"workers": "many"}}, "params.yaml: evaluate.workers must be auto or an integer, got 'many'"),
+        ({"train": {"max_batches": 0}}, "params.yaml: train.max_batches must be >= 1, got 0"),
+        (
+            {"train": {"memory_budget_mb": 2048}},
+            "params.yaml: train.memory_budget_mb was replaced by nothing: the train split is read from a scratch file",
+        ),
         ({"generate": {"label_pass_rate": 0}}, "params.yaml: generate.label_pass_rate must be > 0.0, got 0.0"),
         ({"report": {"seeds": 3}}, "params.yaml: report.seeds is not a known key"),
         (

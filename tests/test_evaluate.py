@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,7 @@ from pipeline.contracts import (
     load_split,
 )
 from pipeline.errors import InputError
+from pipeline.image_rows import decode_split
 from pipeline.io import read_manifest, write_manifest
 from pipeline.nets import predict
 from pipeline.paths import Paths
@@ -41,12 +44,17 @@ def inputs_copy(evaluate_inputs, tmp_path) -> Paths:
     return Paths(copy_outputs(evaluate_inputs, tmp_path))
 
 
-def image_hashes(images: torch.Tensor) -> set[str]:
-    return {hashlib.sha256(image.numpy().tobytes()).hexdigest() for image in images}
+def image_hashes(images: np.ndarray) -> set[str]:
+    return {hashlib.sha256(image.tobytes()).hexdigest() for image in images}
 
 
-def arm_inputs(paths: Paths) -> ArmInputs:
-    return read_arm_inputs(paths, PreparedStats.read(paths.prepared))
+def arm_inputs(paths: Paths, scratch: Path) -> ArmInputs:
+    return read_arm_inputs(paths, PreparedStats.read(paths.prepared), scratch)
+
+
+def drawn_images(data: TrainingSet) -> np.ndarray:
+    """The images a training set draws from, N x H x W x C (its rows of its file)."""
+    return data.images[data.rows]
 
 
 # --- the protocol --------------------------------------------------------------------------------
@@ -157,21 +165,31 @@ def test_early_stopping_keeps_the_best_on_val_weights(prepared_tiny):
     assert balanced_accuracy(val[1].numpy(), predicted) == pytest.approx(history["best_val_balanced_accuracy"])
 
 
-def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate_inputs):
-    inputs = arm_inputs(Paths(evaluate_inputs))
+def test_arms_differ_only_in_data_and_the_oracle_alone_sees_the_holdout(evaluate_inputs, tmp_path):
+    inputs = arm_inputs(Paths(evaluate_inputs), tmp_path)
     arms = arm_training_sets(inputs, logit_adjustment=1.0, balanced_logit_adjustment=0.5, seed=0)
     assert set(arms) == set(ARMS)
-    holdout = image_hashes(inputs.holdout_images)
-    assert holdout and all(not holdout & image_hashes(data.images) for arm, data in arms.items() if arm != "oracle")
-    assert holdout <= image_hashes(arms["oracle"].images)
+    merged, stats = len(inputs.merged_labels), PreparedStats.read(Paths(evaluate_inputs).prepared)
+    holdout_images, _ = load_split(Paths(evaluate_inputs).holdout, stats, "holdout")
+    holdout = image_hashes(holdout_images.permute(0, 2, 3, 1).numpy())
+    assert holdout == image_hashes(inputs.images[merged + np.arange(len(inputs.holdout_labels))])
+    assert holdout and all(
+        not holdout & image_hashes(drawn_images(data)) for arm, data in arms.items() if arm != "oracle"
+    )
+    assert holdout <= image_hashes(drawn_images(arms["oracle"]))
 
+    # every arm draws rows of the one file: the oversampled classical arm repeats row numbers, not images
+    assert all(data.images is inputs.images and len(data.rows) == len(data.labels) for data in arms.values())
     real = ~inputs.merged_synthetic
-    assert torch.equal(arms["real"].images, inputs.merged_images[real]) and arms["real"].weights is None
+    assert np.array_equal(drawn_images(arms["real"]), inputs.images[np.flatnonzero(real)])
+    assert arms["real"].weights is None
     counts = torch.bincount(arms["classical"].labels)
     assert counts.min() == counts.max()  # oversampled to balance
+    assert len(arms["classical"].rows) > real.sum() and set(arms["classical"].rows) == set(np.flatnonzero(real))
+    assert torch.equal(arms["classical"].labels, inputs.merged_labels[arms["classical"].rows])
     assert arms["classical_la"].logit_adjustment == 1.0 and arms["classical_la"].weights is None
     assert np.array_equal(arms["augmented"].weights, inputs.merged_weights)
-    assert image_hashes(arms["synthetic_only"].images) == image_hashes(inputs.merged_images[~real])
+    assert image_hashes(drawn_images(arms["synthetic_only"])) == image_hashes(inputs.images[np.flatnonzero(~real)])
     # the two class-balanced arms are adjusted by the real class frequencies, the others not at all
     real_frequencies = np.bincount(inputs.merged_labels[real].numpy(), minlength=inputs.num_classes) / real.sum()
     for arm in ("classical", "augmented"):
@@ -185,9 +203,14 @@ def test_the_arms_read_the_same_images_from_shards_as_from_the_imagefolder(evalu
     shards = Paths(copy_outputs(evaluate_inputs, tmp_path))
     merge.run(tiny_params(merge={"format": "shards"}), shards)
     assert not (shards.augmented / "train").exists()
-    from_files, from_shards = arm_inputs(Paths(evaluate_inputs)), arm_inputs(shards)
+    (tmp_path / "files").mkdir(), (tmp_path / "shards").mkdir()
+    from_files, from_shards = (
+        arm_inputs(Paths(evaluate_inputs), tmp_path / "files"),
+        arm_inputs(shards, tmp_path / "shards"),
+    )
     order = np.lexsort((from_files.merged_synthetic, from_files.merged_labels.numpy()))
-    assert image_hashes(from_files.merged_images) == image_hashes(from_shards.merged_images)
+    merged = np.arange(len(from_files.merged_labels))
+    assert image_hashes(from_files.images[merged]) == image_hashes(from_shards.images[merged])
     assert sorted(from_files.merged_weights) == pytest.approx(sorted(from_shards.merged_weights))
     assert len(order) == len(from_shards.merged_labels)
 
@@ -236,12 +259,15 @@ def test_best_classical_is_chosen_on_val_and_the_gain_is_paired_by_seed():
     assert result["gap_closed"] == pytest.approx(0.045 / (0.95 - 0.71))
 
 
-def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs, capsys):
+def test_results_do_not_depend_on_the_number_of_worker_processes(evaluate_inputs, tmp_path, capsys):
     paths = Paths(evaluate_inputs)
     stats = PreparedStats.read(paths.prepared)
-    val, test = load_split(paths.prepared, stats, "val"), load_split(paths.prepared, stats, "test")
+    val, test = (decode_split(paths.prepared, stats, split, tmp_path) for split in ("val", "test"))
     cfg = tiny_params(evaluate={"seeds": 1, "workers": 1}).evaluate
-    inputs = arm_inputs(paths)
+    inputs = arm_inputs(paths, tmp_path)
+    # the worker processes get the files' paths, not their images
+    image_bytes = (len(inputs.images) + len(val[0]) + len(test[0])) * inputs.images.row_bytes
+    assert len(pickle.dumps((inputs, val, test))) < image_bytes / 4
     alone = run_arms(inputs, val, test, [9], cfg, 0).drop(columns="seconds")
     capsys.readouterr()
     in_two = run_arms(inputs, val, test, [9], tiny_params(evaluate={"seeds": 1, "workers": 2}).evaluate, 0)

@@ -1,6 +1,6 @@
 """The train stage: GAN maths, limited-data techniques, the Lightning module, the stage's outputs
-(DVCLive log, checkpoint, grids), resume, reproducibility in another folder, streaming the images from
-their files past the memory budget, the hardware settings, DDP and bad input."""
+(DVCLive log, checkpoint, grids), resume, reproducibility in another folder, the images drawn from a
+scratch file, a cap on batches, the hardware settings, DDP and bad input."""
 
 from __future__ import annotations
 
@@ -351,29 +351,36 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(workspace, monkeypa
     assert len(steps_run) == 2 * per_epoch
 
 
-# --- a train split larger than the memory budget --------------------------------------------------
+# --- the train split, decoded once into a scratch file; a cap on batches ---------------------------
 
 
-def test_images_streamed_from_their_files_make_the_same_batches_as_decoded_ones(workspace):
-    decoded = TrainImages(workspace.prepared, 32, 0.75, seed=0, memory_budget_mb=1)
-    streamed = TrainImages(workspace.prepared, 32, 0.75, seed=0, memory_budget_mb=0)
-    assert decoded.decoded_bytes == TRAIN_IMAGES * 16 * 16 and not decoded.streams and streamed.streams
-    batches = []
-    for data in (decoded, streamed):
-        data.setup("fit")
-        batches.append(list(data.train_dataloader()))
-    assert len(batches[0]) == len(batches[1]) == BATCHES_PER_EPOCH
-    for (images, labels), (streamed_images, streamed_labels) in zip(*batches):
-        assert torch.equal(images, streamed_images) and torch.equal(labels, streamed_labels)
-        assert streamed_images.is_contiguous() and streamed_images.dtype == torch.uint8
+def test_the_train_images_are_drawn_from_a_scratch_file_as_from_memory(workspace):
+    data = TrainImages(workspace.prepared, 32, 0.75, seed=0)
+    data.setup("fit")
+    scratch = Path(data.scratch.name)
+    assert data.dataset.images.path.parent == scratch and len(data.dataset.images) == TRAIN_IMAGES
+    in_memory = DataLoader(
+        TensorDataset(*load_split(workspace.prepared, PreparedStats.read(workspace.prepared), "train")),
+        batch_size=32,
+        sampler=data.train_dataloader().sampler,  # a fresh sampler of the same seed: the same draws
+        drop_last=True,
+    )
+    batches = list(zip(data.train_dataloader(), in_memory, strict=True))
+    assert len(batches) == BATCHES_PER_EPOCH
+    for (images, labels), (expected_images, expected_labels) in batches:
+        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+        assert images.is_contiguous() and images.dtype == torch.uint8
+    data.teardown("fit")
+    assert not scratch.exists()
 
 
-def test_a_train_split_over_the_memory_budget_trains_the_same_generator(default_run, prepared_tiny, tmp_path, capsys):
-    streamed = train_fresh(prepared_tiny, tmp_path, memory_budget_mb=0)
-    assert "more than train.memory_budget_mb 0; reading its images from" in capsys.readouterr().out
-    assert streamed.generator_hash == default_run.generator_hash
-    assert streamed.state.keys() == default_run.state.keys()
-    assert all(torch.equal(v, default_run.state[k]) for k, v in streamed.state.items())  # G, D and the EMA
+def test_max_batches_stops_the_training_within_its_first_epoch(prepared_tiny, tmp_path):
+    # with d_steps 2, Lightning's step counter advances 3 times every 2 batches: the cap is in batches
+    run = train_fresh(prepared_tiny, tmp_path, max_epochs=3, max_batches=5, d_steps=2)
+    details = ModelMeta.read(run.paths.gan / "generator_ema.json", GeneratorDetails).details
+    assert details.batches == 5 and details.epochs == 1  # the first epoch, cut short (15 batches long)
+    assert int(run.state["batches_seen"]) == 5
+    assert (run.paths.samples / "samples.png").exists()  # the grid of the shortened epoch
 
 
 # --- hardware ------------------------------------------------------------------------------------

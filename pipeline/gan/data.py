@@ -1,47 +1,45 @@
 """The GAN's training images: the prepared train split as a LightningDataModule, drawn class-balanced,
-decoded into memory or read from the PNG files as drawn when it would not fit a memory budget."""
+decoded once into a scratch file and read from it by row as drawn (pipeline/image_rows.py), so that
+its memory does not grow with the split."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from pipeline.balancing import class_weights
-from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats, load_split
+from pipeline.contracts import PreparedStats
 from pipeline.errors import InputError
-from pipeline.io import read_manifest, read_png
+from pipeline.image_rows import ImageRows, decode_split
 from pipeline.nets import check_image_size
 
 
-class PreparedImages(Dataset):
-    """Images of the prepared data read from their PNG files when drawn: (uint8 CxHxW image, label)."""
+class DecodedImages(Dataset):
+    """Labelled images read from their scratch file when drawn: (uint8 C x H x W image, label)."""
 
-    def __init__(self, prepared_dir: Path, paths: list[str], labels: torch.Tensor, channels: int):
-        self.prepared_dir, self.paths, self.labels, self.channels = prepared_dir, paths, labels, channels
+    def __init__(self, images: ImageRows, labels: torch.Tensor):
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = read_png(self.prepared_dir / self.paths[index], self.channels)
-        return torch.from_numpy(image.transpose(2, 0, 1).copy()), self.labels[index]
+        return torch.from_numpy(self.images[index][0]).permute(2, 0, 1), self.labels[index]
 
 
 class TrainImages(pl.LightningDataModule):
-    """The prepared train split, drawn class-balanced: decoded once into a uint8 tensor (in `setup`),
-    or, when that tensor would exceed `memory_budget_mb` (None: no limit), read from the PNG files
-    as drawn (`streams`). Both give the same batches in the same order.
+    """The prepared train split, drawn class-balanced: decoded once (in `setup`, by each training process)
+    into a scratch file that `teardown` deletes.
 
     The constructor reads only stats.json, so that input a conditional GAN cannot train on is
     rejected before the Trainer starts. A batch size larger than the train split is reduced to it.
     """
 
-    def __init__(
-        self, prepared_dir: Path, batch_size: int, balance: float, seed: int, memory_budget_mb: int | None = None
-    ):
+    def __init__(self, prepared_dir: Path, batch_size: int, balance: float, seed: int):
         super().__init__()
         self.prepared_dir = Path(prepared_dir)
         self.stats = PreparedStats.read(self.prepared_dir)
@@ -58,22 +56,21 @@ class TrainImages(pl.LightningDataModule):
                 raise InputError(f"{self.prepared_dir}: class {name!r} has no training image")
         self.batch_size = min(batch_size, sum(self.counts))
         self.balance, self.seed = balance, seed
-        self.decoded_bytes = sum(self.counts) * self.channels * self.image_size**2
-        self.streams = memory_budget_mb is not None and self.decoded_bytes > memory_budget_mb * 2**20
+        self.scratch = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def setup(self, stage: str) -> None:
-        if self.streams:
-            manifest = read_manifest(self.prepared_dir / "manifest.csv", MANIFEST_COLUMNS)
-            rows = manifest[manifest["split"] == "train"]
-            self.labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
-            self.dataset = PreparedImages(self.prepared_dir, rows["path"].tolist(), self.labels, self.channels)
-        else:
-            images, self.labels = load_split(self.prepared_dir, self.stats, "train")
-            self.dataset = TensorDataset(images, self.labels)
+        self.scratch = tempfile.TemporaryDirectory(prefix="train-")
+        images, self.labels = decode_split(self.prepared_dir, self.stats, "train", Path(self.scratch.name))
+        self.dataset = DecodedImages(images, self.labels)
+
+    def teardown(self, stage: str) -> None:
+        if self.scratch is not None:
+            self.scratch.cleanup()
+            self.scratch = None
 
     def train_dataloader(self) -> DataLoader:
         weights = torch.from_numpy(class_weights(self.labels.numpy(), self.num_classes, self.balance))

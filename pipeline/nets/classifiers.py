@@ -23,6 +23,7 @@ import torchvision
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.image_rows import Images, image_batches
 from pipeline.nets.common import to_unit_range
 
 SMALL_CNN = "small_cnn"
@@ -134,12 +135,13 @@ def logits_and_features(model: nn.Module, images: torch.Tensor) -> tuple[torch.T
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class probabilities, features) of uint8 images, computed in batches; the features are the input of
-    the network's output layer (logits_and_features: the judge's networks have one)."""
+def predict(model: nn.Module, images: Images, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities, features) of uint8 images (in memory or a scratch file's rows), computed in
+    batches; the features are the input of the network's output layer (logits_and_features: the judge's
+    networks have one)."""
     model.eval()
     probabilities, features = [], []
-    for batch in images.split(batch_size):  # an empty tensor splits into one empty batch
+    for batch in image_batches(images, batch_size):
         logits, batch_features = logits_and_features(model, to_unit_range(batch))
         probabilities.append(logits.softmax(dim=1))
         features.append(batch_features)
@@ -147,10 +149,10 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> tu
 
 
 @torch.inference_mode()
-def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def predict_labels(model: nn.Module, images: Images, batch_size: int = 500) -> torch.Tensor:
     """The class that any classification network gives each uint8 image (the argmax of its logits)."""
     model.eval()
-    return torch.cat([model(to_unit_range(batch)).argmax(dim=1) for batch in images.split(batch_size)])
+    return torch.cat([model(to_unit_range(batch)).argmax(dim=1) for batch in image_batches(images, batch_size)])
 
 
 def check_classifier(

@@ -12,13 +12,19 @@ reports/detail.json (the tail and short classes, quality means over classes) and
 2. Downstream utility (pipeline/arms.py): every arm over `evaluate.seeds` paired seeds; the gain of
    augmented over the best classical arm (chosen on val) with its paired 95 % interval.
 3. A verdict per class, and one summary line. The test split is read here and nowhere else.
+
+Every image is decoded once into a scratch file and read back a batch at a time
+(pipeline/image_rows.py), so the stage's memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -28,18 +34,18 @@ from pipeline.config import Params
 from pipeline.contracts import (
     MANIFEST_COLUMNS,
     NO_SYNTHETIC,
+    SPLITS,
     VERDICTS,
     PreparedStats,
     SyntheticSummary,
     check_made_for,
     check_manifest_classes,
-    load_rows,
-    load_split,
     read_accepted_synthetic,
     table_columns,
 )
 from pipeline.errors import InputError
 from pipeline.hardware import classifier_settings
+from pipeline.image_rows import ImageRows, decode_rows
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
@@ -73,47 +79,23 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     )
     synthetic_rows, summary = read_inputs(paths, stats)
     prepared_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
-
-    train, val, test = (load_split(paths.prepared, stats, split) for split in ("train", "val", "test"))
-    synthetic = load_rows(paths.synthetic, synthetic_rows, stats)
-
-    # 1. quality, per class, in judge features
-    train_features, val_features = nets.predict(judge, train[0])[1], nets.predict(judge, val[0])[1]
-    test_probabilities, test_features = nets.predict(judge, test[0])
-    synthetic_probabilities, synthetic_features = nets.predict(judge, synthetic[0])
-    copy_bars = copy_thresholds(train_features, train[1], val_features, val[1], stats.num_classes)
-    test_predictions, synthetic_predictions = test_probabilities.argmax(dim=1), synthetic_probabilities.argmax(dim=1)
-    classes = [
-        ClassFeatures(
-            y,
-            train_features[train[1] == y],
-            test_features[test[1] == y],
-            synthetic_features[synthetic[1] == y],
-            test_predictions[test[1] == y],
-            synthetic_predictions[synthetic[1] == y],
-            copy_bars[y],
+    train_paths = prepared_rows.loc[prepared_rows["split"] == "train", "path"].to_numpy()
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # every image decoded once, read by row
+        scratch = Path(scratch)
+        train, val, test = (
+            decode_rows(paths.prepared, prepared_rows[prepared_rows["split"] == split], stats, scratch / f"{split}.u8")
+            for split in SPLITS
         )
-        for y in range(stats.num_classes)
-    ]
-    quality = pd.DataFrame(
-        [
-            {"class_name": name, "planned": summary.planned[name]} | class_quality(features, cfg, params.seed)
-            for name, features in zip(stats.class_names, classes)
-        ]
-    )
-    nearest = nearest_real_table(
-        synthetic_features,
-        synthetic[1],
-        synthetic_rows["path"].to_numpy(),
-        train_features,
-        train[1],
-        prepared_rows.loc[prepared_rows["split"] == "train", "path"].to_numpy(),
-        copy_bars,
-    )
+        del prepared_rows
+        synthetic = decode_rows(paths.synthetic, synthetic_rows, stats, scratch / "synthetic.u8")
 
-    # 2. downstream utility over paired seeds
-    tail = tail_classes(stats.split_counts("train"))
-    runs = run_arms(read_arm_inputs(paths, stats), val, test, tail, cfg, params.seed)
+        # 1. quality, per class, in judge features
+        image_paths = (train_paths, synthetic_rows["path"].to_numpy())
+        quality, nearest = quality_tables(judge, (train, val, test, synthetic), image_paths, summary, stats, params)
+
+        # 2. downstream utility over paired seeds
+        tail = tail_classes(stats.split_counts("train"))
+        runs = run_arms(read_arm_inputs(paths, stats, scratch), val, test, tail, cfg, params.seed)
     arms, recalls = summarise(runs, stats.class_names)
     baseline = best_classical(runs)
     augmented_gain = gain(runs, baseline)
@@ -137,6 +119,49 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     # the headline in its reading order (json_text sorts keys), which `dvc exp show` keeps: the gain first
     write_atomically(paths.metrics, json.dumps(headline, indent=2, ensure_ascii=False) + "\n")
     print(summary_line(headline))
+
+
+def quality_tables(
+    judge: torch.nn.Module,
+    images: tuple[tuple[ImageRows, torch.Tensor], ...],
+    image_paths: tuple[np.ndarray, np.ndarray],
+    summary: SyntheticSummary,
+    stats: PreparedStats,
+    params: Params,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the quality of each class's synthetic images, every synthetic image's nearest real train image) in the
+    judge's feature space, from the (images, labels) of the train, val, test and synthetic sets and the paths
+    of the train and synthetic images."""
+    (train, train_labels), (val, val_labels), (test, test_labels), (synthetic, synthetic_labels) = images
+    train_features, val_features = nets.predict(judge, train)[1], nets.predict(judge, val)[1]
+    test_probabilities, test_features = nets.predict(judge, test)
+    synthetic_probabilities, synthetic_features = nets.predict(judge, synthetic)
+    copy_bars = copy_thresholds(train_features, train_labels, val_features, val_labels, stats.num_classes)
+    test_predictions, synthetic_predictions = test_probabilities.argmax(dim=1), synthetic_probabilities.argmax(dim=1)
+    classes = [
+        ClassFeatures(
+            y,
+            train_features[train_labels == y],
+            test_features[test_labels == y],
+            synthetic_features[synthetic_labels == y],
+            test_predictions[test_labels == y],
+            synthetic_predictions[synthetic_labels == y],
+            copy_bars[y],
+        )
+        for y in range(stats.num_classes)
+    ]
+    quality = pd.DataFrame(
+        [
+            {"class_name": name, "planned": summary.planned[name]}
+            | class_quality(features, params.evaluate, params.seed)
+            for name, features in zip(stats.class_names, classes)
+        ]
+    )
+    train_paths, synthetic_paths = image_paths
+    nearest = nearest_real_table(
+        synthetic_features, synthetic_labels, synthetic_paths, train_features, train_labels, train_paths, copy_bars
+    )
+    return quality, nearest
 
 
 def headline_document(arms: pd.DataFrame, augmented_gain: dict, quality: pd.DataFrame, classifier: str) -> dict:

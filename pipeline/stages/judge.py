@@ -11,6 +11,8 @@ than the generator and the downstream classifiers do.
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import torch
 from dvclive.lightning import DVCLiveLogger
@@ -19,9 +21,10 @@ from pipeline import nets
 from pipeline.balancing import class_weights
 from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats
 from pipeline.environment import environment
 from pipeline.hardware import classifier_settings
+from pipeline.image_rows import ImageRows, decode_split
 from pipeline.io import atomic_output
 from pipeline.metrics import balanced_accuracy
 from pipeline.paths import Paths
@@ -34,41 +37,45 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     nets.check_classifier(
         recipe.arch, stats.image_size, stats.channels, stats.num_classes, recipe.width, "judge.arch", features=True
     )
-    train_images, train_labels = load_split(paths.prepared, stats, "train")
-    val_images, val_labels = load_split(paths.prepared, stats, "val")
-    balanced = TrainingSet(
-        train_images, train_labels, stats.num_classes, class_weights(train_labels.numpy(), stats.num_classes)
-    )
-    with atomic_output(paths.judge_report) as live_dir:
-        logger = DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
-        model, history = train_classifier(
-            balanced, (val_images, val_labels), recipe, params.seed, logger, section="judge"
+    with tempfile.TemporaryDirectory(prefix="judge-") as scratch:  # the images, decoded once, read by row as drawn
+        train_images, train_labels = decode_split(paths.prepared, stats, "train", scratch)
+        val_images, val_labels = decode_split(paths.prepared, stats, "val", scratch)
+        balanced = TrainingSet(
+            train_images, train_labels, stats.num_classes, class_weights(train_labels.numpy(), stats.num_classes)
         )
-        if history["best_val_balanced_accuracy"] is not None:  # the kept weights' score, beside the last one's
-            logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
-            logger.experiment.make_summary()
-
-    val_scores = {}
-    if len(val_labels):
-        predicted, truth = nets.predict(model, val_images)[0].argmax(dim=1).numpy(), val_labels.numpy()
-        val_scores = {
-            "val_balanced_accuracy": round(balanced_accuracy(truth, predicted), 6),
-            "val_recall_per_class": {
-                name: round(float(np.mean(predicted[truth == label] == label)), 6)
-                for label, name in enumerate(stats.class_names)
-                if (truth == label).any()
-            },
-        }
-        print(
-            f"judge: val balanced accuracy {val_scores['val_balanced_accuracy']:.3f} after {history['steps']} updates"
-        )
+        with atomic_output(paths.judge_report) as live_dir:
+            logger = DVCLiveLogger(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False)
+            model, history = train_classifier(
+                balanced, (val_images, val_labels), recipe, params.seed, logger, section="judge"
+            )
+            if history["best_val_balanced_accuracy"] is not None:  # the kept weights' score, beside the last one's
+                logger.experiment.summary["best_val_balanced_accuracy"] = history["best_val_balanced_accuracy"]
+                logger.experiment.make_summary()
+        scores = val_scores(model, val_images, val_labels, stats.class_names)
+    if scores:
+        print(f"judge: val balanced accuracy {scores['val_balanced_accuracy']:.3f} after {history['steps']} updates")
     details = JudgeDetails(
         steps=history["steps"],
         source_fingerprint=stats.source_fingerprint,
         params={"seed": params.seed, "judge": params_to_dict(recipe)},
         environment=environment(settings["accelerator"]),
-        **val_scores,
+        **scores,
     )
     meta = ModelMeta(stats.image_size, stats.channels, stats.class_names, recipe.width, details=details)
     with atomic_output(paths.judge) as out:
         nets.save_model(model, out, "judge", meta)
+
+
+def val_scores(model: torch.nn.Module, images: ImageRows, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """The trained judge's balanced accuracy and recall per class on the val split (none without val images)."""
+    if not len(labels):
+        return {}
+    predicted, truth = nets.predict(model, images)[0].argmax(dim=1).numpy(), labels.numpy()
+    return {
+        "val_balanced_accuracy": round(balanced_accuracy(truth, predicted), 6),
+        "val_recall_per_class": {
+            name: round(float(np.mean(predicted[truth == label] == label)), 6)
+            for label, name in enumerate(class_names)
+            if (truth == label).any()
+        },
+    }

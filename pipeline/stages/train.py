@@ -116,20 +116,16 @@ class SeedPerProcess(pl.Callback):
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.train
-    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed, cfg.memory_budget_mb)
+    data = TrainImages(paths.prepared, cfg.batch_size, cfg.balance, params.seed)
     if data.batch_size < cfg.batch_size:
         _say(
             f"note: train.batch_size {cfg.batch_size} is larger than the train split "
             f"({sum(data.counts)} images); using {data.batch_size}"
         )
-    if data.streams:
-        _say(
-            f"note: the train split decodes to {data.decoded_bytes / 2**20:.0f} MB, more than train.memory_budget_mb "
-            f"{cfg.memory_budget_mb}; reading its images from {paths.prepared} as they are drawn"
-        )
     settings = trainer_settings(cfg, torch.cuda.device_count(), "train", launched_processes())
     batches_per_epoch = _batches_per_epoch(sum(data.counts), data.batch_size, settings["devices"] * cfg.num_nodes)
-    _check_transition_fits(cfg, batches_per_epoch)
+    batches = _batches_to_train(cfg, batches_per_epoch)
+    _check_transition_fits(cfg, batches)
     resume_dir = paths.gan_resume
     checkpoint = _resume_checkpoint(resume_dir, training_fingerprint(params, data))
 
@@ -140,12 +136,14 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     trainer = pl.Trainer(
         **settings,
         max_epochs=cfg.max_epochs,
+        # Lightning counts every optimiser step: a discriminator step each batch, a generator step every d_steps
+        max_steps=-1 if cfg.max_batches is None else cfg.max_batches + cfg.max_batches // cfg.d_steps,
         logger=DVCLiveLogger(
             dir=str(resume_dir / "live"), resume=checkpoint is not None, save_dvc_exp=False, dvcyaml=False
         ),
         # Every 5th batch, or every batch of a training shorter than 5: an empty log would leave
         # reports/train/plots, a DVC output, missing.
-        log_every_n_steps=min(5, cfg.max_epochs * batches_per_epoch),
+        log_every_n_steps=min(5, batches),
         callbacks=[
             LastCheckpoint(dirpath=resume_dir, filename=CHECKPOINT.removesuffix(".ckpt"), enable_version_counter=False),
             SampleGrids(
@@ -202,8 +200,12 @@ def _batches_per_epoch(images: int, batch_size: int, processes: int) -> int:
     return batches
 
 
-def _check_transition_fits(cfg: TrainParams, batches_per_epoch: int) -> None:
-    total = cfg.max_epochs * batches_per_epoch
+def _batches_to_train(cfg: TrainParams, batches_per_epoch: int) -> int:
+    """The batches each training process trains: max_epochs of them, or max_batches if fewer."""
+    return min(cfg.max_epochs * batches_per_epoch, cfg.max_batches or math.inf)
+
+
+def _check_transition_fits(cfg: TrainParams, total: int) -> None:
     if cfg.transition_start + cfg.transition_steps > total:
         raise ConfigError(
             f"train.transition_start + train.transition_steps ({cfg.transition_start + cfg.transition_steps} "
