@@ -67,6 +67,9 @@ class DataParams:
     test_fraction: float = bounded(0.2, gt=0.0, lt=1.0)
     strict: bool = False
     max_image_pixels: int = bounded(50_000_000, ge=1)
+    # processes that decode and resize the images: auto, one per CPU core (in this process below 20,000
+    # images); the outputs are the same bytes whatever it is
+    workers: Literal["auto"] | int = bounded("auto", ge=1)
 
 
 @dataclass(frozen=True)

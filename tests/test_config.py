@@ -48,6 +48,8 @@ def test_repository_params_load_and_are_the_code_defaults():
             "params.yaml: evaluate.classifier.patience must be >= 1, got 0",
         ),
         ({"evaluate": {"workers": "many"}}, "params.yaml: evaluate.workers must be auto or an integer, got 'many'"),
+        ({"data": {"workers": "all"}}, "params.yaml: data.workers must be auto or an integer, got 'all'"),
+        ({"data": {"workers": 0}}, "params.yaml: data.workers must be >= 1, got 0"),
         ({"train": {"max_batches": 0}}, "params.yaml: train.max_batches must be >= 1, got 0"),
         (
             {"train": {"memory_budget_mb": 2048}},

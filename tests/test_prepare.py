@@ -3,10 +3,12 @@
 import gzip
 import hashlib
 import io
+import multiprocessing
 import os
 import subprocess
 import sys
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,13 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from conftest import REPO_ROOT, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
-from pipeline import sources
+from pipeline import progress, sources
 from pipeline.__main__ import main as pipeline_main
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
 from pipeline.errors import InputError
 from pipeline.io import class_folder_names, read_manifest, sha256_file
 from pipeline.paths import Paths
+from pipeline.progress import in_order
 from pipeline.stages import prepare
 from pipeline.stages.prepare import cap_per_class, carve_val, imbalance_counts, stratified_split
 
@@ -223,6 +226,45 @@ def _make_idx_folder(folder: Path, per_class: dict[str, int], gz: bool = True) -
         suffix = ".gz" if gz else ""
         _write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", images)
         _write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", digits.target[picks])
+
+
+# --- decoding in worker processes ----------------------------------------------------------------
+
+
+def item_and_process(item):  # what a worker process runs must be importable by name
+    return item, os.getpid()
+
+
+def test_in_order_gives_the_results_in_order_from_worker_processes():
+    items = list(range(3 * progress.WINDOW + 5))  # more than two windows in flight
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(in_order(item_and_process, items, pool))
+    assert [item for item, _ in results] == items
+    processes = {pid for _, pid in results}
+    assert os.getpid() not in processes and 1 <= len(processes) <= 2
+    assert list(in_order(item_and_process, items[:3], None)) == [(i, os.getpid()) for i in items[:3]]
+
+
+def test_decode_workers_are_one_per_core_from_a_few_thousand_images_or_as_given():
+    assert prepare.decode_workers("auto", prepare.POOL_MIN_ITEMS, cores=16) == 16
+    assert prepare.decode_workers("auto", prepare.POOL_MIN_ITEMS - 1, cores=16) == 1
+    assert prepare.decode_workers(3, 10, cores=16) == 3
+
+
+def test_one_and_two_worker_processes_write_the_same_bytes(tmp_path, monkeypatch):
+    source = tmp_path / "photos"
+    _make_image_folder(source, {"a": 30, "b": 20, "c": 12})  # grey PNGs and colour JPEGs of several sizes
+    (source / "b" / "broken.png").write_bytes(b"not an image")
+    monkeypatch.setattr(progress, "WINDOW", 16)  # the images go to the processes in several windows
+    outputs = []
+    for workers in (1, 2):
+        paths = Paths(tmp_path / f"workers-{workers}")
+        data = {"source": str(source), "workers": workers, "imbalance": {"profile": "exponential", "ratio": 4}}
+        prepare.run(tiny_params(data=data), paths)
+        outputs.append((_tree_hash(paths.prepared), _tree_hash(paths.holdout)))
+    stats = PreparedStats.read(paths.prepared)
+    assert stats.skipped == 1 and stats.channels == 3 and stats.thinned and "workers" not in stats.params["data"]
+    assert outputs[0] == outputs[1]
 
 
 def test_read_idx_reads_what_was_written_and_rejects_other_files(tmp_path):
