@@ -20,6 +20,7 @@ of images (the merged dataset, then the holdout); each arm's training set is its
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -38,7 +39,7 @@ from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, SCORES, PreparedStats
 from pipeline.dataset import load_augmented
 from pipeline.hardware import classifier_settings
-from pipeline.image_rows import DECODE_CHUNK, ImageRows, Images, decoded_pngs, write_image_rows
+from pipeline.image_rows import ImageRows, Images, decoded_pngs, in_chunks, write_image_rows
 from pipeline.io import read_manifest
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.paths import Paths
@@ -66,16 +67,11 @@ def read_arm_inputs(paths: Paths, stats: PreparedStats, scratch: Path) -> ArmInp
     once into the file <scratch>/arms.u8."""
     dataset, merged, _ = load_augmented(paths.augmented, transform=np.array)  # a PIL image -> H x W (x C) uint8
     holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
-
-    def chunks():
-        for start in range(0, len(dataset), DECODE_CHUNK):
-            stop = min(start + DECODE_CHUNK, len(dataset))
-            yield np.stack([np.atleast_3d(dataset[i][0]) for i in range(start, stop)])
-        yield from decoded_pngs(paths.holdout, holdout["path"], stats.channels)
-
+    merged_images = in_chunks(np.atleast_3d(dataset[i][0]) for i in range(len(dataset)))
+    holdout_images = decoded_pngs(paths.holdout, holdout["path"], stats.channels)
     shape = (stats.image_size, stats.image_size, stats.channels)
     return ArmInputs(
-        write_image_rows(scratch / "arms.u8", shape, chunks()),
+        write_image_rows(scratch / "arms.u8", shape, itertools.chain(merged_images, holdout_images)),
         torch.tensor(merged["label"].to_numpy()),
         (merged["origin"] == "synthetic").to_numpy(),
         merged["weight"].to_numpy(),

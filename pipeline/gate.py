@@ -25,7 +25,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from pipeline.config import GenerateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
-from pipeline.image_rows import decode_rows
+from pipeline.image_rows import decode_split
 from pipeline.io import read_manifest
 from pipeline.metrics import copy_thresholds
 from pipeline.nets import predict
@@ -157,8 +157,7 @@ def build_gates(judge: torch.nn.Module, stats: PreparedStats, paths: Paths, cfg:
     with tempfile.TemporaryDirectory(prefix="generate-") as scratch:
         scratch = Path(scratch)
         (train_images, train_labels), (val_images, val_labels) = (
-            decode_rows(paths.prepared, manifest[manifest["split"] == split], stats, scratch / f"{split}.u8")
-            for split in ("train", "val")
+            decode_split(paths.prepared, stats, split, scratch, manifest) for split in ("train", "val")
         )
         del manifest
         train_probabilities, train_features = predict(judge, train_images)

@@ -93,16 +93,21 @@ def write_image_rows(path: Path | str, image_shape: tuple[int, int, int], chunks
     return ImageRows(Path(path), count, tuple(image_shape))
 
 
-def decoded_pngs(root: Path, relative_paths: Iterable[str], channels: int) -> Iterator[np.ndarray]:
-    """The PNGs under `root`, decoded DECODE_CHUNK at a time into N x H x W x C uint8 arrays."""
+def in_chunks(images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """H x W x C uint8 images stacked DECODE_CHUNK at a time into N x H x W x C arrays (the last one shorter)."""
     chunk = []
-    for relative in relative_paths:
-        chunk.append(read_png(root / relative, channels))
+    for image in images:
+        chunk.append(image)
         if len(chunk) == DECODE_CHUNK:
             yield np.stack(chunk)
             chunk = []
     if chunk:
         yield np.stack(chunk)
+
+
+def decoded_pngs(root: Path, relative_paths: Iterable[str], channels: int) -> Iterator[np.ndarray]:
+    """The PNGs under `root`, decoded DECODE_CHUNK at a time into N x H x W x C uint8 arrays."""
+    return in_chunks(read_png(root / relative, channels) for relative in relative_paths)
 
 
 def decode_rows(root: Path, rows: pd.DataFrame, stats: PreparedStats, path: Path) -> tuple[ImageRows, torch.Tensor]:
@@ -113,9 +118,13 @@ def decode_rows(root: Path, rows: pd.DataFrame, stats: PreparedStats, path: Path
     return images, torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
 
 
-def decode_split(prepared: Path, stats: PreparedStats, split: str, scratch: Path) -> tuple[ImageRows, torch.Tensor]:
-    """One split of the prepared data decoded into the file <scratch>/<split>.u8 (decode_rows)."""
-    manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
+def decode_split(
+    prepared: Path, stats: PreparedStats, split: str, scratch: Path, manifest: pd.DataFrame | None = None
+) -> tuple[ImageRows, torch.Tensor]:
+    """One split of the prepared data decoded into the file <scratch>/<split>.u8 (decode_rows). `manifest` is
+    the prepared manifest where the caller has read it already; otherwise it is read here."""
+    if manifest is None:
+        manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
     return decode_rows(prepared, manifest[manifest["split"] == split], stats, Path(scratch) / f"{split}.u8")
 
 

@@ -45,7 +45,7 @@ from pipeline.contracts import (
 )
 from pipeline.errors import InputError
 from pipeline.hardware import classifier_settings
-from pipeline.image_rows import ImageRows, decode_rows
+from pipeline.image_rows import ImageRows, decode_rows, decode_split
 from pipeline.io import atomic_output, json_text, read_json, read_manifest, write_atomically
 from pipeline.metrics import copy_thresholds, tail_classes
 from pipeline.paths import Paths
@@ -82,10 +82,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     train_paths = prepared_rows.loc[prepared_rows["split"] == "train", "path"].to_numpy()
     with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # every image decoded once, read by row
         scratch = Path(scratch)
-        train, val, test = (
-            decode_rows(paths.prepared, prepared_rows[prepared_rows["split"] == split], stats, scratch / f"{split}.u8")
-            for split in SPLITS
-        )
+        train, val, test = (decode_split(paths.prepared, stats, split, scratch, prepared_rows) for split in SPLITS)
         del prepared_rows
         synthetic = decode_rows(paths.synthetic, synthetic_rows, stats, scratch / "synthetic.u8")
 

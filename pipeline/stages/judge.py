@@ -21,11 +21,11 @@ from pipeline import nets
 from pipeline.balancing import class_weights
 from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats
+from pipeline.contracts import MANIFEST_COLUMNS, JudgeDetails, ModelMeta, PreparedStats
 from pipeline.environment import environment
 from pipeline.hardware import classifier_settings
 from pipeline.image_rows import ImageRows, decode_split
-from pipeline.io import atomic_output
+from pipeline.io import atomic_output, read_manifest
 from pipeline.metrics import balanced_accuracy
 from pipeline.paths import Paths
 
@@ -38,8 +38,9 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         recipe.arch, stats.image_size, stats.channels, stats.num_classes, recipe.width, "judge.arch", features=True
     )
     with tempfile.TemporaryDirectory(prefix="judge-") as scratch:  # the images, decoded once, read by row as drawn
-        train_images, train_labels = decode_split(paths.prepared, stats, "train", scratch)
-        val_images, val_labels = decode_split(paths.prepared, stats, "val", scratch)
+        manifest = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
+        train_images, train_labels = decode_split(paths.prepared, stats, "train", scratch, manifest)
+        val_images, val_labels = decode_split(paths.prepared, stats, "val", scratch, manifest)
         balanced = TrainingSet(
             train_images, train_labels, stats.num_classes, class_weights(train_labels.numpy(), stats.num_classes)
         )
