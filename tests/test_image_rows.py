@@ -38,12 +38,12 @@ def test_rows_read_back_what_was_written_with_repeats_and_spans(tmp_path):
     drawn = [3, 3, 24, 0, 11]
     np.testing.assert_array_equal(rows[drawn], images[drawn])
     np.testing.assert_array_equal(rows.span(20, 40), images[20:])  # clipped to the file
-    with pytest.raises(IndexError, match="rows.u8"):
+    with pytest.raises(IndexError, match=r"rows\.u8"):
         rows[[25]]
 
 
 def test_a_wrong_chunk_is_refused_naming_the_file(tmp_path):
-    with pytest.raises(ValueError, match="bad.u8"):
+    with pytest.raises(ValueError, match=r"bad\.u8"):
         write_image_rows(tmp_path / "bad.u8", SHAPE, [random_images(2).astype(np.int16)])
 
 
