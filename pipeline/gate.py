@@ -1,5 +1,5 @@
-"""The generate stage's quality gate and its selection of the candidates that pass, in the judge's
-feature space.
+"""The generate stage's quality gate, the candidates of a class that pass it, and the selection among
+them, in the judge's feature space.
 
 The gate has two checks per candidate of a class:
 (1) label: the judge gives the intended class at least the probability that `label_pass_rate` of the
@@ -7,15 +7,19 @@ The gate has two checks per candidate of a class:
     images is not held to a bar no real image meets);
 (2) memorisation: the candidate is not closer to a real train image of its class than the class's
     closest pair of distinct real images (metrics.copy_thresholds: the evaluate stage's copy rule).
-The selection keeps `first` the first candidates that pass; `diverse` a spread-out subset of them
-(farthest-point sampling, away from the class's real images and from each other); `informative` those
-the judge labels correctly but is least sure of.
+A class's candidates are drawn batch by batch (`ClassDraws`) until enough pass. The images of those
+that pass go to a scratch file as they pass (image_rows.py), and so do their judge features where the
+selection needs them (`diverse`); what stays in memory is the gate's row of each candidate judged, the
+manifest-to-be. The selection keeps `first` the first candidates that pass; `diverse` a spread-out
+subset of them (farthest-point sampling, away from the class's real images and from each other);
+`informative` those the judge labels correctly but is least sure of.
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +29,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from pipeline.config import GenerateParams
 from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
-from pipeline.image_rows import decode_split
+from pipeline.image_rows import ImageRows, append_image_rows, as_rows, decode_split
 from pipeline.io import read_manifest
 from pipeline.metrics import copy_thresholds
 from pipeline.nets import predict
@@ -86,14 +90,14 @@ def farthest_point_selection(candidates: np.ndarray, distance_to_anchors: np.nda
 def select_passing(
     selection: str,
     count: int,
-    features: np.ndarray,
+    features: np.ndarray | None,
     nn_distance: np.ndarray,
     confidence: np.ndarray,
     judged_correct: np.ndarray,
 ) -> np.ndarray:
     """Ascending indices of the passing candidates of a class to keep (at most `count`), given their
-    judge features, distances to the nearest real image, judge confidences in the class and whether
-    the judge's prediction is the class, in the order drawn.
+    judge features (read by `diverse` only), distances to the nearest real image, judge confidences in
+    the class and whether the judge's prediction is the class, in the order drawn.
 
     `informative` takes the candidates the judge labels correctly, least sure first; only when there
     are too few of them, the others, most sure first. (On a class the judge confuses with another,
@@ -112,6 +116,12 @@ def select_passing(
         )
         return np.sort(order[:count])
     return np.arange(min(count, len(confidence)))
+
+
+def keep_until_target(accepted: np.ndarray, still_needed: int) -> int:
+    """How many candidates of a batch, in order, it takes to accept `still_needed` (all if it never does)."""
+    positions = np.flatnonzero(accepted)
+    return len(accepted) if len(positions) <= still_needed else int(positions[still_needed - 1]) + 1
 
 
 # --- the gate ------------------------------------------------------------------------------------
@@ -189,3 +199,82 @@ def build_gates(judge: torch.nn.Module, stats: PreparedStats, paths: Paths, cfg:
             )
         )
     return gates
+
+
+# --- one class's candidates ----------------------------------------------------------------------
+
+
+@dataclass
+class ClassDraws:
+    """The candidates of one class, drawn batch by batch until `wanted` of them pass the gate (the
+    planned count, times `pool` unless the selection is `first`) or its seeds run out.
+
+    The images of the candidates that pass are appended to the scratch file of `passing` as they pass
+    (its rows in the order they passed), and with `selection: diverse` their judge features to a file
+    beside it. What stays in memory is `verdicts`: the gate's row of each candidate judged, up to the
+    one that met the target, accepted or not, with its seed (the manifest-to-be)."""
+
+    label: int
+    seeds: np.ndarray  # every candidate it may draw, in order: planned count x max_attempts
+    wanted: int
+    cfg: GenerateParams
+    passing: ImageRows  # the passing candidates' images; ImageRows(path, 0, (H, W, C)) before the first
+    drawn: int = 0
+    verdicts: list[pd.DataFrame] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return self.passing.count
+
+    @property
+    def features_path(self) -> Path:
+        return self.passing.path.with_suffix(".features")
+
+    def next_seeds(self) -> np.ndarray:
+        """The seeds of the next batch; none once the class is done."""
+        if self.passed >= self.wanted or self.drawn >= len(self.seeds):
+            return self.seeds[:0]
+        # Batches follow the pass rate so far, so that a class draws little more than it needs.
+        rate = max(self.passed / self.drawn if self.drawn else 1.0, 1.0 / self.cfg.max_attempts)
+        size = min(self.cfg.batch_size, len(self.seeds) - self.drawn, math.ceil((self.wanted - self.passed) / rate))
+        return self.seeds[self.drawn : self.drawn + size]
+
+    def take(self, seeds: np.ndarray, batch: torch.Tensor, gate: ClassGate) -> None:
+        """Gate the batch of `next_seeds` (uint8 N x C x H x W) and keep its candidates up to the one that
+        meets the target: their gate rows in memory, the passing ones' images (and features) in files."""
+        self.drawn += len(seeds)
+        verdicts, features = gate(batch)
+        kept = keep_until_target(verdicts["accepted"].to_numpy(), self.wanted - self.passed)
+        verdicts = verdicts.iloc[:kept].assign(seed=seeds[:kept])
+        passing = verdicts["accepted"].to_numpy(dtype=bool)
+        self.verdicts.append(verdicts)
+        self.passing = append_image_rows(self.passing, as_rows(batch)[:kept][passing])
+        if self.cfg.selection == "diverse":
+            with open(self.features_path, "ab") as handle:
+                features[:kept][passing].astype(np.float32, copy=False).tofile(handle)  # the judge's: float32
+
+    def select(self, count: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """The gate's rows of every candidate kept, in the order drawn; the row numbers of those that
+        passed; and the positions among these of the (at most) `count` selected (select_passing), ascending.
+        `diverse` reads the class's features from their file: one class's are in memory at a time."""
+        rows = pd.concat(self.verdicts, ignore_index=True)
+        passing_rows = np.flatnonzero(rows["accepted"].to_numpy())
+        features = None
+        if self.cfg.selection == "diverse":
+            features = np.fromfile(self.features_path, dtype=np.float32)
+            features = features.reshape(len(passing_rows), -1) if len(passing_rows) else features.reshape(0, 0)
+        chosen = select_passing(
+            self.cfg.selection,
+            count,
+            features,
+            rows.loc[passing_rows, "nn_distance"].to_numpy(),
+            rows.loc[passing_rows, "judge_confidence"].to_numpy(),
+            rows.loc[passing_rows, "judge_prediction"].to_numpy() == self.label,
+        )
+        return rows, passing_rows, chosen
+
+    def discard(self) -> None:
+        """Forget the gate rows and delete the scratch files (once the class is written)."""
+        self.verdicts = []
+        self.passing.path.unlink(missing_ok=True)
+        self.features_path.unlink(missing_ok=True)

@@ -3,10 +3,12 @@
 A stage that draws the same images many times (the classifiers of judge and evaluate, the GAN) or runs
 the judge over whole splits decodes their PNGs once, a chunk at a time, into a file of uint8 H x W x C
 arrays back to back (`decode_rows`, `write_image_rows`), and reads the rows a batch needs (`ImageRows`):
-one `preadv` per drawn image, or one per span of consecutive rows. The file's pages stay in the
-kernel's page cache, which the kernel frees under memory pressure and counts in no process's resident
-memory. A memory map of the same file (numpy.memmap) reads as fast, but every page it touches counts
-in the resident memory of each process that maps it, up to the whole file after one pass over it.
+one `preadv` per drawn image, or one per span of consecutive rows. Images that arrive a batch at a time
+and are read later (generate's passing candidates) are appended to such a file (`append_image_rows`).
+The file's pages stay in the kernel's page cache, which the kernel frees under memory pressure and
+counts in no process's resident memory. A memory map of the same file (numpy.memmap) reads as fast,
+but every page it touches counts in the resident memory of each process that maps it, up to the whole
+file after one pass over it.
 The scratch files go to the system's temporary folder (TMPDIR): N x H x W x C bytes for N images.
 
 An `ImageRows` pickles as its path and shape, so a worker process opens the file by path.
@@ -67,6 +69,13 @@ class ImageRows:
         self._check(read, out)
         return out
 
+    def each(self, indices) -> Iterator[np.ndarray]:
+        """The H x W x C images of those rows one by one, read DECODE_CHUNK rows at a time (so a caller
+        that handles one image at a time holds a chunk, not all of them)."""
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        for start in range(0, len(rows), DECODE_CHUNK):
+            yield from self[rows[start : start + DECODE_CHUNK]]
+
     def span(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 (clipped to the file), in one read."""
         start, stop = max(0, start), min(stop, self.count)
@@ -86,11 +95,26 @@ def write_image_rows(path: Path | str, image_shape: tuple[int, int, int], chunks
     count = 0
     with open(path, "wb") as handle:
         for chunk in chunks:
-            if chunk.shape[1:] != tuple(image_shape) or chunk.dtype != np.uint8:
-                raise ValueError(f"{path}: a chunk of {chunk.dtype} {chunk.shape[1:]}, not uint8 {tuple(image_shape)}")
-            handle.write(np.ascontiguousarray(chunk).data)
-            count += len(chunk)
+            count += _write_chunk(handle, path, image_shape, chunk)
     return ImageRows(Path(path), count, tuple(image_shape))
+
+
+def append_image_rows(rows: ImageRows, images: np.ndarray) -> ImageRows:
+    """`rows` with uint8 N x H x W x C `images` written after them, in the same file (made where there is
+    none: `ImageRows(path, 0, image_shape)` starts one). The file is opened for the write and closed after
+    it, as for a read, so a caller may keep many such files without keeping any open."""
+    with open(os.open(rows.path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:  # "wb" alone would empty it
+        handle.seek(rows.count * rows.row_bytes)  # after the rows it has, whatever an earlier failed write left
+        count = _write_chunk(handle, rows.path, rows.image_shape, images)
+    return ImageRows(rows.path, rows.count + count, rows.image_shape)
+
+
+def _write_chunk(handle, path: Path | str, image_shape: tuple[int, int, int], chunk: np.ndarray) -> int:
+    """Write one uint8 N x H x W x C chunk at the handle's position; N."""
+    if chunk.shape[1:] != tuple(image_shape) or chunk.dtype != np.uint8:
+        raise ValueError(f"{path}: a chunk of {chunk.dtype} {chunk.shape[1:]}, not uint8 {tuple(image_shape)}")
+    handle.write(np.ascontiguousarray(chunk).data)
+    return len(chunk)
 
 
 def in_chunks(images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -6,6 +6,8 @@ class about the same probability, so a strict label check rejects everything; th
 the tests of the gate's failure modes need.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,8 @@ from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_param
 from pipeline import gate, nets
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
 from pipeline.errors import ConfigError, GateError, InputError
-from pipeline.io import read_manifest, sha256_file
+from pipeline.image_rows import ImageRows
+from pipeline.io import encode_png_tensor, read_manifest, sha256_file
 from pipeline.metrics import closest_real_pair, copy_thresholds
 from pipeline.nets import predict
 from pipeline.paths import Paths
@@ -132,9 +135,9 @@ def test_farthest_point_selection_spreads_out_away_from_the_anchors():
 
 def test_keep_until_target_stops_at_the_last_needed_acceptance():
     accepted = np.array([False, True, True, False, True])
-    assert generate.keep_until_target(accepted, 2) == 3
-    assert generate.keep_until_target(accepted, 3) == 5
-    assert generate.keep_until_target(accepted, 9) == 5
+    assert gate.keep_until_target(accepted, 2) == 3
+    assert gate.keep_until_target(accepted, 3) == 5
+    assert gate.keep_until_target(accepted, 9) == 5
 
 
 def test_select_passing_keeps_the_first_a_spread_or_the_least_sure_of_the_correctly_labelled():
@@ -152,14 +155,14 @@ def test_select_passing_keeps_the_first_a_spread_or_the_least_sure_of_the_correc
     assert gate.select_passing("informative", 3, features, distance, confidence, mislabelled).tolist() == [0, 1, 2]
 
 
-def test_a_class_draws_batches_that_follow_its_pass_rate_until_its_target_or_its_budget():
+def test_a_class_draws_batches_that_follow_its_pass_rate_until_its_target_or_its_budget(tmp_path):
     def every_other(images):  # a gate that lets every other candidate pass
         return pd.DataFrame({"accepted": np.arange(len(images)) % 2 == 0}), np.zeros((len(images), 2))
 
     def none(images):
         return pd.DataFrame({"accepted": np.zeros(len(images), dtype=bool)}), np.zeros((len(images), 2))
 
-    def batch_sizes(draws: generate.ClassDraws, gate_of_class) -> list[int]:
+    def batch_sizes(draws: gate.ClassDraws, gate_of_class) -> list[int]:
         sizes = []
         while len(seeds := draws.next_seeds()):
             assert seeds.tolist() == list(range(100 + draws.drawn, 100 + draws.drawn + len(seeds)))  # in order
@@ -169,13 +172,70 @@ def test_a_class_draws_batches_that_follow_its_pass_rate_until_its_target_or_its
 
     seeds = np.arange(100, 118)  # 6 wanted x max_attempts 3
     cfg = tiny_params(generate={"batch_size": 10, "max_attempts": 3}).generate
-    half = generate.ClassDraws(label=0, seeds=seeds, wanted=6, cfg=cfg)
+    half = gate.ClassDraws(label=0, seeds=seeds, wanted=6, cfg=cfg, passing=ImageRows(tmp_path / "0.u8", 0, (2, 2, 1)))
     assert batch_sizes(half, every_other) == [6, 6]  # a pass rate of 1/2 after the first batch: twice what is left
     assert half.passed == 6 and sum(len(v) for v in half.verdicts) == 12
+    assert (tmp_path / "0.u8").stat().st_size == 6 * 4  # the passing images went to the scratch file
     cfg = tiny_params(generate={"batch_size": 4, "max_attempts": 3}).generate
-    failing = generate.ClassDraws(label=0, seeds=seeds, wanted=6, cfg=cfg)
+    failing = gate.ClassDraws(
+        label=0, seeds=seeds, wanted=6, cfg=cfg, passing=ImageRows(tmp_path / "1.u8", 0, (2, 2, 1))
+    )
     assert batch_sizes(failing, none) == [4, 4, 4, 4, 2]  # until the budget is spent
     assert failing.passed == 0 and failing.drawn == 18
+
+
+@pytest.mark.parametrize("selection", ["first", "informative", "diverse"])
+def test_write_class_writes_the_selected_passing_candidates_as_encoded_from_memory(tmp_path, selection):
+    """The passing images (and, for `diverse`, features) make a round trip through scratch files: the
+    PNGs and the manifest rows must be those of the same selection made on the candidates in memory."""
+    rng = np.random.default_rng(0)
+    count, planned, pool = 40, 4, 3
+    images = torch.from_numpy(rng.integers(0, 256, size=(count, 3, 5, 4), dtype=np.uint8))  # C x H x W, not square
+    accepted = rng.random(count) < 0.7
+    confidence, distance = rng.random(count).round(6), (5 * rng.random(count)).round(6)
+    prediction = np.where(rng.random(count) < 0.7, 0, 1)  # the judge puts some of class 0 in class 1
+    features = rng.normal(size=(count, 8)).astype(np.float32)
+    judged = []
+
+    def gate_in_seed_order(batch):
+        start, stop = len(judged), len(judged) + len(batch)
+        judged.extend(range(start, stop))
+        verdicts = pd.DataFrame(
+            {
+                "accepted": accepted[start:stop],
+                "reject_reason": np.where(accepted[start:stop], "", "low_confidence"),
+                "judge_confidence": confidence[start:stop],
+                "judge_prediction": prediction[start:stop],
+                "nn_distance": distance[start:stop],
+                "nearest_real": "train/0/real.png",
+            }
+        )
+        return verdicts, features[start:stop]
+
+    wanted = planned * (1 if selection == "first" else pool)
+    cfg = tiny_params(generate={"batch_size": 7, "selection": selection, "pool": pool}).generate
+    draw = gate.ClassDraws(0, np.arange(count), wanted, cfg, passing=ImageRows(tmp_path / "0.u8", 0, (5, 4, 3)))
+    while len(seeds := draw.next_seeds()):
+        draw.take(seeds, images[seeds], gate_in_seed_order)
+    passing = np.flatnonzero(accepted)[:wanted]
+    expected = passing[
+        gate.select_passing(
+            selection, planned, features[passing], distance[passing], confidence[passing], prediction[passing] == 0
+        )
+    ]
+    assert selection == "first" or expected.tolist() != passing[:planned].tolist()  # a selection that shows
+
+    (tmp_path / "out").mkdir()
+    plan_row = SimpleNamespace(label=0, planned=planned, class_name="zero", folder="zero")
+    rows = generate.write_class(plan_row, draw, tmp_path / "out")
+    written = sorted((tmp_path / "out" / "zero").glob("*.png"))
+    assert [path.read_bytes() for path in written] == [encode_png_tensor(images[seed]) for seed in expected]
+    assert rows["seed"].tolist() == list(range(len(rows))) and len(rows) > passing[-1]  # every candidate judged
+    assert rows.loc[rows["accepted"], "seed"].tolist() == expected.tolist()
+    assert rows.loc[rows["accepted"], "sha256"].tolist() == [sha256_file(path) for path in written]
+    assert sorted(rows.loc[rows["reject_reason"] == "not_selected", "seed"]) == sorted(set(passing) - set(expected))
+    draw.discard()
+    assert list(tmp_path.glob("0.*")) == []  # the scratch files go once the class is written
 
 
 # --- the stage -----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The scratch file of decoded images: what goes in comes back by row, in chunks, and as network batches."""
+"""The scratch file of decoded images: what goes in (written at once or appended) comes back by row, in chunks,
+and as network batches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from pipeline.image_rows import (
     DECODE_CHUNK,
     ImageRows,
+    append_image_rows,
     as_rows,
     image_batches,
     image_span,
@@ -65,3 +67,39 @@ def test_batches_from_the_file_equal_batches_from_a_tensor(tmp_path):
     assert torch.equal(image_span(rows, 4, 9), in_memory[4:9])
     np.testing.assert_array_equal(as_rows(in_memory)[[2, 7]], rows[[2, 7]])
     assert [len(batch) for batch in image_batches(in_memory[:0], 5)] == [0]  # one empty batch, never none
+
+
+def test_appended_rows_are_the_file_written_at_once_and_read_back_as_such(tmp_path):
+    images = random_images(25, seed=2)
+    rows = ImageRows(tmp_path / "rows.u8", 0, SHAPE)  # no file yet: the first append makes it
+    for chunk in (images[:10], images[10:10], images[10:]):
+        rows = append_image_rows(rows, chunk)
+    whole = write_image_rows(tmp_path / "whole.u8", SHAPE, [images])
+    assert rows == ImageRows(rows.path, 25, SHAPE) and rows.path.read_bytes() == whole.path.read_bytes()
+    np.testing.assert_array_equal(rows[[24, 0, 3]], images[[24, 0, 3]])
+    # an append goes after the rows it knows of, over whatever a failed write left beyond them
+    with open(rows.path, "ab") as handle:
+        handle.write(b"half a row")
+    rows = append_image_rows(rows, images[:1])
+    assert rows.path.stat().st_size == 26 * rows.row_bytes
+    np.testing.assert_array_equal(rows.span(0, 26), np.concatenate([images, images[:1]]))
+    with pytest.raises(ValueError, match=r"rows\.u8"):
+        append_image_rows(rows, random_images(1).astype(np.int16))
+
+
+def test_each_reads_the_rows_one_by_one_at_most_a_chunk_at_a_time(tmp_path, monkeypatch):
+    images = random_images(2 * DECODE_CHUNK + 7, seed=3)
+    rows = write_image_rows(tmp_path / "rows.u8", SHAPE, in_chunks(iter(images)))
+    wanted = np.concatenate([[5, 5, 2 * DECODE_CHUNK + 6], np.arange(0, 2 * DECODE_CHUNK + 7, 2)])
+    reads, read_rows = [], ImageRows.__getitem__
+
+    def counted_read(self, indices):
+        reads.append(len(indices))
+        return read_rows(self, indices)
+
+    monkeypatch.setattr(ImageRows, "__getitem__", counted_read)
+    each = list(rows.each(wanted))
+    assert len(each) == len(wanted) and all(image.shape == SHAPE for image in each)
+    np.testing.assert_array_equal(np.stack(each), images[wanted])
+    assert max(reads) == DECODE_CHUNK and sum(reads) == len(wanted)
+    assert list(rows.each([])) == []

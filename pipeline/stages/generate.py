@@ -25,6 +25,14 @@ The manifest holds one row per candidate judged, accepted or not, with the gate'
 rows have no file (`path` is empty) but keep their seed, so they can be regenerated and inspected.
 Under DDP every process runs the stage: all of them sample; the first gates, decides the next round
 and writes the outputs.
+
+Memory: the images of the candidates that pass are not held. They are appended, batch by batch, to a
+scratch file per class in the system's temporary folder (TMPDIR; pipeline/image_rows.py), and
+`write_class` reads back only the selected ones, a chunk at a time; with `diverse` their judge features
+wait in a file beside them, and one class's are read into memory when it is selected. A class's files
+are deleted once it is written; at most they take its planned count x `pool` (x 1 with `first`) x H x W
+x C bytes (and 4 bytes per feature). What stays in memory while the classes draw is the gate's row of
+every candidate judged (a few numbers and references per candidate: the manifest-to-be).
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +63,10 @@ from pipeline.contracts import (
 )
 from pipeline.environment import environment
 from pipeline.errors import GateError
-from pipeline.gate import ClassGate, build_gates, select_passing
+from pipeline.gate import ClassDraws, ClassGate, build_gates
 from pipeline.hardware import HARDWARE_PARAMS, launched_processes, trainer_settings
-from pipeline.io import atomic_output, encode_png_tensor, sha256_bytes, write_manifest
+from pipeline.image_rows import ImageRows
+from pipeline.io import atomic_output, encode_png, sha256_bytes, write_manifest
 from pipeline.paths import Paths
 from pipeline.progress import Progress
 from pipeline.sampler import CandidateSampler, sample_batches
@@ -90,56 +100,16 @@ def candidate_seeds(seed: int, label: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, label]).integers(2**63, size=count)
 
 
-def keep_until_target(accepted: np.ndarray, still_needed: int) -> int:
-    """How many candidates of a batch, in order, it takes to accept `still_needed` (all if it never does)."""
-    positions = np.flatnonzero(accepted)
-    return len(accepted) if len(positions) <= still_needed else int(positions[still_needed - 1]) + 1
-
-
-# --- one class's candidates ----------------------------------------------------------------------
-
-
-@dataclass
-class ClassDraws:
-    """The candidates of one class, drawn batch by batch until `wanted` of them pass the gate (the
-    planned count, times `pool` unless the selection is `first`) or its seeds run out."""
-
-    label: int
-    seeds: np.ndarray  # every candidate it may draw, in order: planned count x max_attempts
-    wanted: int
-    cfg: GenerateParams
-    drawn: int = 0
-    passed: int = 0
-    verdicts: list[pd.DataFrame] = field(default_factory=list)  # the gate's rows of the candidates kept
-    images: list[torch.Tensor] = field(default_factory=list)  # the passing candidates
-    features: list[np.ndarray] = field(default_factory=list)  # their judge features
-
-    def next_seeds(self) -> np.ndarray:
-        """The seeds of the next batch; none once the class is done."""
-        if self.passed >= self.wanted or self.drawn >= len(self.seeds):
-            return self.seeds[:0]
-        # Batches follow the pass rate so far, so that a class draws little more than it needs.
-        rate = max(self.passed / self.drawn if self.drawn else 1.0, 1.0 / self.cfg.max_attempts)
-        size = min(self.cfg.batch_size, len(self.seeds) - self.drawn, math.ceil((self.wanted - self.passed) / rate))
-        return self.seeds[self.drawn : self.drawn + size]
-
-    def take(self, seeds: np.ndarray, batch: torch.Tensor, gate: ClassGate) -> None:
-        """Gate the batch of `next_seeds` and keep its candidates up to the one that meets the target."""
-        self.drawn += len(seeds)
-        verdicts, features = gate(batch)
-        kept = keep_until_target(verdicts["accepted"].to_numpy(), self.wanted - self.passed)
-        verdicts = verdicts.iloc[:kept].assign(seed=seeds[:kept])
-        passing = torch.from_numpy(verdicts["accepted"].to_numpy(dtype=bool, copy=True))
-        self.verdicts.append(verdicts)
-        self.images.append(batch[:kept][passing])
-        self.features.append(features[:kept][passing.numpy()])
-        self.passed += int(passing.sum())
-
-
 # --- the stage: plan, draw and gate, write --------------------------------------------------------
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
+    with tempfile.TemporaryDirectory(prefix="generate-") as scratch:  # each class's passing candidates' images
+        run_with_scratch(params, paths, Path(scratch))
+
+
+def run_with_scratch(params: Params, paths: Paths, scratch: Path) -> None:
+    """The stage; `scratch` holds the passing candidates' images of each class until it is written."""
     cfg = params.generate
     stats = PreparedStats.read(paths.prepared)
     models = Models.load(paths, stats)
@@ -148,12 +118,14 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     plan = plan_table(stats, cfg)
     _say(f"generate: plan for target {cfg.target!r}, {plan['planned'].sum()} synthetic images:")
     _say(plan[["class_name", "real", "planned"]].to_string(index=False))
+    image_shape = (stats.image_size, stats.image_size, stats.channels)
     draws = [
         ClassDraws(
             row.label,
             candidate_seeds(params.seed, row.label, row.planned * cfg.max_attempts),
             row.planned * (1 if cfg.selection == "first" else cfg.pool),
             cfg,
+            passing=ImageRows(scratch / f"{row.label}.u8", 0, image_shape),
         )
         for row in plan.itertuples()
     ]
@@ -175,15 +147,15 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         return
     gates = build_gates(models.judge, stats, paths, cfg)
 
-    # 3. Write each class once it is done (its candidates then leave memory), then the records.
+    # 3. Write each class once it is done (its gate rows and scratch files are then dropped), then the records.
     plan_rows, manifests = list(plan.itertuples()), {}
     with (
         atomic_output(paths.synthetic) as out,
         contextlib.closing(draw_and_gate(trainer, sampler, draws, gates)) as done,
     ):
         for draw in done:
-            manifests[draw.label] = write_class(plan_rows[draw.label], draw, cfg.selection, out)
-            draw.images, draw.features = [], []
+            manifests[draw.label] = write_class(plan_rows[draw.label], draw, out)
+            draw.discard()
         plan = with_outcome(plan, manifests, gates, cfg)
         manifest = pd.concat([manifests[label] for label in plan["label"]], ignore_index=True)
         manifest = manifest.reindex(columns=MANIFEST_COLUMNS + GATE_COLUMNS).assign(source=models.generator_hash)
@@ -293,8 +265,9 @@ def next_round(draws: list[ClassDraws]) -> list[tuple[np.ndarray, int]]:
 # --- 3. write ------------------------------------------------------------------------------------
 
 
-def write_class(plan_row, draw: ClassDraws, selection: str, out: Path) -> pd.DataFrame:
-    """Select among a class's passing candidates and write the selected images to `out/<folder>/`.
+def write_class(plan_row, draw: ClassDraws, out: Path) -> pd.DataFrame:
+    """Select among a class's passing candidates and write the selected images to `out/<folder>/`, read
+    back from the class's scratch file a chunk at a time.
 
     Returns one manifest row per candidate judged; `accepted` marks the selected ones.
     """
@@ -303,22 +276,13 @@ def write_class(plan_row, draw: ClassDraws, selection: str, out: Path) -> pd.Dat
         return pd.DataFrame(columns=GATE_COLUMNS + ["path", "sha256", "seed"]).assign(
             label=label, class_name=plan_row.class_name, split="train", origin="synthetic"
         )
-    rows = pd.concat(draw.verdicts, ignore_index=True)
-    passing_rows = np.flatnonzero(rows["accepted"].to_numpy())
-    chosen = select_passing(
-        selection,
-        planned,
-        np.concatenate(draw.features),
-        rows.loc[passing_rows, "nn_distance"].to_numpy(),
-        rows.loc[passing_rows, "judge_confidence"].to_numpy(),
-        rows.loc[passing_rows, "judge_prediction"].to_numpy() == label,
-    )
+    rows, passing_rows, chosen = draw.select(planned)
     rows.loc[passing_rows, "accepted"] = False
     rows.loc[passing_rows, "reject_reason"] = "not_selected"
     rows["path"], rows["sha256"] = "", ""
     (out / plan_row.folder).mkdir(exist_ok=True)
-    for number, (row, image) in enumerate(zip(passing_rows[chosen], torch.cat(draw.images)[chosen])):
-        png = encode_png_tensor(image)
+    for number, (row, image) in enumerate(zip(passing_rows[chosen], draw.passing.each(chosen))):
+        png = encode_png(image)
         path = f"{plan_row.folder}/{number:05d}.png"
         (out / path).write_bytes(png)
         rows.loc[row, ["accepted", "reject_reason", "path", "sha256"]] = [True, "", path, sha256_bytes(png)]
