@@ -1,0 +1,54 @@
+"""benchmarks/generate_memory.py: the scratch folder it runs generate in, its one-line refusal of an
+incomplete workspace, and its figures on the tiny data with an untrained generator and judge."""
+
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO_ROOT, TINY_PARAMS, merge_dicts, write_params
+from test_generate import NO_LABEL_CHECK, save_untrained_models
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import generate_memory
+
+SCRIPT = str(REPO_ROOT / "benchmarks/generate_memory.py")
+
+
+def test_the_scratch_folder_copies_the_params_and_links_the_inputs(tmp_path):
+    for name in generate_memory.INPUTS:
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    scratch = generate_memory.scratch_workspace(tmp_path)
+    try:
+        assert not (scratch / "params.yaml").is_symlink() and (scratch / "params.yaml").read_text() == "seed: 0\n"
+        for name in generate_memory.INPUTS:
+            assert (scratch / name).is_symlink() and (scratch / name).resolve() == (tmp_path / name).resolve()
+        assert sorted(path.relative_to(scratch).as_posix() for path in scratch.rglob("*")) == sorted(
+            ["data", "models", "params.yaml", *generate_memory.INPUTS]
+        )
+    finally:
+        shutil.rmtree(scratch)
+
+
+def test_a_workspace_without_an_input_is_refused_in_one_line(tmp_path):
+    for name in ("data/prepared", "models/judge"):
+        (tmp_path / name).mkdir(parents=True)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    refused = subprocess.run([sys.executable, SCRIPT, str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        f"error: {tmp_path}/models/gan is missing (WORKSPACE needs params.yaml, data/prepared, models/judge, "
+        "models/gan)"
+    ]
+
+
+def test_the_figures_of_generate_on_the_tiny_data(workspace):
+    save_untrained_models(workspace)
+    write_params(workspace.root, merge_dicts(TINY_PARAMS, {"generate": {**NO_LABEL_CHECK, "target": 40}}))
+    shown = subprocess.run([sys.executable, SCRIPT, str(workspace.root)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    figures = dict(line.split("=") for line in shown.stdout.splitlines() if "=" in line)
+    assert list(figures) == ["peak_mib", "held_mib", "after_gates_mib", "seconds", "synthetic_images"]
+    assert figures["synthetic_images"] == "92"  # the plan's images, as tests/test_generate.py writes them
+    assert float(figures["peak_mib"]) >= float(figures["held_mib"]) > 0 and float(figures["after_gates_mib"]) > 0
+    assert not (workspace.root / "data/synthetic").exists()  # generate ran in the scratch folders only
