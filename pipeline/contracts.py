@@ -308,7 +308,6 @@ def check_manifest_classes(manifest: pd.DataFrame, stats: PreparedStats, what: s
 def read_accepted_synthetic(folder: Path, stats: PreparedStats) -> pd.DataFrame:
     """The rows of data/synthetic/manifest.csv that passed the gate (may be empty), checked against stats."""
     path = Path(folder) / "manifest.csv"
-    manifest = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS)
-    accepted = manifest[manifest["accepted"].astype(bool)].reset_index(drop=True)
+    accepted = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=lambda rows: rows["accepted"].astype(bool))
     check_manifest_classes(accepted, stats, str(path))
     return accepted

@@ -15,7 +15,7 @@ import re
 import shutil
 import tarfile
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -154,24 +154,43 @@ def write_manifest(frame: pd.DataFrame, path: Path | str) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
-def read_manifest(path: Path | str, columns: list[str]) -> pd.DataFrame:
+MANIFEST_TYPES = {"label": "int64", "class_name": str, "source": str, "sha256": str, "path": str}
+CHUNK_ROWS = 100_000  # rows parsed at a time where only some of a manifest is kept
+
+
+def read_manifest(
+    path: Path | str, columns: list[str], keep: Callable[[pd.DataFrame], pd.Series] | None = None
+) -> pd.DataFrame:
     """A manifest CSV, which must hold `columns` (class names, sources and hashes stay strings, labels
-    are integers even in a manifest with no rows)."""
+    are integers even in a manifest with no rows). With `keep`, a row mask of a frame, only the rows it
+    keeps, read a chunk at a time, so that the rows left out are never all held: most of generate's
+    manifest, which lists every candidate judged (1.65 million rows at a million source images)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not found (run the stage that makes it first)")
-    # low_memory=False: pandas otherwise infers a column's type chunk by chunk in a long file, so a
-    # column that is empty on real rows and numeric on synthetic ones could come back with mixed types
-    frame = pd.read_csv(
-        path,
-        dtype={"label": "int64", "class_name": str, "source": str, "sha256": str, "path": str},
-        keep_default_na=False,
-        low_memory=False,
-    )
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in columns if c not in pd.read_csv(path, nrows=0).columns]
     if missing:
         raise InputError(f"{path}: manifest lacks the columns {', '.join(missing)}")
+    frame = _kept_rows(path, keep) if keep is not None else None
+    if frame is None:
+        # low_memory=False: pandas otherwise infers a column's type chunk by chunk in a long file, so a
+        # column that is empty on real rows and numeric on synthetic ones could come back with mixed types
+        frame = pd.read_csv(path, dtype=MANIFEST_TYPES, keep_default_na=False, low_memory=False)
+        if keep is not None:
+            frame = frame[keep(frame)].reset_index(drop=True)
     return frame
+
+
+def _kept_rows(path: Path, keep: Callable[[pd.DataFrame], pd.Series]) -> pd.DataFrame | None:
+    """The rows of a manifest that `keep` keeps, read by chunks; None where the chunks' column types differ
+    (a column empty in some chunks and numeric in others), since only a whole read gives the types that
+    reading the whole file gives. Where every chunk agrees, the whole file has those types too."""
+    kept, types = [], set()
+    with pd.read_csv(path, dtype=MANIFEST_TYPES, keep_default_na=False, chunksize=CHUNK_ROWS) as chunks:
+        for chunk in chunks:
+            types.add(tuple(chunk.dtypes.astype(str)))
+            kept.append(chunk[keep(chunk)])
+    return pd.concat(kept, ignore_index=True) if len(types) == 1 else None
 
 
 def load_images(root: Path | str, manifest: pd.DataFrame, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -174,7 +174,7 @@ def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fail
         copies.append(dest)
         if len(copies) > 10:
             raise OSError("disk full")
-        dest.write_bytes(source.read_bytes())
+        dest.write_bytes(Path(source).read_bytes())
 
     monkeypatch.setattr(merge, "link_or_copy", fail_after_ten)
     with pytest.raises(OSError):

@@ -56,7 +56,7 @@ LAYOUTS = {
 }
 
 
-def link_or_copy(source: Path, dest: Path) -> None:
+def link_or_copy(source: Path | str, dest: Path) -> None:
     """A hard link where the file system allows one, a copy otherwise; either way `dest` stands alone."""
     try:
         os.link(source, dest)
@@ -106,12 +106,13 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
-    prepared = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS)
+    real = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS, keep=lambda rows: rows["split"] == "train")
     synthetic = read_accepted_synthetic(paths.synthetic, stats)
     folder_of = {c.label: c.folder for c in stats.classes}
 
-    real = prepared[prepared["split"] == "train"].assign(origin_path=lambda f: [paths.prepared / p for p in f["path"]])
-    synthetic = synthetic.assign(origin_path=lambda f: [paths.synthetic / p for p in f["path"]])
+    # each image's file, as a string: a Path object per row costs hundreds of bytes at a million rows
+    real["origin_path"] = f"{paths.prepared}{os.sep}" + real["path"]
+    synthetic["origin_path"] = f"{paths.synthetic}{os.sep}" + synthetic["path"]
     rows = pd.concat([real, synthetic], ignore_index=True)
     # ImageFolder order: classes by label (class_folder_names keeps folder order = label order), files by name
     rows["path"] = [

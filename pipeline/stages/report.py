@@ -214,7 +214,7 @@ def make_figures(params: Params, paths: Paths, stats: PreparedStats, evaluation:
     """Every figure, by file name; only the images shown are read."""
     quality, recalls, nearest = evaluation.quality, evaluation.recalls, evaluation.nearest
     per_class = params.report.images_per_class
-    train_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS).query("split == 'train'")
+    train_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS, keep=lambda rows: rows["split"] == "train")
     real, real_labels = load_rows(paths.prepared, train_rows.groupby("label").head(per_class), stats)
     synthetic_rows = read_accepted_synthetic(paths.synthetic, stats).groupby("label").head(per_class)
     synthetic, synthetic_labels = load_rows(paths.synthetic, synthetic_rows, stats)

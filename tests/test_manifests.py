@@ -1,0 +1,87 @@
+"""read_manifest with `keep`: only the kept rows, read a chunk at a time, typed as reading the whole file types them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import pipeline.io
+from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS
+from pipeline.errors import InputError
+from pipeline.io import read_manifest, write_manifest
+
+
+def candidate_rows(n: int) -> pd.DataFrame:
+    """Rows as generate writes them: every candidate judged, every third accepted (with a path and a hash)."""
+    accepted = [i % 3 == 0 for i in range(n)]
+    return pd.DataFrame(
+        {
+            "path": [f"Bag/{i:05d}.png" if a else "" for i, a in enumerate(accepted)],
+            "label": [i % 2 for i in range(n)],
+            "class_name": [["T-shirt", "Bag"][i % 2] for i in range(n)],
+            "split": "train",
+            "origin": "synthetic",
+            "source": "7c17761673",
+            "seed": [8206391887579712274 - i for i in range(n)],
+            "sha256": [f"{i:064x}" if a else "" for i, a in enumerate(accepted)],
+            "accepted": accepted,
+            "reject_reason": ["" if a else "not_selected" for a in accepted],
+            "judge_confidence": [round(0.1 + i / (2 * n), 6) for i in range(n)],
+            "judge_prediction": [i % 2 for i in range(n)],
+            "nn_distance": [round(0.4 + i / (3 * n), 6) for i in range(n)],
+            "nearest_real": [f"train/Bag/{i:05d}.png" for i in range(n)],
+        }
+    )
+
+
+def whole_then_kept(path, keep) -> pd.DataFrame:
+    frame = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS)
+    return frame[keep(frame)].reset_index(drop=True)
+
+
+def is_accepted(rows: pd.DataFrame) -> pd.Series:
+    return rows["accepted"].astype(bool)
+
+
+def test_kept_rows_are_read_a_chunk_at_a_time_and_equal_the_whole_file_filtered(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.csv"
+    write_manifest(candidate_rows(25), path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 4)
+    seen = []
+
+    def keep(rows):
+        seen.append(len(rows))
+        return is_accepted(rows)
+
+    kept = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=keep)
+    assert max(seen) == 4 and sum(seen) == 25  # never more than a chunk of rows parsed at once
+    pd.testing.assert_frame_equal(kept, whole_then_kept(path, is_accepted))
+    assert len(kept) == 9 and kept["path"].str.startswith("Bag/").all()
+
+
+def test_chunks_that_type_a_column_differently_give_the_whole_files_types(tmp_path, monkeypatch):
+    """A column empty in the first chunk and numeric in a later one: by chunks it would be text in one and
+    integers in another; the whole file types it as text, and so does the kept read."""
+    rows = candidate_rows(12)
+    rows["seed"] = ["" if i < 4 else str(100 + i) for i in range(12)]
+    path = tmp_path / "manifest.csv"
+    write_manifest(rows, path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 4)
+    kept = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=is_accepted)
+    pd.testing.assert_frame_equal(kept, whole_then_kept(path, is_accepted))
+    assert list(kept["seed"]) == ["", "", "106", "109"]
+
+
+def test_a_manifest_of_no_rows_keeps_its_columns_and_types(tmp_path):
+    path = tmp_path / "manifest.csv"
+    write_manifest(candidate_rows(0), path)
+    kept = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=is_accepted)
+    assert len(kept) == 0 and list(kept.columns) == MANIFEST_COLUMNS + GATE_COLUMNS
+    assert kept["label"].dtype == "int64"
+
+
+def test_a_missing_column_is_named_before_any_row_is_read(tmp_path):
+    path = tmp_path / "manifest.csv"
+    write_manifest(candidate_rows(5).drop(columns="accepted"), path)
+    with pytest.raises(InputError, match="lacks the columns accepted"):
+        read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=is_accepted)
