@@ -150,10 +150,14 @@ def load_rows(root: Path, rows: pd.DataFrame, stats: PreparedStats) -> tuple[tor
     return load_images(root, rows, stats.channels)
 
 
+def read_split_rows(prepared: Path, split: str) -> pd.DataFrame:
+    """The rows of data/prepared/manifest.csv in one split (the other splits' rows are never all held)."""
+    return read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS, keep=lambda rows: rows["split"] == split)
+
+
 def load_split(prepared: Path, stats: PreparedStats, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One split of the prepared data as (uint8 NxCxHxW images, int64 labels); empty tensors for an empty split."""
-    manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
-    return load_rows(prepared, manifest[manifest["split"] == split], stats)
+    return load_rows(prepared, read_split_rows(prepared, split), stats)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
-from pipeline.io import read_manifest, read_png
+from pipeline.contracts import PreparedStats, read_split_rows
+from pipeline.io import read_png
 
 DECODE_CHUNK = 1000  # images decoded and written at a time
 
@@ -147,9 +147,8 @@ def decode_split(
 ) -> tuple[ImageRows, torch.Tensor]:
     """One split of the prepared data decoded into the file <scratch>/<split>.u8 (decode_rows). `manifest` is
     the prepared manifest where the caller has read it already; otherwise it is read here."""
-    if manifest is None:
-        manifest = read_manifest(Path(prepared) / "manifest.csv", MANIFEST_COLUMNS)
-    return decode_rows(prepared, manifest[manifest["split"] == split], stats, Path(scratch) / f"{split}.u8")
+    rows = read_split_rows(prepared, split) if manifest is None else manifest[manifest["split"] == split]
+    return decode_rows(prepared, rows, stats, Path(scratch) / f"{split}.u8")
 
 
 Images = torch.Tensor | ImageRows  # a stage's uint8 images: N x C x H x W in memory, or rows of a scratch file

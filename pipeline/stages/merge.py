@@ -41,9 +41,10 @@ from pipeline.contracts import (
     SyntheticSummary,
     check_made_for,
     read_accepted_synthetic,
+    read_split_rows,
 )
 from pipeline.environment import environment
-from pipeline.io import atomic_output, json_text, read_manifest, sha256_file, write_json, write_manifest, write_tar
+from pipeline.io import atomic_output, json_text, sha256_file, write_json, write_manifest, write_tar
 from pipeline.paths import Paths
 
 GATE_VALUE_COLUMNS = ["judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]
@@ -106,7 +107,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
-    real = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS, keep=lambda rows: rows["split"] == "train")
+    real = read_split_rows(paths.prepared, "train")
     synthetic = read_accepted_synthetic(paths.synthetic, stats)
     folder_of = {c.label: c.folder for c in stats.classes}
 

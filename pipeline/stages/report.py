@@ -27,16 +27,16 @@ from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (
     ARMS,
     HEADLINE_KEYS,
-    MANIFEST_COLUMNS,
     NO_SYNTHETIC,
     VERDICTS,
     PreparedStats,
     load_rows,
     read_accepted_synthetic,
+    read_split_rows,
     table_columns,
 )
 from pipeline.errors import InputError
-from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, read_manifest, write_atomically
+from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, write_atomically
 from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parents[1] / "templates"  # package data of pipeline/, beside the library
@@ -214,7 +214,7 @@ def make_figures(params: Params, paths: Paths, stats: PreparedStats, evaluation:
     """Every figure, by file name; only the images shown are read."""
     quality, recalls, nearest = evaluation.quality, evaluation.recalls, evaluation.nearest
     per_class = params.report.images_per_class
-    train_rows = read_manifest(paths.prepared / "manifest.csv", MANIFEST_COLUMNS, keep=lambda rows: rows["split"] == "train")
+    train_rows = read_split_rows(paths.prepared, "train")
     real, real_labels = load_rows(paths.prepared, train_rows.groupby("label").head(per_class), stats)
     synthetic_rows = read_accepted_synthetic(paths.synthetic, stats).groupby("label").head(per_class)
     synthetic, synthetic_labels = load_rows(paths.synthetic, synthetic_rows, stats)
