@@ -6,7 +6,8 @@ WORKSPACE holds params.yaml, data/prepared, models/judge and models/gan: a repos
 or the `repo` folder of a kept `benchmarks/scale.py --keep` run. `--code` is a checkout of the pipeline to
 measure (default: this repository), so that two versions can be compared on the same inputs. Each run
 happens in a scratch folder holding a copy of params.yaml and links to the three inputs (only read), as
-`python -m pipeline generate` in a child process with OMP_NUM_THREADS=1 and the code on PYTHONPATH.
+`python -m pipeline generate` in a child process with OMP_NUM_THREADS=1 and the code on PYTHONPATH
+(benchmarks/stage_memory.py, which measures any stage's peak this way).
 
 generate runs twice. The first run is the stage as it is: its peak resident memory (the child's maxrss,
 from os.wait4) and its wall seconds. Single peaks vary by about 100 MiB between runs, because glibc's
@@ -24,28 +25,13 @@ import ctypes
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from stage_memory import REPO_ROOT, code_version, run_in, scratch_workspace
+
 INPUTS = ("data/prepared", "models/judge", "models/gan")  # linked, not copied
-
-
-def scratch_workspace(workspace: Path) -> Path:
-    """A new temporary folder holding a copy of WORKSPACE's params.yaml and links to its inputs; exits with
-    one line naming the first that is missing."""
-    for name in ("params.yaml", *INPUTS):
-        if not (workspace / name).exists():
-            sys.exit(f"error: {workspace / name} is missing (WORKSPACE needs params.yaml, {', '.join(INPUTS)})")
-    scratch = Path(tempfile.mkdtemp(prefix="generate-memory-"))
-    for name in INPUTS:
-        (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-        (scratch / name).symlink_to((workspace / name).resolve(), target_is_directory=True)
-    shutil.copyfile(workspace / "params.yaml", scratch / "params.yaml")
-    return scratch
 
 
 def resident_mib() -> float:
@@ -78,20 +64,11 @@ def child(record: Path) -> int:
 
 def run_generate(workspace: Path, code: Path, record: Path | None) -> tuple[float, float, Path]:
     """(peak MiB, seconds, scratch folder) of generate in a child process; with `record`, the wrapped run."""
-    scratch = scratch_workspace(workspace)
-    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    env = os.environ | threads | {"PYTHONPATH": str(code)}
+    scratch = scratch_workspace(workspace, INPUTS)
     command = [sys.executable, "-m", "pipeline", "generate"]
     if record:
         command = [sys.executable, __file__, "--child", str(record)]
-    started = time.perf_counter()
-    with (scratch / "generate.log").open("w") as log:  # the stage's output, for a failure
-        process = subprocess.Popen(command, cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"error: generate failed (exit {os.waitstatus_to_exitcode(status)}): see {scratch}/generate.log")
-    return usage.ru_maxrss / 1024, seconds, scratch  # ru_maxrss is in KiB on Linux
+    return (*run_in(scratch, code, command, "generate"), scratch)
 
 
 def main() -> None:
@@ -115,8 +92,7 @@ def main() -> None:
     images = json.loads((plain / "data/synthetic/summary.json").read_text())["generated"]
     for scratch in (plain, wrapped):
         shutil.rmtree(scratch)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.code, capture_output=True, text=True)
-    print(f"generate on {args.workspace}, code {args.code} ({commit.stdout.strip() or 'not a git checkout'}),")
+    print(f"generate on {args.workspace}, code {args.code} ({code_version(args.code)}),")
     print(f"one thread, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"peak_mib={peak:.0f}")
     after_gates = next(mib for point, mib in points if point == "gates")

@@ -1,33 +1,13 @@
-"""benchmarks/generate_memory.py: the scratch folder it runs generate in, its one-line refusal of an
-incomplete workspace, and its figures on the tiny data with an untrained generator and judge."""
+"""benchmarks/generate_memory.py: its one-line refusal of an incomplete workspace, and its figures on the tiny
+data with an untrained generator and judge (its scratch folder: tests/test_stage_memory.py)."""
 
-import shutil
 import subprocess
 import sys
 
 from conftest import REPO_ROOT, TINY_PARAMS, merge_dicts, write_params
 from test_generate import NO_LABEL_CHECK, save_untrained_models
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import generate_memory
-
 SCRIPT = str(REPO_ROOT / "benchmarks/generate_memory.py")
-
-
-def test_the_scratch_folder_copies_the_params_and_links_the_inputs(tmp_path):
-    for name in generate_memory.INPUTS:
-        (tmp_path / name).mkdir(parents=True)
-    (tmp_path / "params.yaml").write_text("seed: 0\n")
-    scratch = generate_memory.scratch_workspace(tmp_path)
-    try:
-        assert not (scratch / "params.yaml").is_symlink() and (scratch / "params.yaml").read_text() == "seed: 0\n"
-        for name in generate_memory.INPUTS:
-            assert (scratch / name).is_symlink() and (scratch / name).resolve() == (tmp_path / name).resolve()
-        assert sorted(path.relative_to(scratch).as_posix() for path in scratch.rglob("*")) == sorted(
-            ["data", "models", "params.yaml", *generate_memory.INPUTS]
-        )
-    finally:
-        shutil.rmtree(scratch)
 
 
 def test_a_workspace_without_an_input_is_refused_in_one_line(tmp_path):

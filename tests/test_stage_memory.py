@@ -1,0 +1,68 @@
+"""benchmarks/stage_memory.py: the inputs it links from dvc.yaml, its scratch folder, its one-line refusals,
+and its figures for a stage run alone on the tiny data."""
+
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO_ROOT, TINY_PARAMS, copy_outputs, write_params
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import stage_memory
+
+SCRIPT = str(REPO_ROOT / "benchmarks/stage_memory.py")
+
+
+def test_the_inputs_are_the_stages_data_deps_in_dvc_yaml():
+    assert stage_memory.stage_inputs(REPO_ROOT, "merge") == ["data/prepared", "data/synthetic"]
+    report = stage_memory.stage_inputs(REPO_ROOT, "report")
+    assert "data/augmented/dataset.json" in report and "reports/metrics.json" in report
+    assert not [dep for dep in report if dep.startswith("pipeline/")]
+
+
+def test_the_scratch_folder_copies_the_params_and_links_folders_and_files(tmp_path):
+    inputs = ["data/prepared", "data/augmented/dataset.json"]
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/augmented").mkdir()
+    (tmp_path / "data/augmented/dataset.json").write_text("{}")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    scratch = stage_memory.scratch_workspace(tmp_path, inputs)
+    try:
+        assert not (scratch / "params.yaml").is_symlink() and (scratch / "params.yaml").read_text() == "seed: 0\n"
+        for name in inputs:
+            assert (scratch / name).is_symlink() and (scratch / name).resolve() == (tmp_path / name).resolve()
+        assert not (scratch / "data/augmented").is_symlink()  # a real folder: the stage writes beside the link
+        assert sorted(path.relative_to(scratch).as_posix() for path in scratch.rglob("*")) == sorted(
+            ["data", "data/augmented", "params.yaml", *inputs]
+        )
+    finally:
+        shutil.rmtree(scratch)
+
+
+def test_an_unknown_stage_and_a_missing_input_are_refused_in_one_line(tmp_path):
+    shutil.copyfile(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    unknown = subprocess.run([sys.executable, SCRIPT, "merj", str(tmp_path)], capture_output=True, text=True)
+    assert unknown.returncode == 1 and unknown.stderr.splitlines() == [
+        f"error: {tmp_path}/dvc.yaml has no stage 'merj' (it has prepare, judge, train, generate, merge, evaluate, "
+        "report)"
+    ]
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    missing = subprocess.run([sys.executable, SCRIPT, "merge", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.splitlines() == [
+        f"error: {tmp_path}/data/synthetic is missing (WORKSPACE needs params.yaml, data/prepared, data/synthetic)"
+    ]
+
+
+def test_the_figures_of_merge_alone_on_the_tiny_data(evaluate_inputs, tmp_path):
+    workspace = copy_outputs(evaluate_inputs, tmp_path / "workspace", folders=("data",))
+    shutil.copyfile(REPO_ROOT / "dvc.yaml", workspace / "dvc.yaml")
+    write_params(workspace, TINY_PARAMS)
+    shutil.rmtree(workspace / "data/augmented")  # merge's output: it must appear in the scratch folder only
+    shown = subprocess.run([sys.executable, SCRIPT, "merge", str(workspace)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    figures = dict(line.split("=") for line in shown.stdout.splitlines() if "=" in line)
+    assert list(figures) == ["peak_mib", "seconds"]
+    assert float(figures["peak_mib"]) > 50 and float(figures["seconds"]) > 0  # a Python with pandas and torch
+    assert shown.stdout.startswith(f"merge alone on {workspace}, code {REPO_ROOT}")
+    assert not (workspace / "data/augmented").exists()
