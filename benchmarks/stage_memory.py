@@ -66,8 +66,11 @@ def run_in(scratch: Path, code: Path, command: list[str], name: str) -> tuple[fl
 
 
 def code_version(code: Path) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True, text=True)
-    return commit.stdout.strip() or "not a git checkout"
+    """The short commit of the checkout `code`; not that of a repository that merely holds the folder."""
+    asked = ["git", "rev-parse", "--show-toplevel", "--short", "HEAD"]
+    answer = subprocess.run(asked, cwd=code, capture_output=True, text=True)
+    top, commit = (answer.stdout.split() + ["", ""])[:2] if answer.returncode == 0 else ("", "")
+    return commit if top and Path(top) == code.resolve() else "not a git checkout"
 
 
 def main() -> None:

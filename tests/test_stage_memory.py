@@ -66,3 +66,13 @@ def test_the_figures_of_merge_alone_on_the_tiny_data(evaluate_inputs, tmp_path):
     assert float(figures["peak_mib"]) > 50 and float(figures["seconds"]) > 0  # a Python with pandas and torch
     assert shown.stdout.startswith(f"merge alone on {workspace}, code {REPO_ROOT}")
     assert not (workspace / "data/augmented").exists()
+
+
+def test_the_code_version_is_the_checkouts_own_commit_not_that_of_a_repository_holding_it(tmp_path):
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "a commit"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    (tmp_path / "a-copied-pipeline").mkdir()
+    assert stage_memory.code_version(tmp_path) == commit.stdout.strip()
+    assert stage_memory.code_version(tmp_path / "a-copied-pipeline") == "not a git checkout"
