@@ -135,7 +135,7 @@ def quality_tables(
     synthetic_probabilities, synthetic_features = nets.predict(judge, synthetic)
     copy_bars = copy_thresholds(train_features, train_labels, val_features, val_labels, stats.num_classes)
     test_predictions, synthetic_predictions = test_probabilities.argmax(dim=1), synthetic_probabilities.argmax(dim=1)
-    classes = [
+    classes = (  # made one at a time as the quality table asks: a class's rows of each set are copies
         ClassFeatures(
             y,
             train_features[train_labels == y],
@@ -146,7 +146,7 @@ def quality_tables(
             copy_bars[y],
         )
         for y in range(stats.num_classes)
-    ]
+    )
     quality = pd.DataFrame(
         [
             {"class_name": name, "planned": summary.planned[name]}
