@@ -105,18 +105,29 @@ def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k:
 def nearest_neighbours(
     query: torch.Tensor, reference: torch.Tensor, chunk: int = 1024
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query row: the distance to its nearest reference row, and that row's index.
-    Computed in chunks of query rows, so memory stays at chunk x len(reference)."""
-    results = [pairwise_distances(part, reference).min(dim=1) for part in query.split(chunk)]
-    if not results:
+    """For each query row: the distance to its nearest reference row, and that row's index (the first such
+    row on a tie). Computed in blocks of chunk x chunk rows, so memory stays at chunk x chunk distances
+    however many rows either side has (a class's train images number tens of thousands at scale)."""
+    nearest, indices = [], []
+    for part in query.split(chunk):
+        best = torch.full((len(part),), float("inf"), dtype=torch.float64)
+        best_index = torch.zeros(len(part), dtype=torch.int64)
+        for start in range(0, len(reference), chunk):
+            block = pairwise_distances(part, reference[start : start + chunk]).min(dim=1)
+            closer = block.values < best  # strictly: an earlier row keeps a tie
+            best = torch.where(closer, block.values, best)
+            best_index = torch.where(closer, block.indices + start, best_index)
+        nearest.append(best)
+        indices.append(best_index)
+    if not nearest:
         return torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.int64)
-    return torch.cat([r.values for r in results]), torch.cat([r.indices for r in results])
+    return torch.cat(nearest), torch.cat(indices)
 
 
 def closest_real_pair(train: torch.Tensor, other: torch.Tensor, chunk: int = 1024) -> float | None:
     """The smallest distance between two distinct real images of a class: a train image and another
     train image, or a held-out image (`other`) and a train image. Identical images (distance 0) are not
-    distinct. None when the class has no such pair.
+    distinct. None when the class has no such pair. Computed in blocks of chunk x chunk rows.
 
     This is the copy rule of the gate and of the evaluate stage alike: a synthetic image closer than
     this to a training image of its class is closer than any two real images of the class ever came.
@@ -124,10 +135,11 @@ def closest_real_pair(train: torch.Tensor, other: torch.Tensor, chunk: int = 102
     smallest = float("inf")
     for query in (train, other):
         for part in query.split(chunk):
-            distances = pairwise_distances(part, train)
-            distances[distances == 0] = float("inf")  # itself, or an identical image
-            if len(distances) and distances.shape[1]:
-                smallest = min(smallest, float(distances.min()))
+            for block in train.split(chunk):
+                distances = pairwise_distances(part, block)
+                distances[distances == 0] = float("inf")  # itself, or an identical image
+                if distances.numel():  # no held-out images: an empty block
+                    smallest = min(smallest, float(distances.min()))
     return None if smallest == float("inf") else smallest
 
 

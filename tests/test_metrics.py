@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import linalg
 
+from pipeline import metrics
 from pipeline.errors import InputError
 from pipeline.metrics import (
     balanced_accuracy,
@@ -19,6 +20,7 @@ from pipeline.metrics import (
     memorised_share,
     nearest_neighbours,
     paired_difference,
+    pairwise_distances,
     precision_recall_density_coverage,
     tail_classes,
 )
@@ -123,6 +125,26 @@ def test_nearest_neighbours_in_chunks_and_the_share_of_copies():
     threshold = closest_real_pair(train, test)
     assert memorised_share(distances, threshold) == pytest.approx(4 / 20)
     assert memorised_share(nearest_neighbours(test, train)[0], threshold) == 0.0  # nothing is closer than the closest
+
+
+def test_nearest_neighbours_by_blocks_equal_the_whole_distance_matrix_and_keep_the_first_of_a_tie(monkeypatch):
+    train = gaussian(50, 8, seed=20)
+    train = torch.cat([train, train[[4, 11]]])  # rows 50 and 51 repeat rows 4 and 11, in later blocks
+    query = torch.cat([gaussian(20, 8, seed=21), train[[4, 11, 49]]])
+    whole = pairwise_distances(query, train)
+    counted = []
+
+    def counting(a, b):
+        counted.append((len(a), len(b)))
+        return pairwise_distances(a, b)
+
+    monkeypatch.setattr(metrics, "pairwise_distances", counting)
+    distances, indices = nearest_neighbours(query, train, chunk=4)  # 4 x 4 blocks
+    assert max(rows for rows, _ in counted) == 4 and max(columns for _, columns in counted) == 4
+    assert torch.equal(distances, whole.min(dim=1).values)  # exact distances: blocks change no value
+    assert torch.equal(indices, whole.argmin(dim=1))
+    assert indices[-3:].tolist() == [4, 11, 49]  # the first of two equal rows, across blocks
+    assert closest_real_pair(train, query[:20], chunk=4) == closest_real_pair(train, query[:20])
 
 
 def test_closest_real_pair_is_the_smallest_distance_between_distinct_real_images():
