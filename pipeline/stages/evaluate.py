@@ -53,8 +53,8 @@ from pipeline.quality import ClassFeatures, add_verdicts, class_quality, nearest
 
 
 def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, SyntheticSummary]:
-    """(accepted synthetic rows, possibly none; generate's summary), checked against data/augmented and
-    data/prepared."""
+    """(the accepted synthetic images' paths and labels, possibly none; generate's summary), checked against
+    data/augmented and data/prepared."""
     synthetic = read_accepted_synthetic(paths.synthetic, stats)
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
@@ -66,7 +66,7 @@ def read_inputs(paths: Paths, stats: PreparedStats) -> tuple[pd.DataFrame, Synth
     card = read_json(paths.augmented / "dataset.json")
     if [c["class_name"] for c in card["classes"]] != stats.class_names:
         raise InputError(f"{paths.augmented}/dataset.json: its classes are not those of data/prepared; rerun merge")
-    return synthetic, summary
+    return synthetic[["path", "label"]], summary  # what the stage reads on: a million rows' other columns weigh
 
 
 def run(params: Params, paths: Paths = Paths()) -> None:
@@ -89,6 +89,7 @@ def run(params: Params, paths: Paths = Paths()) -> None:
         # 1. quality, per class, in judge features
         image_paths = (train_paths, synthetic_rows["path"].to_numpy())
         quality, nearest = quality_tables(judge, (train, val, test, synthetic), image_paths, summary, stats, params)
+        del synthetic_rows, train_paths, image_paths  # a row or path per image: not held through the arms
 
         # 2. downstream utility over paired seeds
         tail = tail_classes(stats.split_counts("train"))
