@@ -66,11 +66,15 @@ def run_in(scratch: Path, code: Path, command: list[str], name: str) -> tuple[fl
 
 
 def code_version(code: Path) -> str:
-    """The short commit of the checkout `code`; not that of a repository that merely holds the folder."""
+    """The short commit of the checkout `code`, and whether its pipeline/ differs from that commit; not the
+    commit of a repository that merely holds the folder."""
     asked = ["git", "rev-parse", "--show-toplevel", "--short", "HEAD"]
     answer = subprocess.run(asked, cwd=code, capture_output=True, text=True)
     top, commit = (answer.stdout.split() + ["", ""])[:2] if answer.returncode == 0 else ("", "")
-    return commit if top and Path(top) == code.resolve() else "not a git checkout"
+    if not top or Path(top) != code.resolve():
+        return "not a git checkout"
+    changed = subprocess.run(["git", "status", "--porcelain", "pipeline"], cwd=code, capture_output=True, text=True)
+    return f"{commit} with pipeline/ changed" if changed.stdout.strip() else commit
 
 
 def main() -> None:

@@ -76,3 +76,6 @@ def test_the_code_version_is_the_checkouts_own_commit_not_that_of_a_repository_h
     (tmp_path / "a-copied-pipeline").mkdir()
     assert stage_memory.code_version(tmp_path) == commit.stdout.strip()
     assert stage_memory.code_version(tmp_path / "a-copied-pipeline") == "not a git checkout"
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline/stage.py").write_text("")  # a file of the pipeline that the commit lacks
+    assert stage_memory.code_version(tmp_path) == f"{commit.stdout.strip()} with pipeline/ changed"
