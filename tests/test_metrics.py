@@ -144,6 +144,8 @@ def test_nearest_neighbours_by_blocks_equal_the_whole_distance_matrix_and_keep_t
     assert torch.equal(distances, whole.min(dim=1).values)  # exact distances: blocks change no value
     assert torch.equal(indices, whole.argmin(dim=1))
     assert indices[-3:].tolist() == [4, 11, 49]  # the first of two equal rows, across blocks
+    no_distances, no_indices = nearest_neighbours(query[:0], train, chunk=4)
+    assert no_distances.dtype == torch.float64 and no_indices.dtype == torch.int64 and len(no_indices) == 0
     assert closest_real_pair(train, query[:20], chunk=4) == closest_real_pair(train, query[:20])
 
 
