@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from stage_memory import REPO_ROOT, code_version, run_in, scratch_workspace
+from stage_memory import REPO_ROOT, run_description, run_in, scratch_workspace
 
 INPUTS = ("data/prepared", "models/judge", "models/gan")  # linked, not copied
 
@@ -92,8 +91,7 @@ def main() -> None:
     images = json.loads((plain / "data/synthetic/summary.json").read_text())["generated"]
     for scratch in (plain, wrapped):
         shutil.rmtree(scratch)
-    print(f"generate on {args.workspace}, code {args.code} ({code_version(args.code)}),")
-    print(f"one thread, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print(run_description("generate", args.workspace, args.code))
     print(f"peak_mib={peak:.0f}")
     after_gates = next(mib for point, mib in points if point == "gates")
     print(f"held_mib={max((mib for point, mib in points if point == 'round'), default=after_gates):.0f}")

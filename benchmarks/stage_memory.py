@@ -77,6 +77,14 @@ def code_version(code: Path) -> str:
     return f"{commit} with pipeline/ changed" if changed.stdout.strip() else commit
 
 
+def run_description(what: str, workspace: Path, code: Path) -> str:
+    """The two lines a measurement starts with: what ran on which inputs and code, and the machine's load."""
+    return (
+        f"{what} on {workspace}, code {code} ({code_version(code)}),\n"
+        f"one thread, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", help="a stage of WORKSPACE's dvc.yaml")
@@ -92,8 +100,7 @@ def main() -> None:
     command = [sys.executable, "-m", "pipeline", args.stage]
     peak, seconds = run_in(scratch, args.code.resolve(), command, args.stage)
     shutil.rmtree(scratch)
-    print(f"{args.stage} alone on {args.workspace}, code {args.code} ({code_version(args.code)}),")
-    print(f"one thread, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end")
+    print(run_description(f"{args.stage} alone", args.workspace, args.code))
     print(f"peak_mib={peak:.0f}")
     print(f"seconds={seconds:.1f}")
 
