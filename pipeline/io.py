@@ -165,12 +165,7 @@ def read_manifest(
     are integers even in a manifest with no rows). With `keep`, a row mask of a frame, only the rows it
     keeps, read a chunk at a time, so that the rows left out are never all held: most of generate's
     manifest, which lists every candidate judged (1.65 million rows at a million source images)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: not found (run the stage that makes it first)")
-    missing = [c for c in columns if c not in pd.read_csv(path, nrows=0).columns]
-    if missing:
-        raise InputError(f"{path}: manifest lacks the columns {', '.join(missing)}")
+    path = _checked_manifest(path, columns)
     frame = _kept_rows(path, keep) if keep is not None else None
     if frame is None:
         # low_memory=False: pandas otherwise infers a column's type chunk by chunk in a long file, so a
@@ -179,6 +174,38 @@ def read_manifest(
         if keep is not None:
             frame = frame[keep(frame)].reset_index(drop=True)
     return frame
+
+
+def manifest_chunks(path: Path | str, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """Only `columns` of a manifest CSV, CHUNK_ROWS rows at a time and typed as read_manifest types them, for a
+    reader that needs a few columns or one class at a time. Every chunk must type a column as the first one
+    does: a column empty in some chunks and numeric in others is an InputError (read_manifest reads it whole)."""
+    path = _checked_manifest(path, columns)
+    first = None
+    with pd.read_csv(
+        path, usecols=columns, dtype=MANIFEST_TYPES, keep_default_na=False, chunksize=CHUNK_ROWS
+    ) as chunks:
+        for chunk in chunks:
+            chunk = chunk[columns]  # usecols keeps the file's column order
+            first = chunk.dtypes if first is None else first
+            changed = [c for c in columns if chunk[c].dtype != first[c]]
+            if changed:
+                raise InputError(
+                    f"{path}: column {changed[0]!r} reads as {first[changed[0]]} in its first rows and as "
+                    f"{chunk[changed[0]].dtype} further on (empty in some rows?); rerun the stage that makes it"
+                )
+            yield chunk
+
+
+def _checked_manifest(path: Path | str, columns: list[str]) -> Path:
+    """`path`, a manifest CSV that exists and has `columns` (an InputError otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not found (run the stage that makes it first)")
+    missing = [c for c in columns if c not in pd.read_csv(path, nrows=0).columns]
+    if missing:
+        raise InputError(f"{path}: manifest lacks the columns {', '.join(missing)}")
+    return path
 
 
 def _kept_rows(path: Path, keep: Callable[[pd.DataFrame], pd.Series]) -> pd.DataFrame | None:

@@ -8,7 +8,7 @@ import pytest
 import pipeline.io
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS
 from pipeline.errors import InputError
-from pipeline.io import read_manifest, write_manifest
+from pipeline.io import manifest_chunks, read_manifest, write_manifest
 
 
 def candidate_rows(n: int) -> pd.DataFrame:
@@ -85,3 +85,25 @@ def test_a_missing_column_is_named_before_any_row_is_read(tmp_path):
     write_manifest(candidate_rows(5).drop(columns="accepted"), path)
     with pytest.raises(InputError, match="lacks the columns accepted"):
         read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=is_accepted)
+
+
+def test_manifest_chunks_give_only_the_columns_asked_a_chunk_at_a_time(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.csv"
+    write_manifest(candidate_rows(10), path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 4)
+    chunks = list(manifest_chunks(path, ["sha256", "label"]))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    assert all(list(c.columns) == ["sha256", "label"] for c in chunks)
+    whole = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS)[["sha256", "label"]]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole)
+
+
+def test_manifest_chunks_refuse_a_column_typed_differently_further_on(tmp_path, monkeypatch):
+    rows = candidate_rows(12)
+    rows["seed"] = ["" if i < 4 else str(100 + i) for i in range(12)]
+    path = tmp_path / "manifest.csv"
+    write_manifest(rows, path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 4)
+    with pytest.raises(InputError, match="column 'seed' reads as str"):
+        list(manifest_chunks(path, ["label", "seed"]))
+    assert sum(len(c) for c in manifest_chunks(path, ["label", "path"])) == 12  # the other columns read on
