@@ -4,7 +4,8 @@
 - models/*/<name>.json      -> ModelMeta (what a saved network is and the data it was made for), with
   JudgeDetails or GeneratorDetails (what the judge or train stage recorded)
 - data/synthetic/summary.json -> SyntheticSummary
-- manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged)
+- manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged);
+  prepare's and generate's rows are grouped by class in label order (class_rows reads a class at a time)
 - reports/metrics.json (its keys: HEADLINE_KEYS) and reports/tables/*.csv name the arms (ARMS) and
   verdicts (VERDICTS, NO_SYNTHETIC);
   the columns of reports/tables/*.csv: table_columns
@@ -15,15 +16,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from pipeline.errors import InputError
-from pipeline.io import load_images, read_json, read_manifest, write_json
+from pipeline.io import load_images, manifest_chunks, read_json, read_manifest, write_json
 
 SPLITS = ("train", "val", "test")
 # what evaluate measures and report presents (reports/metrics.json, reports/tables/*.csv)
@@ -309,9 +311,54 @@ def check_manifest_classes(manifest: pd.DataFrame, stats: PreparedStats, what: s
         )
 
 
+def passed_gate(rows: pd.DataFrame) -> pd.Series:
+    """Which rows of data/synthetic/manifest.csv passed the gate (a `keep` for read_manifest and class_rows)."""
+    return rows["accepted"].astype(bool)
+
+
 def read_accepted_synthetic(folder: Path, stats: PreparedStats) -> pd.DataFrame:
     """The rows of data/synthetic/manifest.csv that passed the gate (may be empty), checked against stats."""
     path = Path(folder) / "manifest.csv"
-    accepted = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=lambda rows: rows["accepted"].astype(bool))
+    accepted = read_manifest(path, MANIFEST_COLUMNS + GATE_COLUMNS, keep=passed_gate)
     check_manifest_classes(accepted, stats, str(path))
     return accepted
+
+
+def class_counts(path: Path, keep_column: str, keep: Callable[[pd.DataFrame], pd.Series], stats: PreparedStats):
+    """The number of rows of each class (by label) that `keep` keeps in a manifest, which is checked against
+    stats; read a few columns a chunk at a time."""
+    counts = np.zeros(stats.num_classes, dtype=np.int64)
+    for chunk in manifest_chunks(path, ["label", "class_name", keep_column]):
+        kept = chunk[keep(chunk)]
+        check_manifest_classes(kept, stats, str(path))
+        counts += np.bincount(kept["label"].to_numpy(), minlength=stats.num_classes)
+    return counts
+
+
+def class_rows(
+    path: Path, columns: list[str], keep: Callable[[pd.DataFrame], pd.Series], num_classes: int
+) -> Iterator[pd.DataFrame]:
+    """The rows of each class that `keep` keeps, label 0 to num_classes - 1 (an empty frame for a class without
+    any), read a chunk at a time so that one class's rows are held at a time. prepare and generate write their
+    manifests' rows grouped by class in label order (within a split); a manifest in another order is an
+    InputError. The caller checks the labels (class_counts)."""
+    label, parts, empty = 0, [], None  # the label being read, its rows so far, and a frame of no rows
+    for chunk in manifest_chunks(path, columns):
+        chunk, empty = chunk[keep(chunk)], chunk.iloc[:0]
+        labels = chunk["label"].to_numpy()
+        if not len(labels):
+            continue
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])  # where each run of one label starts
+        for start, stop in zip(starts, [*starts[1:], len(labels)]):
+            if labels[start] < label:
+                raise InputError(
+                    f"{path}: rows of label {labels[start]} come after rows of label {label}, not grouped by class "
+                    "in label order as prepare and generate write them; rerun the stage that makes it"
+                )
+            while label < labels[start]:  # every row of `label` has been read
+                yield pd.concat(parts, ignore_index=True) if parts else empty
+                label, parts = label + 1, []
+            parts.append(chunk.iloc[start:stop])
+    while label < num_classes:
+        yield pd.concat(parts, ignore_index=True) if parts else empty
+        label, parts = label + 1, []

@@ -17,6 +17,7 @@ import tarfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -150,8 +151,9 @@ def read_png(path: Path | str, channels: int) -> np.ndarray:
 # --- manifests -----------------------------------------------------------------------------------
 
 
-def write_manifest(frame: pd.DataFrame, path: Path | str) -> None:
-    frame.to_csv(path, index=False, lineterminator="\n")
+def write_manifest(frame: pd.DataFrame, path: Path | str | IO[str], header: bool = True) -> None:
+    """A manifest CSV; to an open file, part by part, with the header on the first part only."""
+    frame.to_csv(path, index=False, header=header, lineterminator="\n")
 
 
 MANIFEST_TYPES = {"label": "int64", "class_name": str, "source": str, "sha256": str, "path": str}

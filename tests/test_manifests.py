@@ -1,4 +1,5 @@
-"""read_manifest with `keep`: only the kept rows, read a chunk at a time, typed as reading the whole file types them."""
+"""Manifests read a chunk at a time: read_manifest with `keep` (only the kept rows, typed as reading the whole
+file types them), manifest_chunks (a few columns), class_rows and class_counts (one class at a time)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import pandas as pd
 import pytest
 
 import pipeline.io
-from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS
+from pipeline.contracts import (
+    GATE_COLUMNS,
+    MANIFEST_COLUMNS,
+    ClassInfo,
+    PreparedStats,
+    class_counts,
+    class_rows,
+    passed_gate,
+)
 from pipeline.errors import InputError
 from pipeline.io import manifest_chunks, read_manifest, write_manifest
 
@@ -107,3 +116,44 @@ def test_manifest_chunks_refuse_a_column_typed_differently_further_on(tmp_path, 
     with pytest.raises(InputError, match="column 'seed' reads as str"):
         list(manifest_chunks(path, ["label", "seed"]))
     assert sum(len(c) for c in manifest_chunks(path, ["label", "path"])) == 12  # the other columns read on
+
+
+def grouped_rows(labels: list[int]) -> pd.DataFrame:
+    """Candidate rows with these labels (class names as the tiny stats name them), every other one accepted."""
+    rows = candidate_rows(len(labels))
+    rows["label"], rows["class_name"] = labels, [f"class{y}" for y in labels]
+    rows["accepted"] = [i % 2 == 0 for i in range(len(labels))]
+    return rows
+
+
+def tiny_stats(num_classes: int) -> PreparedStats:
+    classes = [ClassInfo(y, f"class{y}", f"class{y}") for y in range(num_classes)]
+    return PreparedStats(32, 1, "L", classes, {}, {}, False, 0, "source", "fingerprint", {})
+
+
+def test_class_rows_give_each_class_once_in_label_order_across_chunks(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.csv"
+    write_manifest(grouped_rows([0, 0, 0, 0, 2, 2, 2, 2, 2, 3, 3]), path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 3)  # classes 0 and 2 span chunks
+    classes = list(class_rows(path, MANIFEST_COLUMNS + GATE_COLUMNS, passed_gate, num_classes=5))
+    assert [list(rows["label"]) for rows in classes] == [[0, 0], [], [2, 2, 2], [3], []]
+    whole = whole_then_kept(path, passed_gate)
+    pd.testing.assert_frame_equal(pd.concat(classes, ignore_index=True), whole)
+    assert all(list(rows.columns) == MANIFEST_COLUMNS + GATE_COLUMNS for rows in classes)
+
+
+def test_class_rows_refuse_a_manifest_not_grouped_by_class(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.csv"
+    write_manifest(grouped_rows([0, 0, 1, 1, 0, 0]), path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 4)
+    with pytest.raises(InputError, match="rows of label 0 come after rows of label 1"):
+        list(class_rows(path, ["label", "accepted"], passed_gate, num_classes=2))
+
+
+def test_class_counts_count_the_kept_rows_and_check_the_classes(tmp_path, monkeypatch):
+    path = tmp_path / "manifest.csv"
+    write_manifest(grouped_rows([0, 0, 0, 2, 2, 2, 2]), path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 2)
+    assert list(class_counts(path, "accepted", passed_gate, tiny_stats(3))) == [2, 0, 2]
+    with pytest.raises(InputError, match="classes that data/prepared does not have: 'class2' \\(label 2\\)"):
+        class_counts(path, "accepted", passed_gate, tiny_stats(2))

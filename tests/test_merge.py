@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+import pipeline.io
 from conftest import REPO_ROOT, copy_outputs, tiny_params
 from pipeline.balancing import class_weights
 from pipeline.config import MergeParams
@@ -183,6 +184,23 @@ def test_merge_is_byte_identical_on_rerun_and_keeps_the_old_version_when_it_fail
     assert sorted(os.listdir(generated.root / "data")) == ["augmented", "holdout", "prepared", "synthetic"]
 
 
+def test_merge_reads_one_class_at_a_time_and_refuses_a_manifest_not_grouped_by_class(generated, monkeypatch):
+    merge.run(tiny_params(), generated)
+    manifest_bytes = (generated.augmented / "manifest.csv").read_bytes()
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 7)  # classes span chunks
+    classes = list(merge.published_classes(generated, PreparedStats.read(generated.prepared)))
+    assert [rows["label"].unique().tolist() for rows in classes] == [[y] for y in range(len(classes))]
+    merge.run(tiny_params(), generated)  # the same bytes when classes span chunks
+    assert (generated.augmented / "manifest.csv").read_bytes() == manifest_bytes
+
+    candidates = generated.synthetic / "manifest.csv"
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.iloc[::-1].to_csv(candidates, index=False, lineterminator="\n")  # the classes in reverse order
+    with pytest.raises(InputError, match=r"manifest\.csv: rows of label \d+ come after rows of label"):
+        merge.run(tiny_params(), generated)
+    assert (generated.augmented / "manifest.csv").read_bytes() == manifest_bytes
+
+
 def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
     merge.run(tiny_params(), generated)
     dataset, manifest, sampler = load_augmented(
@@ -214,13 +232,10 @@ def test_load_augmented_draws_classes_equally_and_filters_by_origin(generated):
 SHARDS = {"format": "shards", "shard_size": 300}
 
 
-def test_shard_places_cut_a_seeded_order_into_shards():
-    shards, keys = merge.shard_places(10, 4, np.random.default_rng(0))
-    assert sorted(keys) == [f"sample-{p:08d}" for p in range(10)]
-    by_place = sorted(zip(keys, shards))
-    assert [shard for _, shard in by_place] == [f"shards/train-{s:06d}.tar" for s in [0] * 4 + [1] * 4 + [2] * 2]
-    assert keys != sorted(keys)  # shuffled: a shard holds images of every class, not the first classes only
-    assert merge.shard_places(10, 4, np.random.default_rng(0)) == (shards, keys)
+def test_shard_names_cut_the_shuffled_places_into_shards_of_the_size():
+    shards, keys = merge.shard_names([9, 0, 4, 3], 4)
+    assert shards == [f"shards/train-{s:06d}.tar" for s in (2, 0, 1, 0)]
+    assert keys == ["sample-00000009", "sample-00000000", "sample-00000004", "sample-00000003"]
 
 
 def _tar_samples(shard: Path) -> dict[str, dict[str, bytes]]:
@@ -249,6 +264,9 @@ def test_shards_hold_the_image_folder_images_and_rows_and_are_byte_identical_on_
     }
     samples = {key: sample for f in shard_files for key, sample in _tar_samples(f).items()}
     assert len(samples) == len(manifest)
+    for f in shard_files:  # shuffled: every shard holds several classes, each shard's samples in key order
+        in_shard = manifest[manifest["shard"] == f"shards/{f.name}"]
+        assert in_shard["label"].nunique() > 1 and list(_tar_samples(f)) == sorted(in_shard["key"])
     records = []
     for row in manifest.itertuples():
         png = samples[row.key]["png"]

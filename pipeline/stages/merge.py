@@ -21,14 +21,19 @@ DVC stores and compares every file of an output, which gets slow at tens of thou
 shuffled with the seed across the shards, so that a streaming reader sees every class in every
 shard; manifest.csv, still in ImageFolder order, then names each image's `shard` and `key` (its
 `path` stays the image's name in the ImageFolder form).
+
+merge holds one class's rows at a time (prepare and generate write their manifests grouped by class), and
+a few numbers per image: the shard samples wait in a scratch file until the shards are written.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -36,12 +41,14 @@ import pandas as pd
 from pipeline.balancing import class_weights
 from pipeline.config import Params, params_to_dict
 from pipeline.contracts import (
+    GATE_COLUMNS,
     MANIFEST_COLUMNS,
     PreparedStats,
     SyntheticSummary,
     check_made_for,
-    read_accepted_synthetic,
-    read_split_rows,
+    class_counts,
+    class_rows,
+    passed_gate,
 )
 from pipeline.environment import environment
 from pipeline.io import atomic_output, json_text, sha256_file, write_json, write_manifest, write_tar
@@ -87,10 +94,9 @@ def merged_weights(labels, synthetic, num_classes: int, synthetic_share: float |
     return (weights * len(weights) / weights.sum()).round(9)
 
 
-def shard_places(n_images: int, shard_size: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    """(shard, key) of each of n images: the images in a random order, cut into shards of `shard_size`;
-    a key is the image's place in that order (zero-padded: names sort in that order up to 10^8 images)."""
-    places = rng.permutation(n_images)
+def shard_names(places: Iterable[int], shard_size: int) -> tuple[list[str], list[str]]:
+    """(shard, key) of the images at these places of the shards' random order: the shards cut that order into
+    `shard_size` images each; a key is the place (zero-padded: names sort in that order up to 10^8 images)."""
     return [f"shards/train-{p // shard_size:06d}.tar" for p in places], [f"sample-{p:08d}" for p in places]
 
 
@@ -103,78 +109,139 @@ def manifest_records(frame: pd.DataFrame) -> Iterator[dict]:
         }
 
 
+def in_train_split(rows: pd.DataFrame) -> pd.Series:
+    return rows["split"] == "train"
+
+
+def published_classes(paths: Paths, stats: PreparedStats) -> Iterator[pd.DataFrame]:
+    """Each class's rows of the published dataset, in ImageFolder order (its real train images, then its synthetic
+    ones, each by file name), with the file each image comes from (`origin_path`); one class held at a time."""
+    real = class_rows(paths.prepared / "manifest.csv", MANIFEST_COLUMNS, in_train_split, stats.num_classes)
+    synthetic = class_rows(
+        paths.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS, passed_gate, stats.num_classes
+    )
+    for c, real_rows, synthetic_rows in zip(stats.classes, real, synthetic):
+        # each image's file, as a string: a Path object per row costs hundreds of bytes at a million rows
+        real_rows = real_rows.assign(origin_path=f"{paths.prepared}{os.sep}" + real_rows["path"])
+        synthetic_rows = synthetic_rows.assign(origin_path=f"{paths.synthetic}{os.sep}" + synthetic_rows["path"])
+        rows = pd.concat([part for part in (real_rows, synthetic_rows) if len(part)], ignore_index=True)
+        if rows.empty:
+            continue
+        rows["path"] = [
+            f"train/{c.folder}/{origin}_{Path(path).name}" for origin, path in zip(rows["origin"], rows["path"])
+        ]
+        yield rows.sort_values("path", ignore_index=True).reindex(columns=ROW_COLUMNS + ["origin_path"])
+
+
 def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
     summary = SyntheticSummary.read(paths.synthetic)
     check_made_for(summary.image_size, summary.channels, summary.class_names, stats, f"{paths.synthetic}/summary.json")
-    real = read_split_rows(paths.prepared, "train")
-    synthetic = read_accepted_synthetic(paths.synthetic, stats)
-    folder_of = {c.label: c.folder for c in stats.classes}
-
-    # each image's file, as a string: a Path object per row costs hundreds of bytes at a million rows
-    real["origin_path"] = f"{paths.prepared}{os.sep}" + real["path"]
-    synthetic["origin_path"] = f"{paths.synthetic}{os.sep}" + synthetic["path"]
-    rows = pd.concat([real, synthetic], ignore_index=True)
-    # ImageFolder order: classes by label (class_folder_names keeps folder order = label order), files by name
-    rows["path"] = [
-        f"train/{folder_of[label]}/{origin}_{Path(path).name}"
-        for label, origin, path in zip(rows["label"], rows["origin"], rows["path"])
-    ]
-    rows = rows.sort_values(["label", "path"], ignore_index=True)
-    rows["weight"] = merged_weights(
-        rows["label"].to_numpy(),
-        (rows["origin"] == "synthetic").to_numpy(),
+    # the published rows of each class, real then synthetic: counted first, since every row's weight depends on all
+    counts = np.stack(
+        [
+            class_counts(paths.prepared / "manifest.csv", "split", in_train_split, stats),
+            class_counts(paths.synthetic / "manifest.csv", "accepted", passed_gate, stats),
+        ],
+        axis=1,
+    )
+    labels = np.repeat(np.arange(stats.num_classes), counts.sum(axis=1))
+    synthetic = np.concatenate([np.repeat([False, True], class_count) for class_count in counts])
+    weights = merged_weights(
+        labels,
+        synthetic,
         stats.num_classes,
         synthetic_shares(params.merge.synthetic_share, stats.class_names, summary.short_classes),
     )
-    rows["judge_prediction"] = rows["judge_prediction"].astype("Int64")
     image_folder, shards = params.merge.format != "shards", params.merge.format != "imagefolder"
-    if shards:
-        rows["shard"], rows["key"] = shard_places(
-            len(rows), params.merge.shard_size, np.random.default_rng(params.seed)
-        )
+    places = np.random.default_rng(params.seed).permutation(len(labels))  # the shards' random order of the images
+    columns = ROW_COLUMNS + (SHARD_COLUMNS if shards else [])
 
-    with atomic_output(paths.augmented) as out:
+    with atomic_output(paths.augmented) as out, tempfile.TemporaryFile() as scratch:
+        samples = ShardSamples(scratch, len(labels))
         if image_folder:
-            for folder in folder_of.values():
-                (out / "train" / folder).mkdir(parents=True)
-            for origin_path, path in zip(rows["origin_path"], rows["path"]):
-                link_or_copy(origin_path, out / path)
+            for c in stats.classes:
+                (out / "train" / c.folder).mkdir(parents=True)
+        with open(out / "manifest.csv", "w", encoding="utf-8", newline="") as manifest:
+            first = 0  # the manifest row of each class's first image
+            for rows in published_classes(paths, stats):
+                rows["weight"] = weights[first : first + len(rows)]
+                rows["judge_prediction"] = rows["judge_prediction"].astype("Int64")
+                if shards:
+                    rows["shard"], rows["key"] = shard_names(places[first : first + len(rows)], params.merge.shard_size)
+                    samples.add(rows)
+                if image_folder:
+                    for origin_path, path in zip(rows["origin_path"], rows["path"]):
+                        link_or_copy(origin_path, out / path)
+                write_manifest(rows[columns], manifest, header=first == 0)
+                first += len(rows)
         if shards:
-            write_shards(out, rows)
-        manifest = rows[ROW_COLUMNS + (SHARD_COLUMNS if shards else [])]
-        write_manifest(manifest, out / "manifest.csv")
-        card = dataset_card(manifest, stats, summary, params, sha256_file(out / "manifest.csv"))
+            write_shards(out, samples, places, params.merge.shard_size)
+        origins = pd.Categorical.from_codes(synthetic.astype(np.int8), ["real", "synthetic"])
+        images = pd.DataFrame({"label": labels, "origin": origins, "weight": weights})
+        card = dataset_card(images, stats, summary, params, sha256_file(out / "manifest.csv"))
         write_json(out / "dataset.json", card)
     short = ", ".join(f"{name!r} ({s['passed']} of {s['planned']})" for name, s in summary.short_classes.items())
     print(
         f"merge: data/augmented version {card['version'][:12]}: {card['counts']['real']} real + "
-        f"{card['counts']['synthetic']} synthetic images in {len(folder_of)} classes"
-        + (f"; {rows['shard'].nunique()} shards in {paths.augmented}/shards" if shards else "")
+        f"{card['counts']['synthetic']} synthetic images in {stats.num_classes} classes"
+        + (f"; {-(-len(labels) // params.merge.shard_size)} shards in {paths.augmented}/shards" if shards else "")
         + (f"; short classes, their real images drawn for the shortfall: {short}" if short else "")
     )
 
 
-def write_shards(out: Path, rows: pd.DataFrame) -> None:
-    """The images of `rows` (with `origin_path`, `shard` and `key`) as tars under out/shards/, in key order."""
+class ShardSamples:
+    """Every published image's shard sample, its manifest row as JSON and the file of its image, kept in a scratch
+    file in manifest order: the shards take the images in another order (shuffled), and a row per image held in
+    memory weighs a kilobyte."""
+
+    def __init__(self, scratch: IO[bytes], count: int):
+        self.scratch = scratch
+        self.ends = np.zeros(count + 1, dtype=np.int64)  # sample i is scratch[ends[i]:ends[i + 1]]
+        self.path_sizes = np.zeros(count, dtype=np.int64)  # the first bytes of a sample: its image's file
+        self.count = 0
+
+    def add(self, rows: pd.DataFrame) -> None:
+        """The samples of `rows` (with `origin_path`), the next rows of the manifest."""
+        for record, origin_path in zip(manifest_records(rows[ROW_COLUMNS]), rows["origin_path"]):
+            path, text = origin_path.encode(), json_text(record).encode()
+            self.scratch.write(path + text)
+            self.path_sizes[self.count] = len(path)
+            self.ends[self.count + 1] = self.ends[self.count] + len(path) + len(text)
+            self.count += 1
+
+    def read(self, row: int) -> tuple[str, bytes]:
+        """(the image's file, the row as JSON) of manifest row `row`."""
+        start, size = self.ends[row], self.ends[row + 1] - self.ends[row]
+        sample = os.pread(self.scratch.fileno(), size, start)
+        return sample[: self.path_sizes[row]].decode(), sample[self.path_sizes[row] :]
+
+
+def write_shards(out: Path, samples: ShardSamples, places: np.ndarray, shard_size: int) -> None:
+    """The samples as tars of `shard_size` under out/shards/, each in key order (the place of its image)."""
+    samples.scratch.flush()
     (out / "shards").mkdir()
-    for shard, samples in rows.sort_values("key").groupby("shard", sort=True):
-        write_tar(out / shard, _shard_members(samples))
+    row_at = np.argsort(places)  # the manifest row of the image at each place
+    firsts = range(0, len(row_at), shard_size)
+    for first, shard in zip(firsts, shard_names(firsts, shard_size)[0]):
+        write_tar(out / shard, _shard_members(samples, row_at, range(first, min(first + shard_size, len(row_at)))))
 
 
-def _shard_members(samples: pd.DataFrame) -> Iterator[tuple[str, bytes]]:
-    for record, key, origin_path in zip(manifest_records(samples[ROW_COLUMNS]), samples["key"], samples["origin_path"]):
-        yield f"{key}.json", json_text(record).encode()
+def _shard_members(samples: ShardSamples, row_at: np.ndarray, places: range) -> Iterator[tuple[str, bytes]]:
+    for place, key in zip(places, shard_names(places, 1)[1]):
+        origin_path, record = samples.read(int(row_at[place]))
+        yield f"{key}.json", record
         yield f"{key}.png", Path(origin_path).read_bytes()
 
 
 def dataset_card(
-    manifest: pd.DataFrame, stats: PreparedStats, summary: SyntheticSummary, params: Params, version: str
+    images: pd.DataFrame, stats: PreparedStats, summary: SyntheticSummary, params: Params, version: str
 ) -> dict:
-    """What the augmented dataset is and what made it; no timestamps, so equal inputs give equal bytes."""
-    per_class = manifest.groupby(["label", "origin"]).size().unstack(fill_value=0)
-    mass = manifest.groupby("label")["weight"].sum()
-    synthetic_mass = manifest[manifest["origin"] == "synthetic"].groupby("label")["weight"].sum()
+    """What the augmented dataset is and what made it, from the label, origin and weight of each of its `images`;
+    no timestamps, so equal inputs give equal bytes."""
+    per_class = images.groupby(["label", "origin"]).size().unstack(fill_value=0)
+    mass = images.groupby("label")["weight"].sum()
+    synthetic_mass = images[images["origin"] == "synthetic"].groupby("label")["weight"].sum()
     return {
         "version": version,
         "image_size": stats.image_size,
@@ -195,7 +262,7 @@ def dataset_card(
             }
             for c in stats.classes
         ],
-        "counts": {origin: int((manifest["origin"] == origin).sum()) for origin in ("real", "synthetic")},
+        "counts": {origin: int((images["origin"] == origin).sum()) for origin in ("real", "synthetic")},
         "short_classes": summary.short_classes,
         "source": stats.source,
         "source_fingerprint": stats.source_fingerprint,
