@@ -316,6 +316,11 @@ def passed_gate(rows: pd.DataFrame) -> pd.Series:
     return rows["accepted"].astype(bool)
 
 
+def in_train_split(rows: pd.DataFrame) -> pd.Series:
+    """Which rows of data/prepared/manifest.csv are train images (a `keep`, as passed_gate)."""
+    return rows["split"] == "train"
+
+
 def read_accepted_synthetic(folder: Path, stats: PreparedStats) -> pd.DataFrame:
     """The rows of data/synthetic/manifest.csv that passed the gate (may be empty), checked against stats."""
     path = Path(folder) / "manifest.csv"
@@ -328,11 +333,28 @@ def class_counts(path: Path, keep_column: str, keep: Callable[[pd.DataFrame], pd
     """The number of rows of each class (by label) that `keep` keeps in a manifest, which is checked against
     stats; read a few columns a chunk at a time."""
     counts = np.zeros(stats.num_classes, dtype=np.int64)
-    for chunk in manifest_chunks(path, ["label", "class_name", keep_column]):
-        kept = chunk[keep(chunk)]
-        check_manifest_classes(kept, stats, str(path))
+    for kept in _kept_chunks(path, ["label", "class_name", keep_column], keep, stats):
         counts += np.bincount(kept["label"].to_numpy(), minlength=stats.num_classes)
     return counts
+
+
+def first_of_each_class(
+    path: Path, keep_column: str, keep: Callable[[pd.DataFrame], pd.Series], stats: PreparedStats, count: int
+) -> pd.DataFrame:
+    """The path and label of the first `count` rows of each class that `keep` keeps in a manifest, in the file's
+    order, which is checked against stats; read a few columns a chunk at a time."""
+    first = None
+    for kept in _kept_chunks(path, ["path", "label", "class_name", keep_column], keep, stats):
+        rows = kept[["path", "label"]] if first is None else pd.concat([first, kept[["path", "label"]]])
+        first = rows.groupby("label").head(count)
+    return first.reset_index(drop=True)
+
+
+def _kept_chunks(path: Path, columns: list[str], keep: Callable[[pd.DataFrame], pd.Series], stats: PreparedStats):
+    for chunk in manifest_chunks(path, columns):
+        kept = chunk[keep(chunk)]
+        check_manifest_classes(kept, stats, str(path))
+        yield kept
 
 
 def class_rows(

@@ -14,6 +14,7 @@ from pipeline.contracts import (
     PreparedStats,
     class_counts,
     class_rows,
+    first_of_each_class,
     passed_gate,
 )
 from pipeline.errors import InputError
@@ -157,3 +158,16 @@ def test_class_counts_count_the_kept_rows_and_check_the_classes(tmp_path, monkey
     assert list(class_counts(path, "accepted", passed_gate, tiny_stats(3))) == [2, 0, 2]
     with pytest.raises(InputError, match="classes that data/prepared does not have: 'class2' \\(label 2\\)"):
         class_counts(path, "accepted", passed_gate, tiny_stats(2))
+
+
+def test_first_of_each_class_keeps_the_first_rows_of_each_class_across_chunks(tmp_path, monkeypatch):
+    rows = grouped_rows([0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 1, 1])  # accepted: every other row
+    rows["path"] = [f"image{i}.png" for i in range(len(rows))]
+    path = tmp_path / "manifest.csv"
+    write_manifest(rows, path)
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 3)
+    first = first_of_each_class(path, "accepted", passed_gate, tiny_stats(3), count=2)
+    assert first.to_dict("list") == {
+        "path": ["image0.png", "image2.png", "image6.png", "image8.png", "image10.png"],
+        "label": [0, 0, 2, 2, 1],
+    }

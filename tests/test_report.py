@@ -136,6 +136,18 @@ def test_figures_are_written_for_dvc_plots_and_each_decodes(reported):
         assert grid.convert("L").getpixel((2 + stats.image_size // 2, 3 * grid.height // 4)) == 128
 
 
+def test_the_closest_pairs_are_read_a_chunk_at_a_time_as_sorting_the_whole_table_gives(
+    evaluated, tmp_path, monkeypatch
+):
+    nearest = pd.read_csv(evaluated[0] / "reports/tables/nearest_real.csv", dtype=report.TABLE_TYPES)
+    assert len(nearest) > 12
+    nearest.sample(frac=1, random_state=0).to_csv(tmp_path / "nearest_real.csv", index=False)  # out of order
+    monkeypatch.setattr(report, "CHUNK_ROWS", 4)
+    closest = report.read_closest_pairs(tmp_path, 6)
+    expected = nearest.sort_values(["relative_distance", "synthetic_path"]).head(6).reset_index(drop=True)
+    pd.testing.assert_frame_equal(closest, expected)
+
+
 def test_the_page_is_self_contained_and_every_image_decodes(reported):
     page = Page(Paths(reported).html.read_text(encoding="utf-8"))
     assert all(link.startswith("data:image/png;base64,") for link in page.links)  # nothing fetched from elsewhere

@@ -48,6 +48,7 @@ from pipeline.contracts import (
     check_made_for,
     class_counts,
     class_rows,
+    in_train_split,
     passed_gate,
 )
 from pipeline.environment import environment
@@ -107,10 +108,6 @@ def manifest_records(frame: pd.DataFrame) -> Iterator[dict]:
             column: None if pd.isna(value) else value.item() if isinstance(value, np.generic) else value
             for column, value in zip(frame.columns, row)
         }
-
-
-def in_train_split(rows: pd.DataFrame) -> pd.Series:
-    return rows["split"] == "train"
 
 
 def published_classes(paths: Paths, stats: PreparedStats) -> Iterator[pd.DataFrame]:

@@ -30,13 +30,14 @@ from pipeline.contracts import (
     NO_SYNTHETIC,
     VERDICTS,
     PreparedStats,
+    first_of_each_class,
+    in_train_split,
     load_rows,
-    read_accepted_synthetic,
-    read_split_rows,
+    passed_gate,
     table_columns,
 )
 from pipeline.errors import InputError
-from pipeline.io import atomic_output, encode_png_tensor, json_text, read_json, write_atomically
+from pipeline.io import CHUNK_ROWS, atomic_output, encode_png_tensor, json_text, read_json, write_atomically
 from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parents[1] / "templates"  # package data of pipeline/, beside the library
@@ -65,20 +66,31 @@ ENVIRONMENT_STAGES = ("judge", "train", "generate", "merge")  # the stages whose
 # --- inputs --------------------------------------------------------------------------------------
 
 
-def read_table(folder: Path, file: str) -> pd.DataFrame:
-    """One of evaluate's CSV tables, which must hold its columns (contracts.table_columns; of recall.csv,
-    those of the real and augmented arms)."""
+TABLE_TYPES = {"class_name": str, "arm": str, "verdict": str, "reason": str, "synthetic_path": str, "train_path": str}
+
+
+def read_table(folder: Path, file: str, nrows: int | None = None) -> pd.DataFrame:
+    """One of evaluate's CSV tables (its first `nrows` rows), which must hold its columns (contracts.table_columns;
+    of recall.csv, those of the real and augmented arms)."""
     path = folder / file
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage first)")
-    table = pd.read_csv(
-        path,
-        dtype={"class_name": str, "arm": str, "verdict": str, "reason": str, "synthetic_path": str, "train_path": str},
-    )
+    table = pd.read_csv(path, dtype=TABLE_TYPES, nrows=nrows)
     missing = [c for c in table_columns(file) if c not in table.columns]
     if missing:
         raise InputError(f"{path}: lacks the columns {', '.join(missing)}; rerun the evaluate stage")
     return table
+
+
+def read_closest_pairs(folder: Path, count: int) -> pd.DataFrame:
+    """The `count` rows of nearest_real.csv whose synthetic image is closest to a real one (relative distance, then
+    path), read a chunk at a time: the table has a row per synthetic image."""
+    closest = read_table(folder, "nearest_real.csv", nrows=0)
+    with pd.read_csv(folder / "nearest_real.csv", dtype=TABLE_TYPES, chunksize=CHUNK_ROWS) as chunks:
+        for chunk in chunks:
+            rows = pd.concat([closest, chunk]) if len(closest) else chunk
+            closest = rows.sort_values(["relative_distance", "synthetic_path"]).head(count)
+    return closest.reset_index(drop=True)
 
 
 def read_evaluation(path: Path, keys: tuple[str, ...]) -> dict:
@@ -106,10 +118,10 @@ class Evaluation:
     runs: pd.DataFrame  # utility_runs.csv
     recalls: pd.DataFrame  # recall.csv
     quality: pd.DataFrame  # quality.csv
-    nearest: pd.DataFrame  # nearest_real.csv
+    closest_pairs: pd.DataFrame  # the rows of nearest_real.csv closest to a real image (report.closest_pairs)
 
     @classmethod
-    def read(cls, paths: Paths, stats: PreparedStats) -> Evaluation:
+    def read(cls, paths: Paths, stats: PreparedStats, closest_pairs: int) -> Evaluation:
         """Read and check against the prepared data (the tables' columns: contracts.py)."""
         evaluation = cls(
             metrics=read_evaluation(paths.metrics, HEADLINE_KEYS),
@@ -118,7 +130,7 @@ class Evaluation:
             runs=read_table(paths.tables, "utility_runs.csv"),
             recalls=read_table(paths.tables, "recall.csv"),
             quality=read_table(paths.tables, "quality.csv"),
-            nearest=read_table(paths.tables, "nearest_real.csv"),
+            closest_pairs=read_closest_pairs(paths.tables, closest_pairs),
         )
         missing_arms = sorted({"augmented", evaluation.metrics["baseline"]} - set(evaluation.arms["arm"]))
         if missing_arms:
@@ -212,13 +224,12 @@ def sample_grid(real: torch.Tensor, synthetic: torch.Tensor, per_class: int, bla
 
 def make_figures(params: Params, paths: Paths, stats: PreparedStats, evaluation: Evaluation) -> dict[str, bytes]:
     """Every figure, by file name; only the images shown are read."""
-    quality, recalls, nearest = evaluation.quality, evaluation.recalls, evaluation.nearest
+    quality, recalls, pairs = evaluation.quality, evaluation.recalls, evaluation.closest_pairs
     per_class = params.report.images_per_class
-    train_rows = read_split_rows(paths.prepared, "train")
-    real, real_labels = load_rows(paths.prepared, train_rows.groupby("label").head(per_class), stats)
-    synthetic_rows = read_accepted_synthetic(paths.synthetic, stats).groupby("label").head(per_class)
+    train_rows = first_of_each_class(paths.prepared / "manifest.csv", "split", in_train_split, stats, per_class)
+    real, real_labels = load_rows(paths.prepared, train_rows, stats)
+    synthetic_rows = first_of_each_class(paths.synthetic / "manifest.csv", "accepted", passed_gate, stats, per_class)
     synthetic, synthetic_labels = load_rows(paths.synthetic, synthetic_rows, stats)
-    pairs = nearest.sort_values(["relative_distance", "synthetic_path"]).head(params.report.closest_pairs)
     pair_images = [
         load_rows(root, pairs.assign(path=pairs[column]), stats)[0]
         for root, column in ((paths.synthetic, "synthetic_path"), (paths.prepared, "train_path"))
@@ -352,7 +363,7 @@ def render_page(
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     stats = PreparedStats.read(paths.prepared)
-    evaluation = Evaluation.read(paths, stats)
+    evaluation = Evaluation.read(paths, stats, params.report.closest_pairs)
     card = read_json(paths.augmented / "dataset.json")
     if "environment" not in card:
         raise InputError(
