@@ -8,7 +8,7 @@ import pytest
 import pipeline.io
 from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS
 from pipeline.errors import InputError
-from pipeline.io import manifest_chunks, read_manifest, write_manifest
+from pipeline.io import manifest_chunks, packed_hashes, read_manifest, same_hashes, sha256_bytes, write_manifest
 
 
 def candidate_rows(n: int) -> pd.DataFrame:
@@ -107,3 +107,27 @@ def test_manifest_chunks_refuse_a_column_typed_differently_further_on(tmp_path, 
     with pytest.raises(InputError, match="column 'seed' reads as str"):
         list(manifest_chunks(path, ["label", "seed"]))
     assert sum(len(c) for c in manifest_chunks(path, ["label", "path"])) == 12  # the other columns read on
+
+
+def test_manifest_chunks_check_the_columns_required_beside_those_read(tmp_path):
+    path = tmp_path / "manifest.csv"
+    write_manifest(candidate_rows(5).drop(columns=["accepted", "seed"]), path)
+    with pytest.raises(InputError, match=r"lacks the columns seed, accepted$"):
+        next(manifest_chunks(path, ["label"], MANIFEST_COLUMNS + GATE_COLUMNS))
+    assert list(next(manifest_chunks(path, ["label"], MANIFEST_COLUMNS[:2])).columns) == ["label"]
+
+
+def test_packed_hashes_are_equal_exactly_when_the_hex_strings_are_as_many_times_each():
+    digests = [sha256_bytes(bytes([i])) for i in range(5)]
+
+    def packed(*chunks):
+        return [packed_hashes(pd.Series(chunk, dtype=str)) for chunk in chunks]
+
+    assert packed(digests[:1])[0][0].dtype == "S32" and packed(digests[:1])[0][1] == []
+    assert same_hashes(packed(digests[:2], digests[2:]), packed(digests[::-1]))
+    assert not same_hashes(packed(digests), packed(digests[:4]))
+    assert not same_hashes(packed(digests + digests[:1]), packed(digests + digests[1:2]))  # counts matter
+    odd = ["", "not a hash", digests[0].upper()]  # kept as they are: not the lowercase digest's equal
+    assert same_hashes(packed(digests[:2] + odd), packed(odd[::-1], digests[:2]))
+    assert not same_hashes(packed(digests[1:2] + odd[2:]), packed(digests[:2]))
+    assert same_hashes(packed([]), [])
