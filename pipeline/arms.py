@@ -20,7 +20,6 @@ of images (the merged dataset, then the holdout); each arm's training set is its
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import time
@@ -37,10 +36,10 @@ from pipeline.balancing import class_weights, oversample_to_balance
 from pipeline.classifier_training import TrainingSet, drawn_frequencies, train_classifier
 from pipeline.config import EvaluateParams
 from pipeline.contracts import MANIFEST_COLUMNS, SCORES, PreparedStats
-from pipeline.dataset import load_augmented
+from pipeline.dataset import decode_augmented
 from pipeline.hardware import classifier_settings
-from pipeline.image_rows import ImageRows, Images, decoded_pngs, in_chunks, write_image_rows
-from pipeline.io import read_manifest
+from pipeline.image_rows import ImageRows, Images, append_image_rows, decoded_pngs
+from pipeline.io import manifest_chunks
 from pipeline.metrics import classification_scores, mean_std, paired_difference
 from pipeline.paths import Paths
 from pipeline.progress import Progress, finishing_order
@@ -63,19 +62,21 @@ class ArmInputs:
 
 
 def read_arm_inputs(paths: Paths, stats: PreparedStats, scratch: Path) -> ArmInputs:
-    """The merged dataset (read as a user reads it: load_augmented, files or shards) and the holdout, decoded
-    once into the file <scratch>/arms.u8."""
-    dataset, merged, _ = load_augmented(paths.augmented, transform=np.array)  # a PIL image -> H x W (x C) uint8
-    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
-    merged_images = in_chunks(np.atleast_3d(dataset[i][0]) for i in range(len(dataset)))
-    holdout_images = decoded_pngs(paths.holdout, holdout["path"], stats.channels)
+    """The merged dataset (the images load_augmented gives, from files or shards, in manifest order) and the
+    holdout, decoded once into the file <scratch>/arms.u8, a chunk of rows or a shard at a time."""
     shape = (stats.image_size, stats.image_size, stats.channels)
+    images, merged = decode_augmented(paths.augmented, scratch / "arms.u8", shape)
+    holdout_labels = []
+    for rows in manifest_chunks(paths.holdout / "manifest.csv", ["path", "label"], MANIFEST_COLUMNS):
+        for chunk in decoded_pngs(paths.holdout, rows["path"], stats.channels):
+            images = append_image_rows(images, chunk)
+        holdout_labels.append(rows["label"].to_numpy())
     return ArmInputs(
-        write_image_rows(scratch / "arms.u8", shape, itertools.chain(merged_images, holdout_images)),
+        images,
         torch.tensor(merged["label"].to_numpy()),
         (merged["origin"] == "synthetic").to_numpy(),
         merged["weight"].to_numpy(),
-        torch.tensor(holdout["label"].to_numpy(), dtype=torch.int64),
+        torch.tensor(np.concatenate(holdout_labels), dtype=torch.int64),  # a chunk at least, if empty
         stats.num_classes,
     )
 

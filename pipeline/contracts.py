@@ -333,7 +333,7 @@ def class_counts(path: Path, keep_column: str, keep: Callable[[pd.DataFrame], pd
     """The number of rows of each class (by label) that `keep` keeps in a manifest, which is checked against
     stats; read a few columns a chunk at a time."""
     counts = np.zeros(stats.num_classes, dtype=np.int64)
-    for kept in _kept_chunks(path, ["label", "class_name", keep_column], keep, stats):
+    for kept in kept_chunks(path, ["label", "class_name", keep_column], keep, stats):
         counts += np.bincount(kept["label"].to_numpy(), minlength=stats.num_classes)
     return counts
 
@@ -344,14 +344,22 @@ def first_of_each_class(
     """The path and label of the first `count` rows of each class that `keep` keeps in a manifest, in the file's
     order, which is checked against stats; read a few columns a chunk at a time."""
     first = None
-    for kept in _kept_chunks(path, ["path", "label", "class_name", keep_column], keep, stats):
+    for kept in kept_chunks(path, ["path", "label", "class_name", keep_column], keep, stats):
         rows = kept[["path", "label"]] if first is None else pd.concat([first, kept[["path", "label"]]])
         first = rows.groupby("label").head(count)
     return first.reset_index(drop=True)
 
 
-def _kept_chunks(path: Path, columns: list[str], keep: Callable[[pd.DataFrame], pd.Series], stats: PreparedStats):
-    for chunk in manifest_chunks(path, columns):
+def kept_chunks(
+    path: Path,
+    columns: list[str],
+    keep: Callable[[pd.DataFrame], pd.Series],
+    stats: PreparedStats,
+    required: list[str] = (),
+) -> Iterator[pd.DataFrame]:
+    """`columns` (with label and class_name) of the rows that `keep` keeps in a manifest that holds `required`,
+    a chunk at a time (io.manifest_chunks), each chunk's classes checked against stats."""
+    for chunk in manifest_chunks(path, columns, required):
         kept = chunk[keep(chunk)]
         check_manifest_classes(kept, stats, str(path))
         yield kept

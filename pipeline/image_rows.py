@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.contracts import PreparedStats, read_split_rows
-from pipeline.io import read_png
+from pipeline.contracts import MANIFEST_COLUMNS, PreparedStats
+from pipeline.io import manifest_chunks, read_png
 
 DECODE_CHUNK = 1000  # images decoded and written at a time
 
@@ -99,6 +99,23 @@ def write_image_rows(path: Path | str, image_shape: tuple[int, int, int], chunks
     return ImageRows(Path(path), count, tuple(image_shape))
 
 
+def place_image_rows(
+    path: Path | str, image_shape: tuple[int, int, int], count: int, placed: Iterable[tuple[int, np.ndarray]]
+) -> ImageRows:
+    """Write `count` uint8 H x W x C images of `image_shape` to `path`, each given with its row number, in any
+    order (a reader that meets the images in another order than their rows'); every row must be given."""
+    rows, written = ImageRows(Path(path), count, tuple(image_shape)), np.zeros(count, dtype=bool)
+    with open(path, "wb", buffering=0) as handle:
+        handle.truncate(count * rows.row_bytes)
+        for row, image in placed:
+            _check_images(path, image_shape, image[None])
+            os.pwrite(handle.fileno(), np.ascontiguousarray(image).data, row * rows.row_bytes)
+            written[row] = True
+    if not written.all():
+        raise ValueError(f"{path}: row {np.flatnonzero(~written)[0]} of {count} was never given")
+    return rows
+
+
 def append_image_rows(rows: ImageRows, images: np.ndarray) -> ImageRows:
     """`rows` with uint8 N x H x W x C `images` written after them, in the same file (made where there is
     none: `ImageRows(path, 0, image_shape)` starts one). The file is opened for the write and closed after
@@ -111,10 +128,14 @@ def append_image_rows(rows: ImageRows, images: np.ndarray) -> ImageRows:
 
 def _write_chunk(handle, path: Path | str, image_shape: tuple[int, int, int], chunk: np.ndarray) -> int:
     """Write one uint8 N x H x W x C chunk at the handle's position; N."""
-    if chunk.shape[1:] != tuple(image_shape) or chunk.dtype != np.uint8:
-        raise ValueError(f"{path}: a chunk of {chunk.dtype} {chunk.shape[1:]}, not uint8 {tuple(image_shape)}")
+    _check_images(path, image_shape, chunk)
     handle.write(np.ascontiguousarray(chunk).data)
     return len(chunk)
+
+
+def _check_images(path: Path | str, image_shape: tuple[int, int, int], chunk: np.ndarray) -> None:
+    if chunk.shape[1:] != tuple(image_shape) or chunk.dtype != np.uint8:
+        raise ValueError(f"{path}: a chunk of {chunk.dtype} {chunk.shape[1:]}, not uint8 {tuple(image_shape)}")
 
 
 def in_chunks(images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -134,20 +155,37 @@ def decoded_pngs(root: Path, relative_paths: Iterable[str], channels: int) -> It
     return in_chunks(read_png(root / relative, channels) for relative in relative_paths)
 
 
-def decode_rows(root: Path, rows: pd.DataFrame, stats: PreparedStats, path: Path) -> tuple[ImageRows, torch.Tensor]:
+def decode_rows(
+    root: Path, rows: pd.DataFrame | Iterable[pd.DataFrame], stats: PreparedStats, path: Path
+) -> tuple[ImageRows, torch.Tensor]:
     """The images of some manifest rows (paths relative to `root`) decoded, a chunk at a time, into the
-    scratch file `path`, and their int64 labels."""
+    scratch file `path`, and their int64 labels. `rows`: a frame, or its chunks as they are read (only a
+    chunk's paths are then held)."""
+    labels = []
+
+    def paths(chunks):  # each chunk's labels kept as its images are decoded
+        for chunk in chunks:
+            labels.append(chunk["label"].to_numpy(dtype=np.int64))
+            yield from chunk["path"]
+
     shape = (stats.image_size, stats.image_size, stats.channels)
-    images = write_image_rows(path, shape, decoded_pngs(Path(root), rows["path"], stats.channels))
-    return images, torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
+    chunks = [rows] if isinstance(rows, pd.DataFrame) else rows
+    images = write_image_rows(path, shape, decoded_pngs(Path(root), paths(chunks), stats.channels))
+    return images, torch.from_numpy(np.concatenate([np.empty(0, np.int64), *labels]))
+
+
+def split_chunks(prepared: Path, split: str) -> Iterator[pd.DataFrame]:
+    """The path and label of the rows of data/prepared/manifest.csv in one split, a chunk at a time."""
+    for chunk in manifest_chunks(Path(prepared) / "manifest.csv", ["path", "label", "split"], MANIFEST_COLUMNS):
+        yield chunk.loc[chunk["split"] == split, ["path", "label"]]
 
 
 def decode_split(
     prepared: Path, stats: PreparedStats, split: str, scratch: Path, manifest: pd.DataFrame | None = None
 ) -> tuple[ImageRows, torch.Tensor]:
     """One split of the prepared data decoded into the file <scratch>/<split>.u8 (decode_rows). `manifest` is
-    the prepared manifest where the caller has read it already; otherwise it is read here."""
-    rows = read_split_rows(prepared, split) if manifest is None else manifest[manifest["split"] == split]
+    the prepared manifest where the caller has read it already; otherwise it is read a chunk at a time."""
+    rows = split_chunks(prepared, split) if manifest is None else manifest[manifest["split"] == split]
     return decode_rows(prepared, rows, stats, Path(scratch) / f"{split}.u8")
 
 

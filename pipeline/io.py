@@ -79,6 +79,26 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def packed_hashes(hashes: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """SHA-256 hex strings held compactly: the 32-byte digests of those in the form sha256_bytes gives (64
+    lowercase hex digits) as one numpy 'S32' array, and any other strings as they are (a list; a manifest that
+    a stage wrote has none)."""
+    canonical = hashes.str.fullmatch("[0-9a-f]{64}").to_numpy(dtype=bool)
+    digests = np.frombuffer(bytes.fromhex("".join(hashes[canonical])), dtype="S32")
+    return digests, hashes[~canonical].tolist()
+
+
+def same_hashes(one: list[tuple[np.ndarray, list[str]]], other: list[tuple[np.ndarray, list[str]]]) -> bool:
+    """Whether two lists of packed_hashes hold the same strings, each as many times (sorted and compared)."""
+
+    def in_order(packed):
+        digests = np.concatenate([np.empty(0, dtype="S32"), *(digests for digests, _ in packed)])
+        return np.sort(digests), sorted(text for _, texts in packed for text in texts)
+
+    (one_digests, one_texts), (other_digests, other_texts) = in_order(one), in_order(other)
+    return np.array_equal(one_digests, other_digests) and one_texts == other_texts
+
+
 def json_text(obj) -> str:
     """Stable JSON (sorted keys, fixed indent) so equal content gives equal bytes."""
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -178,11 +198,12 @@ def read_manifest(
     return frame
 
 
-def manifest_chunks(path: Path | str, columns: list[str]) -> Iterator[pd.DataFrame]:
+def manifest_chunks(path: Path | str, columns: list[str], required: list[str] = ()) -> Iterator[pd.DataFrame]:
     """Only `columns` of a manifest CSV, CHUNK_ROWS rows at a time and typed as read_manifest types them, for a
-    reader that needs a few columns or one class at a time. Every chunk must type a column as the first one
-    does: a column empty in some chunks and numeric in others is an InputError (read_manifest reads it whole)."""
-    path = _checked_manifest(path, columns)
+    reader that needs a few columns or one class at a time. The manifest must hold `columns` and `required`
+    (the columns of its contract, read or not). Every chunk must type a column as the first one does: a column
+    empty in some chunks and numeric in others is an InputError (read_manifest reads it whole)."""
+    path = _checked_manifest(path, list(required) + [c for c in columns if c not in required])
     first = None
     with pd.read_csv(
         path, usecols=columns, dtype=MANIFEST_TYPES, keep_default_na=False, chunksize=CHUNK_ROWS

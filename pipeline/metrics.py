@@ -7,6 +7,8 @@ writes files.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from scipy import stats
@@ -157,9 +159,16 @@ def copy_thresholds(
     threshold of the classes that have enough: two or three images are too few to know how close
     real images of the class can come (their closest pair is far, and would call most samples copies).
     """
+    return class_copy_thresholds(
+        (train[train_labels == label], held_out[held_out_labels == label]) for label in range(num_classes)
+    )
+
+
+def class_copy_thresholds(classes: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """copy_thresholds from each class's (train, held-out) features in label order, given a class at a time
+    (a caller that never holds every class's features at once)."""
     pairs, sizes = [], []
-    for label in range(num_classes):
-        own_train, own_held_out = train[train_labels == label], held_out[held_out_labels == label]
+    for own_train, own_held_out in classes:
         pairs.append(closest_real_pair(own_train, own_held_out))
         sizes.append(len(own_train) + len(own_held_out))
     known = [d for d, n in zip(pairs, sizes) if d is not None and n >= MIN_COPY_RULE_IMAGES]

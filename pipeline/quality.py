@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import EvaluateParams, VerdictParams
-from pipeline.contracts import NEAREST_COLUMNS, NO_SYNTHETIC, QUALITY_COLUMNS
+from pipeline.contracts import NO_SYNTHETIC, QUALITY_COLUMNS
 from pipeline.metrics import (
     frechet_distance,
     kernel_distance,
@@ -77,37 +77,18 @@ def class_quality(features: ClassFeatures, cfg: EvaluateParams, seed: int) -> di
     return row
 
 
-def nearest_real_table(
-    synthetic: torch.Tensor,
-    synthetic_labels: torch.Tensor,
-    synthetic_paths: np.ndarray,
-    train: torch.Tensor,
-    train_labels: torch.Tensor,
-    train_paths: np.ndarray,
-    copy_thresholds: list[float],
-) -> pd.DataFrame:
-    """Per synthetic image: its nearest real train image of its class, the distance, and that distance
-    relative to the class's copy threshold (below 1: a copy by the copy rule). Closest first; no rows
-    without synthetic images."""
-    tables = []
-    for label in synthetic_labels.unique().tolist():
-        synthetic_rows = torch.nonzero(synthetic_labels == label).squeeze(1)
-        train_rows = torch.nonzero(train_labels == label).squeeze(1)
-        distances, nearest = nearest_neighbours(synthetic[synthetic_rows], train[train_rows])
-        tables.append(
-            pd.DataFrame(
-                {
-                    "label": label,
-                    "synthetic_path": synthetic_paths[synthetic_rows.numpy()],
-                    "train_path": train_paths[train_rows[nearest].numpy()],
-                    "distance": distances.numpy(),
-                    "relative_distance": (distances / copy_thresholds[label]).numpy(),
-                }
-            )
-        )
-    if not tables:
-        return pd.DataFrame(columns=NEAREST_COLUMNS)
-    return pd.concat(tables).sort_values(["relative_distance", "synthetic_path"]).reset_index(drop=True)
+def class_nearest_real(features: ClassFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per synthetic image of one class: (the distance to its nearest real train image of the class, that
+    image's index among the class's train images, the distance relative to the class's copy threshold: below 1
+    a copy by the copy rule)."""
+    distances, nearest = nearest_neighbours(features.synthetic, features.train)
+    return distances, nearest, distances / features.copy_threshold
+
+
+def nearest_real_order(relative_distance: np.ndarray, synthetic_paths: np.ndarray) -> np.ndarray:
+    """The order of the nearest-real table's rows: closest first (relative distance, NaN last), then by the
+    synthetic image's path (`synthetic_paths`: str, or their UTF-8 bytes, which sort alike); stable."""
+    return np.lexsort((synthetic_paths, relative_distance))
 
 
 def class_verdict(

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
+import pipeline.io
+import pipeline.judge_features as judge_features_module
 from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
 from pipeline.arms import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 from pipeline.classifier_training import AugmentedBatches, TrainingSet, train_classifier
@@ -30,10 +32,12 @@ from pipeline.contracts import (
     PreparedStats,
     load_split,
 )
+from pipeline.dataset import encoded, load_augmented
 from pipeline.errors import InputError
 from pipeline.image_rows import decode_split
-from pipeline.io import read_manifest, write_manifest
-from pipeline.nets import predict
+from pipeline.io import read_manifest, read_png, write_manifest
+from pipeline.judge_features import judge_features
+from pipeline.nets import load_judge, predict
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts
 from pipeline.stages import evaluate
@@ -412,3 +416,90 @@ def test_an_augmented_dataset_of_other_synthetic_images_is_an_error(inputs_copy)
     )
     with pytest.raises(InputError, match=r"data/augmented/manifest.csv: its synthetic images are not those"):
         evaluate.run(tiny_params(), inputs_copy)
+
+
+@pytest.mark.parametrize("layout", ["imagefolder", "shards"])
+def test_the_arms_decode_the_images_load_augmented_gives_in_manifest_order_then_the_holdout(
+    evaluate_inputs, tmp_path, monkeypatch, layout
+):
+    from pipeline.stages import merge
+
+    paths = Paths(copy_outputs(evaluate_inputs, tmp_path / "inputs"))
+    if layout == "shards":
+        merge.run(tiny_params(merge={"format": "shards", "shard_size": 40}), paths)
+        assert len(list((paths.augmented / "shards").glob("*.tar"))) > 2
+    monkeypatch.setattr(pipeline.io, "CHUNK_ROWS", 7)  # every manifest read a few rows at a time
+    inputs = arm_inputs(paths, tmp_path)
+
+    dataset, manifest, _ = load_augmented(paths.augmented, transform=np.array)  # as a user reads them
+    holdout = read_manifest(paths.holdout / "manifest.csv", MANIFEST_COLUMNS)
+    channels = PreparedStats.read(paths.prepared).channels
+    merged, held = np.arange(len(manifest)), len(manifest) + np.arange(len(holdout))
+    assert len(holdout) and len(inputs.images) == len(merged) + len(held)
+    assert np.array_equal(inputs.images[merged], np.stack([np.atleast_3d(image) for image, _ in dataset]))
+    assert np.array_equal(
+        inputs.images[held], np.stack([read_png(paths.holdout / p, channels) for p in holdout["path"]])
+    )
+    assert torch.equal(inputs.merged_labels, torch.tensor(manifest["label"].to_numpy()))
+    assert np.array_equal(inputs.merged_synthetic, (manifest["origin"] == "synthetic").to_numpy())
+    assert np.array_equal(inputs.merged_weights, manifest["weight"].to_numpy())
+    assert torch.equal(inputs.holdout_labels, torch.tensor(holdout["label"].to_numpy()))
+
+
+def test_the_arms_name_a_shard_that_lacks_an_image_or_cannot_be_read(evaluate_inputs, tmp_path):
+    from pipeline.stages import merge
+
+    paths = Paths(copy_outputs(evaluate_inputs, tmp_path / "inputs"))
+    merge.run(tiny_params(merge={"format": "shards", "shard_size": 40}), paths)
+    manifest = read_manifest(paths.augmented / "manifest.csv", ["shard", "key"])
+    shard = paths.augmented / manifest["shard"].iloc[-1]
+    shard.write_bytes(shard.read_bytes()[:4096])  # cut short on the way
+    with pytest.raises(InputError, match=rf"{shard.name}: has no sample-\d+\.png, which manifest\.csv lists"):
+        arm_inputs(paths, tmp_path)
+    shard.write_bytes(b"")
+    with pytest.raises(InputError, match=rf"{shard.name}: not a readable tar file"):
+        arm_inputs(paths, tmp_path)
+
+
+def test_judge_features_of_a_class_are_the_rows_of_predicts_features(evaluate_inputs, tmp_path, monkeypatch):
+    paths = Paths(evaluate_inputs)
+    stats = PreparedStats.read(paths.prepared)
+    judge, _ = load_judge(paths.judge)
+    images, labels = decode_split(paths.prepared, stats, "train", tmp_path)
+    monkeypatch.setattr(judge_features_module, "FEATURE_BLOCK", 7)  # a class's rows gathered over many blocks
+    features = judge_features(judge, images, labels, tmp_path / "train.f32")
+    probabilities, expected = predict(judge, images)
+    assert torch.equal(features.predictions, probabilities.argmax(dim=1))
+    for label in range(stats.num_classes):
+        assert torch.equal(features.of_class(label), expected[labels == label])  # the same bits
+
+
+def test_the_nearest_real_table_is_written_a_chunk_at_a_time_closest_first_then_by_path(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    count = 23
+    synthetic_paths = np.array([f"train/é{i % 5}/s{i:03d}.png" for i in rng.permutation(count)])
+    train_paths = np.array([f"train/c/{i:03d}.png" for i in range(9)])
+    nearest = {
+        "label": rng.integers(0, 3, count),
+        "synthetic_row": rng.permutation(count),
+        "train_row": rng.integers(0, 9, count),
+        "distance": rng.random(count),
+        "relative_distance": rng.choice([0.5, 1.25, 2.0, np.nan], count),  # ties: the path decides
+    }
+    table = pd.DataFrame(
+        {
+            "label": nearest["label"],
+            "synthetic_path": synthetic_paths[nearest["synthetic_row"]],
+            "train_path": train_paths[nearest["train_row"]],
+            "distance": nearest["distance"],
+            "relative_distance": nearest["relative_distance"],
+        }
+    ).sort_values(["relative_distance", "synthetic_path"])
+    table.to_csv(tmp_path / "whole.csv", index=False, lineterminator="\n", float_format="%.6f")
+    monkeypatch.setattr(evaluate, "CHUNK_ROWS", 5)
+    evaluate.write_nearest_table(tmp_path / "chunked.csv", nearest, encoded(train_paths), encoded(synthetic_paths))
+    assert (tmp_path / "chunked.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+    nothing = {key: values[:0] for key, values in nearest.items()}
+    evaluate.write_nearest_table(tmp_path / "empty.csv", nothing, encoded(train_paths), encoded([]))
+    assert (tmp_path / "empty.csv").read_text() == "label,synthetic_path,train_path,distance,relative_distance\n"

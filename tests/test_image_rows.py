@@ -15,6 +15,7 @@ from pipeline.image_rows import (
     image_batches,
     image_span,
     in_chunks,
+    place_image_rows,
     write_image_rows,
 )
 
@@ -103,3 +104,13 @@ def test_each_reads_the_rows_one_by_one_at_most_a_chunk_at_a_time(tmp_path, monk
     np.testing.assert_array_equal(np.stack(each), images[wanted])
     assert max(reads) == DECODE_CHUNK and sum(reads) == len(wanted)
     assert list(rows.each([])) == []
+
+
+def test_images_placed_at_their_rows_in_any_order_read_back_in_row_order(tmp_path):
+    images = random_images(6)
+    order = [4, 0, 5, 2, 1, 3]
+    rows = place_image_rows(tmp_path / "rows.u8", SHAPE, 6, ((row, images[row]) for row in order))
+    assert len(rows) == 6 and np.array_equal(rows[np.arange(6)], images)
+    assert (tmp_path / "rows.u8").read_bytes() == images.tobytes()
+    with pytest.raises(ValueError, match="row 1 of 6 was never given"):
+        place_image_rows(tmp_path / "short.u8", SHAPE, 6, ((row, images[row]) for row in order[:3]))

@@ -18,7 +18,7 @@ from pipeline.contracts import (
     passed_gate,
 )
 from pipeline.errors import InputError
-from pipeline.io import manifest_chunks, read_manifest, write_manifest
+from pipeline.io import manifest_chunks, packed_hashes, read_manifest, same_hashes, sha256_bytes, write_manifest
 
 
 def candidate_rows(n: int) -> pd.DataFrame:
@@ -171,3 +171,27 @@ def test_first_of_each_class_keeps_the_first_rows_of_each_class_across_chunks(tm
         "path": ["image0.png", "image2.png", "image6.png", "image8.png", "image10.png"],
         "label": [0, 0, 2, 2, 1],
     }
+
+
+def test_manifest_chunks_check_the_columns_required_beside_those_read(tmp_path):
+    path = tmp_path / "manifest.csv"
+    write_manifest(candidate_rows(5).drop(columns=["accepted", "seed"]), path)
+    with pytest.raises(InputError, match=r"lacks the columns seed, accepted$"):
+        next(manifest_chunks(path, ["label"], MANIFEST_COLUMNS + GATE_COLUMNS))
+    assert list(next(manifest_chunks(path, ["label"], MANIFEST_COLUMNS[:2])).columns) == ["label"]
+
+
+def test_packed_hashes_are_equal_exactly_when_the_hex_strings_are_as_many_times_each():
+    digests = [sha256_bytes(bytes([i])) for i in range(5)]
+
+    def packed(*chunks):
+        return [packed_hashes(pd.Series(chunk, dtype=str)) for chunk in chunks]
+
+    assert packed(digests[:1])[0][0].dtype == "S32" and packed(digests[:1])[0][1] == []
+    assert same_hashes(packed(digests[:2], digests[2:]), packed(digests[::-1]))
+    assert not same_hashes(packed(digests), packed(digests[:4]))
+    assert not same_hashes(packed(digests + digests[:1]), packed(digests + digests[1:2]))  # counts matter
+    odd = ["", "not a hash", digests[0].upper()]  # kept as they are: not the lowercase digest's equal
+    assert same_hashes(packed(digests[:2] + odd), packed(odd[::-1], digests[:2]))
+    assert not same_hashes(packed(digests[1:2] + odd[2:]), packed(digests[:2]))
+    assert same_hashes(packed([]), [])

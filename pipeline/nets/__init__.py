@@ -21,6 +21,7 @@ from pipeline.nets.classifiers import (
     classifier_name,
     logits_and_features,
     predict,
+    predict_batches,
     predict_labels,
 )
 from pipeline.nets.common import SUPPORTED_SIZES, check_image_size, to_uint8, to_unit_range
@@ -46,6 +47,7 @@ __all__ = [
     "load_model",
     "logits_and_features",
     "predict",
+    "predict_batches",
     "predict_labels",
     "save_model",
     "to_uint8",

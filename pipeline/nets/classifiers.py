@@ -17,6 +17,7 @@ pipeline/classifier_training.py's).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 
 import torch
 import torchvision
@@ -139,13 +140,20 @@ def predict(model: nn.Module, images: Images, batch_size: int = 500) -> tuple[to
     """(class probabilities, features) of uint8 images (in memory or a scratch file's rows), computed in
     batches; the features are the input of the network's output layer (logits_and_features: the judge's
     networks have one)."""
+    probabilities, features = zip(*predict_batches(model, images, batch_size))
+    return torch.cat(probabilities), torch.cat(features)
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: nn.Module, images: Images, batch_size: int = 500
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """predict's (class probabilities, features), a batch at a time (one empty batch for no images): the same
+    numbers, for a caller that keeps only some of them."""
     model.eval()
-    probabilities, features = [], []
     for batch in image_batches(images, batch_size):
         logits, batch_features = logits_and_features(model, to_unit_range(batch))
-        probabilities.append(logits.softmax(dim=1))
-        features.append(batch_features)
-    return torch.cat(probabilities), torch.cat(features)
+        yield logits.softmax(dim=1), batch_features
 
 
 @torch.inference_mode()
