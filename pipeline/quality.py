@@ -7,6 +7,7 @@ Everything here takes feature tensors and numbers; nothing reads or writes files
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,12 @@ class ClassFeatures:
     synthetic_predictions: torch.Tensor  # the judge's labels for the synthetic images
     copy_threshold: float  # the class's copy rule (metrics.copy_thresholds)
 
+    @cached_property
+    def synthetic_to_train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distance, index among the train images) of each synthetic image's nearest train image: computed
+        once for both the quality row and the nearest-real table."""
+        return nearest_neighbours(self.synthetic, self.train)
+
 
 def class_quality(features: ClassFeatures, cfg: EvaluateParams, seed: int) -> dict:
     """Fidelity, diversity and memorisation of one class's synthetic features: every QUALITY_COLUMNS
@@ -60,7 +67,7 @@ def class_quality(features: ClassFeatures, cfg: EvaluateParams, seed: int) -> di
     if len(synthetic) == 0:
         return row
     row["label_agreement"] = float((features.synthetic_predictions == label).double().mean())
-    synthetic_to_train, _ = nearest_neighbours(synthetic, train)
+    synthetic_to_train, _ = features.synthetic_to_train
     row["synthetic_to_train_median"] = float(synthetic_to_train.median())
     if len(test):
         row["test_to_train_median"] = float(nearest_neighbours(test, train)[0].median())
@@ -81,7 +88,7 @@ def class_nearest_real(features: ClassFeatures) -> tuple[torch.Tensor, torch.Ten
     """Per synthetic image of one class: (the distance to its nearest real train image of the class, that
     image's index among the class's train images, the distance relative to the class's copy threshold: below 1
     a copy by the copy rule)."""
-    distances, nearest = nearest_neighbours(features.synthetic, features.train)
+    distances, nearest = features.synthetic_to_train
     return distances, nearest, distances / features.copy_threshold
 
 
