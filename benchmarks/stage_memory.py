@@ -51,10 +51,10 @@ def scratch_workspace(workspace: Path, inputs: list[str] | tuple[str, ...]) -> P
     return scratch
 
 
-def run_in(scratch: Path, code: Path, command: list[str], name: str) -> tuple[float, float]:
-    """(peak MiB, seconds) of `command` run in `scratch` with one thread and `code` on PYTHONPATH; exits with
-    one line pointing to its log where it fails."""
-    env = os.environ | ONE_THREAD | {"PYTHONPATH": str(code)}
+def run_in(scratch: Path, code: Path, command: list[str], name: str, one_thread: bool = True) -> tuple[float, float]:
+    """(peak MiB, seconds) of `command` run in `scratch` with one thread (or the environment's thread count)
+    and `code` on PYTHONPATH; exits with one line pointing to its log where it fails."""
+    env = os.environ | (ONE_THREAD if one_thread else {}) | {"PYTHONPATH": str(code)}
     started = time.perf_counter()
     with (scratch / f"{name}.log").open("w") as log:  # the stage's output, for a failure
         process = subprocess.Popen(command, cwd=scratch, env=env, stdout=log, stderr=subprocess.STDOUT)

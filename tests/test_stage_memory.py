@@ -1,6 +1,7 @@
 """benchmarks/stage_memory.py: the inputs it links from dvc.yaml, its scratch folder, its one-line refusals,
 and its figures for a stage run alone on the tiny data."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -79,3 +80,27 @@ def test_the_code_version_is_the_checkouts_own_commit_not_that_of_a_repository_h
     (tmp_path / "pipeline").mkdir()
     (tmp_path / "pipeline/stage.py").write_text("")  # a file of the pipeline that the commit lacks
     assert stage_memory.code_version(tmp_path) == f"{commit.stdout.strip()} with pipeline/ changed"
+
+
+def test_the_ratios_of_two_checkouts_on_merge_and_a_checkout_without_the_pipeline_refused(evaluate_inputs, tmp_path):
+    workspace = copy_outputs(evaluate_inputs, tmp_path / "workspace", folders=("data",))
+    shutil.copyfile(REPO_ROOT / "dvc.yaml", workspace / "dvc.yaml")
+    write_params(workspace, TINY_PARAMS)
+    shutil.rmtree(workspace / "data/augmented")
+    speed = str(REPO_ROOT / "benchmarks/stage_speed.py")
+    command = [sys.executable, speed, str(workspace), "--code", str(REPO_ROOT), "--stages", "merge", "--pairs", "2"]
+    refused = subprocess.run([*command, "--reference", str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.splitlines() == [
+        f"error: {tmp_path} holds no pipeline/__main__.py"
+    ]
+    shown = subprocess.run([*command, "--reference", str(REPO_ROOT)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    line = shown.stdout.splitlines()[-1]
+    ratio = r"([\d.]+) \(([\d.]+) to ([\d.]+)\)"  # median (min to max)
+    match = re.fullmatch(rf"merge: ([\d.]+) / ([\d.]+) s; seconds {ratio}; peak {ratio}", line)
+    assert match, line
+    seconds, peaks = [float(x) for x in match.groups()[2:5]], [float(x) for x in match.groups()[5:]]
+    assert all(float(value) > 0 for value in match.groups())
+    assert seconds[1] <= seconds[0] <= seconds[2] and peaks[1] <= peaks[0] <= peaks[2]
+    assert 0.5 < peaks[0] < 2  # the same code twice: about the same peak
+    assert not (workspace / "data/augmented").exists()

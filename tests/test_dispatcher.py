@@ -1,0 +1,62 @@
+"""pipeline/__main__.py's fixed mmap threshold: glibc maps a large block after another was freed, in the
+stage's process and in the processes it starts, unless the user set the threshold."""
+
+import ctypes
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+    reason="glibc's allocator (mallinfo2: glibc 2.33 or later)",
+)
+
+# Frees a mapped 4 MiB block (which, by glibc's default, raises its threshold above 4 MiB), allocates another
+# and prints whether glibc mapped it (mallinfo2's hblkhd: the bytes of mapped blocks) and the variable that a
+# child process would see.
+PROBE = """
+import ctypes, os, sys
+from pipeline.__main__ import fix_mmap_threshold
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fix":
+    fix_mmap_threshold()
+size = 4 << 20
+libc.free(libc.malloc(size))
+mapped_before = libc.mallinfo2().hblkhd
+block = libc.malloc(size)
+print(libc.mallinfo2().hblkhd - mapped_before >= size, os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+"""
+
+
+def probe(fix: bool, threshold_set_by_user: str | None = None) -> str:
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_MMAP_THRESHOLD_"}
+    if threshold_set_by_user is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = threshold_set_by_user
+    command = [sys.executable, "-c", PROBE, "fix" if fix else "leave"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_glibcs_sliding_threshold_serves_the_second_block_from_its_heap():
+    assert probe(fix=False) == "False None"
+
+
+def test_the_fixed_threshold_maps_it_and_is_passed_on_to_child_processes():
+    assert probe(fix=True) == "True 1048576"
+
+
+def test_a_threshold_set_by_the_user_is_kept():
+    assert probe(fix=True, threshold_set_by_user=str(8 << 20)) == f"False {8 << 20}"
