@@ -15,7 +15,9 @@ os.wait4), so the two together split a step's memory between DVC and the stage.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,11 +32,19 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS
 
 
 def stage_inputs(workspace: Path, stage: str) -> list[str]:
-    """The deps of `stage` in WORKSPACE's dvc.yaml that are data, not the pipeline's code."""
+    """The deps of `stage` in WORKSPACE's dvc.yaml that are data, not the pipeline's code, with a `${key.path}`
+    read from WORKSPACE's params.yaml as DVC reads it (prepare's `${data.source}`)."""
     stages = yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"]
     if stage not in stages:
         sys.exit(f"error: {workspace}/dvc.yaml has no stage {stage!r} (it has {', '.join(stages)})")
-    return [dep for dep in stages[stage].get("deps", []) if not dep.startswith("pipeline/")]
+    deps = [dep for dep in stages[stage].get("deps", []) if not dep.startswith("pipeline/")]
+    if not any("${" in dep for dep in deps):
+        return deps
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    return [
+        re.sub(r"\$\{([\w.]+)\}", lambda key: str(functools.reduce(dict.get, key[1].split("."), params)), dep)
+        for dep in deps
+    ]
 
 
 def scratch_workspace(workspace: Path, inputs: list[str] | tuple[str, ...]) -> Path:

@@ -16,6 +16,7 @@ SCRIPT = str(REPO_ROOT / "benchmarks/stage_memory.py")
 
 def test_the_inputs_are_the_stages_data_deps_in_dvc_yaml():
     assert stage_memory.stage_inputs(REPO_ROOT, "merge") == ["data/prepared", "data/synthetic"]
+    assert stage_memory.stage_inputs(REPO_ROOT, "prepare") == ["data/builtin/mnist5k.yaml"]  # ${data.source}
     report = stage_memory.stage_inputs(REPO_ROOT, "report")
     assert "data/augmented/dataset.json" in report and "reports/metrics.json" in report
     assert not [dep for dep in report if dep.startswith("pipeline/")]
