@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import merge_dicts
 from pipeline.arms import read_arm_inputs, run_arms
 from pipeline.config import load_params
-from pipeline.contracts import PreparedStats, load_split
+from pipeline.contracts import PreparedStats
+from pipeline.manifests import load_split
 from pipeline.metrics import mean_std, paired_difference, tail_classes
 from pipeline.paths import Paths
 

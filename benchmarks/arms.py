@@ -27,7 +27,8 @@ import yaml
 
 from pipeline.arms import CLASSICAL_ARMS, arm_training_sets, best_classical, read_arm_inputs, run_arms
 from pipeline.config import load_params, params_from_dict, params_to_dict
-from pipeline.contracts import PreparedStats, load_split
+from pipeline.contracts import PreparedStats
+from pipeline.manifests import load_split
 from pipeline.metrics import paired_difference, tail_classes
 from pipeline.paths import Paths
 from pipeline.stages.merge import merged_weights

@@ -58,11 +58,12 @@ import torch  # noqa: E402
 
 from pipeline.arms import CLASSICAL_ARMS, read_arm_inputs, run_arms  # noqa: E402
 from pipeline.config import load_params, params_to_dict  # noqa: E402
-from pipeline.contracts import GeneratorDetails, ModelMeta, PreparedStats, load_split, read_accepted_synthetic  # noqa: E402
+from pipeline.contracts import GeneratorDetails, ModelMeta, PreparedStats  # noqa: E402
 from pipeline.environment import environment  # noqa: E402
 from pipeline.gan.data import TrainImages  # noqa: E402
 from pipeline.gan.training import ConditionalGAN  # noqa: E402
 from pipeline.io import json_text, load_images, read_json, sha256_bytes, write_atomically, write_json  # noqa: E402
+from pipeline.manifests import load_split, read_accepted_synthetic  # noqa: E402
 from pipeline.metrics import copy_thresholds, paired_difference, tail_classes  # noqa: E402
 from pipeline.nets import (  # noqa: E402
     load_judge,

@@ -31,9 +31,10 @@ import torch
 from pipeline import nets
 from pipeline.arms import ArmInputs, read_arm_inputs, run_arms
 from pipeline.config import load_params
-from pipeline.contracts import PreparedStats, load_split
+from pipeline.contracts import PreparedStats
 from pipeline.gate import build_gates, select_passing
 from pipeline.image_rows import write_image_rows
+from pipeline.manifests import load_split
 from pipeline.metrics import mean_std, paired_difference, precision_recall_density_coverage, tail_classes
 from pipeline.nets import predict
 from pipeline.paths import Paths

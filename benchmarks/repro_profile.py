@@ -44,9 +44,10 @@ sys.path.insert(0, str(REPO))
 from pipeline.balancing import class_weights  # noqa: E402
 from pipeline.classifier_training import AugmentedBatches, TrainingSet, channels_last, train_classifier  # noqa: E402
 from pipeline.config import load_params, params_to_dict  # noqa: E402
-from pipeline.contracts import PreparedStats, load_split  # noqa: E402
+from pipeline.contracts import PreparedStats  # noqa: E402
 from pipeline.gan.data import TrainImages  # noqa: E402
 from pipeline.gan.training import ConditionalGAN  # noqa: E402
+from pipeline.manifests import load_split  # noqa: E402
 from pipeline.nets import build_classifier, predict_labels  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 

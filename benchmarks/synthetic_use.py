@@ -42,7 +42,8 @@ from pipeline import nets
 from pipeline.arms import arm_training_sets, read_arm_inputs
 from pipeline.classifier_training import TrainingSet, train_classifier
 from pipeline.config import load_params
-from pipeline.contracts import PreparedStats, load_split
+from pipeline.contracts import PreparedStats
+from pipeline.manifests import load_split
 from pipeline.metrics import mean_std, paired_difference
 from pipeline.nets import predict
 from pipeline.paths import Paths

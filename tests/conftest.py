@@ -220,7 +220,8 @@ def evaluate_inputs(prepared_tiny, tmp_path_factory) -> Path:
     (held-out val images and their one-pixel shifts). Class 0, the largest, gets none."""
     import torch
 
-    from pipeline.contracts import PreparedStats, load_split
+    from pipeline.contracts import PreparedStats
+    from pipeline.manifests import load_split
     from pipeline.stages import judge, merge
 
     paths = Paths(copy_outputs(prepared_tiny, tmp_path_factory.mktemp("evaluate_inputs")))

@@ -17,8 +17,9 @@ from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_PARAMS, dvc, make_repo_cop
 from pipeline import nets
 from pipeline.arms import read_arm_inputs, run_arms
 from pipeline.classifier_training import TrainingSet, train_classifier
-from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import JudgeDetails, ModelMeta, PreparedStats
 from pipeline.errors import ConfigError
+from pipeline.manifests import load_split
 from pipeline.metrics import balanced_accuracy
 from pipeline.nets import predict
 from pipeline.paths import Paths

@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import ToTensor
 
 from conftest import REPO_ROOT, copy_outputs, tiny_params
-from pipeline.contracts import PreparedStats, load_split
+from pipeline.contracts import PreparedStats
 from pipeline.datamodule import AugmentedDataModule
 from pipeline.dataset import load_augmented
+from pipeline.manifests import load_split
 from pipeline.paths import Paths
 from pipeline.stages import merge
 

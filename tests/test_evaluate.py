@@ -30,13 +30,13 @@ from pipeline.contracts import (
     JudgeDetails,
     ModelMeta,
     PreparedStats,
-    load_split,
 )
 from pipeline.dataset import encoded, load_augmented
 from pipeline.errors import InputError
 from pipeline.image_rows import decode_split
 from pipeline.io import read_manifest, read_png, write_manifest
 from pipeline.judge_features import judge_features
+from pipeline.manifests import load_split
 from pipeline.nets import load_judge, predict
 from pipeline.paths import Paths
 from pipeline.quality import add_verdicts

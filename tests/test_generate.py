@@ -15,10 +15,11 @@ import torch
 
 from conftest import TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline import gate, nets
-from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary, load_split
+from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ModelMeta, PreparedStats, SyntheticSummary
 from pipeline.errors import ConfigError, GateError, InputError
 from pipeline.image_rows import ImageRows
 from pipeline.io import encode_png_tensor, read_manifest, sha256_file
+from pipeline.manifests import load_split
 from pipeline.metrics import closest_real_pair, copy_thresholds
 from pipeline.nets import predict
 from pipeline.paths import Paths

@@ -16,9 +16,10 @@ from dvc.repo.plots import parse as dvc_parse_plot
 
 from conftest import TINY_CLASSIFIER, TINY_PARAMS, run_cli, tiny_params, write_params
 from pipeline.config import params_to_dict
-from pipeline.contracts import GeneratorDetails, JudgeDetails, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import GeneratorDetails, JudgeDetails, ModelMeta, PreparedStats
 from pipeline.errors import InputError
 from pipeline.io import read_json
+from pipeline.manifests import load_split
 from pipeline.metrics import balanced_accuracy
 from pipeline.nets import load_judge, predict, weights_hash
 from pipeline.paths import Paths

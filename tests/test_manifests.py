@@ -7,18 +7,10 @@ import pandas as pd
 import pytest
 
 import pipeline.io
-from pipeline.contracts import (
-    GATE_COLUMNS,
-    MANIFEST_COLUMNS,
-    ClassInfo,
-    PreparedStats,
-    class_counts,
-    class_rows,
-    first_of_each_class,
-    passed_gate,
-)
+from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, ClassInfo, PreparedStats
 from pipeline.errors import InputError
 from pipeline.io import manifest_chunks, packed_hashes, read_manifest, same_hashes, sha256_bytes, write_manifest
+from pipeline.manifests import class_counts, class_rows, first_of_each_class, passed_gate
 
 
 def candidate_rows(n: int) -> pd.DataFrame:

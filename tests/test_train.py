@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import FAST_GAN, TINY_PARAMS, merge_dicts, run_cli, tiny_params, write_params
 from pipeline.balancing import class_weights
 from pipeline.config import params_to_dict
-from pipeline.contracts import GeneratorDetails, ModelMeta, PreparedStats, load_split
+from pipeline.contracts import GeneratorDetails, ModelMeta, PreparedStats
 from pipeline.errors import ConfigError, InputError
 from pipeline.gan.augment import AUGMENTATIONS, diff_augment
 from pipeline.gan.data import TrainImages
@@ -37,6 +37,7 @@ from pipeline.gan.losses import (
 )
 from pipeline.gan.training import ConditionalGAN
 from pipeline.hardware import trainer_settings
+from pipeline.manifests import load_split
 from pipeline.nets import load_generator, weights_hash
 from pipeline.paths import Paths
 from pipeline.stages import train

@@ -44,8 +44,6 @@ from pipeline.contracts import (
     SyntheticSummary,
     check_made_for,
     check_manifest_classes,
-    kept_chunks,
-    passed_gate,
     table_columns,
 )
 from pipeline.dataset import encoded
@@ -63,6 +61,7 @@ from pipeline.io import (
     write_atomically,
 )
 from pipeline.judge_features import judge_features
+from pipeline.manifests import kept_chunks, passed_gate
 from pipeline.metrics import class_copy_thresholds, tail_classes
 from pipeline.paths import Paths
 from pipeline.quality import ClassFeatures, add_verdicts, class_nearest_real, class_quality, nearest_real_order

@@ -40,19 +40,10 @@ import pandas as pd
 
 from pipeline.balancing import class_weights
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import (
-    GATE_COLUMNS,
-    MANIFEST_COLUMNS,
-    PreparedStats,
-    SyntheticSummary,
-    check_made_for,
-    class_counts,
-    class_rows,
-    in_train_split,
-    passed_gate,
-)
+from pipeline.contracts import GATE_COLUMNS, MANIFEST_COLUMNS, PreparedStats, SyntheticSummary, check_made_for
 from pipeline.environment import environment
 from pipeline.io import atomic_output, json_text, sha256_file, write_json, write_manifest, write_tar
+from pipeline.manifests import class_counts, class_rows, in_train_split, passed_gate
 from pipeline.paths import Paths
 
 GATE_VALUE_COLUMNS = ["judge_confidence", "judge_prediction", "nn_distance", "nearest_real"]

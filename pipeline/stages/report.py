@@ -24,20 +24,10 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no GUI backen
 from torchvision.utils import make_grid
 
 from pipeline.config import Params, params_to_dict
-from pipeline.contracts import (
-    ARMS,
-    HEADLINE_KEYS,
-    NO_SYNTHETIC,
-    VERDICTS,
-    PreparedStats,
-    first_of_each_class,
-    in_train_split,
-    load_rows,
-    passed_gate,
-    table_columns,
-)
+from pipeline.contracts import ARMS, HEADLINE_KEYS, NO_SYNTHETIC, VERDICTS, PreparedStats, table_columns
 from pipeline.errors import InputError
 from pipeline.io import CHUNK_ROWS, atomic_output, encode_png_tensor, json_text, read_json, write_atomically
+from pipeline.manifests import first_of_each_class, in_train_split, load_rows, passed_gate
 from pipeline.paths import Paths
 
 TEMPLATES = Path(__file__).parents[1] / "templates"  # package data of pipeline/, beside the library
