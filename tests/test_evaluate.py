@@ -396,6 +396,15 @@ def test_a_judge_of_other_classes_is_an_error_naming_it(inputs_copy):
         evaluate.run(tiny_params(), inputs_copy)
 
 
+def test_evaluate_fixes_the_mmap_threshold_of_its_process_before_it_reads_anything(inputs_copy, monkeypatch):
+    calls = []
+    monkeypatch.setattr(evaluate, "fix_mmap_threshold", lambda: calls.append("fixed"))
+    monkeypatch.setattr(evaluate.PreparedStats, "read", lambda folder: calls.append("read") or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        evaluate.run(tiny_params(), inputs_copy)
+    assert calls == ["fixed", "read"]
+
+
 def test_synthetic_images_of_an_unknown_class_are_an_error_naming_the_class(inputs_copy):
     manifest = read_manifest(inputs_copy.synthetic / "manifest.csv", MANIFEST_COLUMNS + GATE_COLUMNS)
     manifest.loc[manifest["class_name"] == "9", "class_name"] = "nine"

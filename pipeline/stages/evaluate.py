@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from pipeline import nets
+from pipeline.allocator import fix_mmap_threshold
 from pipeline.arms import best_classical, gain, read_arm_inputs, run_arms, summarise
 from pipeline.config import Params
 from pipeline.contracts import (
@@ -100,6 +101,7 @@ ACCEPTED_COLUMNS = ["path", "label", "class_name", "sha256"]  # what read_inputs
 
 def run(params: Params, paths: Paths = Paths()) -> None:
     cfg = params.evaluate
+    fix_mmap_threshold()  # a peak that does not vary with the allocator's history (pipeline/allocator.py)
     classifier_settings(cfg.classifier, torch.cuda.device_count(), "evaluate.classifier")  # a GPU asked for and none
     stats = PreparedStats.read(paths.prepared)
     judge, judge_meta = nets.load_judge(paths.judge)
