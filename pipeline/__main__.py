@@ -1,13 +1,16 @@
 """Stage dispatcher: `python -m pipeline <stage>` runs one stage with the params in params.yaml.
 
 A PipelineError (bad params, bad input, a gate that cannot be met) is printed as one line naming the
-culprit, with exit status 2 and no traceback; anything else is a bug and keeps its traceback.
+culprit, with exit status 2 and no traceback; anything else is a bug and keeps its traceback. SIGTERM (`kill`,
+a scheduler's time limit) stops a stage as Ctrl-C does, with exit status 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing
+import signal
 import sys
 
 from pipeline.config import load_params
@@ -25,6 +28,15 @@ STAGES = {
 }
 
 
+def stop_on_sigterm(signum: int, frame) -> None:
+    """Stop the stage's worker processes (prepare's and evaluate's pools), which SIGTERM does not reach and which
+    would otherwise run on, then unwind as Ctrl-C does: the scratch folders and the unfinished outputs' temporary
+    siblings are removed on the way out, and the previous outputs stay."""
+    for worker in multiprocessing.active_children():
+        worker.terminate()
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("stage", choices=STAGES)
@@ -40,4 +52,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # here, not in main(): a test calling main() keeps its own
     sys.exit(main())

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,16 @@ import torch
 
 import pipeline.io
 import pipeline.judge_features as judge_features_module
-from conftest import COPIED_CLASS, WRONG_CLASS, copy_outputs, tiny_params
+from conftest import (
+    COPIED_CLASS,
+    REPO_ROOT,
+    TINY_PARAMS,
+    WRONG_CLASS,
+    copy_outputs,
+    merge_dicts,
+    tiny_params,
+    write_params,
+)
 from pipeline.arms import ArmInputs, arm_training_sets, best_classical, gain, read_arm_inputs, run_arms
 from pipeline.classifier_training import AugmentedBatches, TrainingSet, train_classifier
 from pipeline.config import ClassifierParams, VerdictParams
@@ -394,6 +408,56 @@ def test_a_judge_of_other_classes_is_an_error_naming_it(inputs_copy):
     )
     with pytest.raises(InputError, match=r"models/judge/judge.json: made for other classes"):
         evaluate.run(tiny_params(), inputs_copy)
+
+
+def worker_processes(parent: int) -> list[int]:
+    """The processes `parent` started with multiprocessing's spawn (its pool's workers), from /proc."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        if ppid == parent and b"multiprocessing.spawn" in command:
+            workers.append(int(stat.parent.name))
+    return workers
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc")
+def test_sigterm_stops_the_workers_and_removes_the_scratch_folder_keeping_the_previous_reports(
+    evaluate_inputs, tmp_path
+):
+    root = copy_outputs(evaluate_inputs, tmp_path / "workspace")
+    write_params(root, merge_dicts(TINY_PARAMS, {"evaluate": {"workers": 2, "seeds": 5}}))
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/metrics.json").write_text("the previous headline")
+    scratch = tmp_path / "scratch"  # the stage's TMPDIR
+    scratch.mkdir()
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(scratch)}
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "evaluate"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while len(workers := worker_processes(stage.pid)) < 2 and stage.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2, stage.stderr.read() if stage.poll() is not None else "no workers in 300 s"
+    assert [folder.name for folder in scratch.glob("evaluate-*")]  # its scratch folder, holding the decoded images
+
+    stage.send_signal(signal.SIGTERM)
+    assert stage.wait(timeout=120) == 143
+    stage.stderr.close()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # the workers did not run on
+    assert not list(scratch.glob("evaluate-*"))
+    assert (root / "reports/metrics.json").read_text() == "the previous headline"
+    assert not list((root / "reports").glob("*.tmp-*"))
 
 
 def test_evaluate_fixes_the_mmap_threshold_of_its_process_before_it_reads_anything(inputs_copy, monkeypatch):
