@@ -3,10 +3,11 @@
 glibc's allocator serves a block above its mmap threshold (128 KiB at first) with a mapping of its own,
 returned to the system when freed, but raises the threshold to the size of each such block freed (up to
 32 MiB), so that later blocks of that size come from its heap, which it may keep. At a million source images
-that made evaluate's peak vary from run to run by 600 MiB; with the threshold fixed at 1 MiB it did not
-(docs/performance.md#scale). A fixed threshold maps and unmaps every block above it, which costs a training
-loop time (about a fifth of the judge's), so only evaluate's own process holds it, not the processes that
-train its arms.
+that made evaluate's peak vary from run to run between 1,143 and 1,761 MiB; with the threshold fixed at 1 MiB,
+six runs peaked between 1,075 and 1,262, for 1.2 to 1.3 times the stage's seconds there and none on the default
+data (docs/performance.md#scale). A fixed threshold maps and unmaps every block above it, which costs a training
+loop more (the judge 1.23 times its seconds, the GAN 1.61), so only evaluate's own process holds it, not the
+processes that train its arms.
 """
 
 from __future__ import annotations
