@@ -48,13 +48,14 @@ def stage_inputs(workspace: Path, stage: str) -> list[str]:
 
 
 def scratch_workspace(workspace: Path, inputs: list[str] | tuple[str, ...]) -> Path:
-    """A new temporary folder holding a copy of WORKSPACE's params.yaml and links to its `inputs`; exits with
-    one line naming the first that is missing."""
+    """A new temporary folder holding a copy of WORKSPACE's params.yaml and links to its `inputs` (an absolute
+    path, such as a data.source outside the workspace, is read where it is); exits with one line naming the
+    first that is missing."""
     for name in ("params.yaml", *inputs):
         if not (workspace / name).exists():
             sys.exit(f"error: {workspace / name} is missing (WORKSPACE needs params.yaml, {', '.join(inputs)})")
     scratch = Path(tempfile.mkdtemp(prefix="stage-memory-"))
-    for name in inputs:
+    for name in (name for name in inputs if not Path(name).is_absolute()):
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         (scratch / name).symlink_to((workspace / name).resolve(), target_is_directory=(workspace / name).is_dir())
     shutil.copyfile(workspace / "params.yaml", scratch / "params.yaml")

@@ -23,7 +23,9 @@ def test_the_inputs_are_the_stages_data_deps_in_dvc_yaml():
 
 
 def test_the_scratch_folder_copies_the_params_and_links_folders_and_files(tmp_path):
-    inputs = ["data/prepared", "data/augmented/dataset.json"]
+    source = tmp_path / "elsewhere/source"  # an absolute data.source, read where it is
+    source.mkdir(parents=True)
+    inputs = ["data/prepared", "data/augmented/dataset.json", str(source)]
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / "data/augmented").mkdir()
     (tmp_path / "data/augmented/dataset.json").write_text("{}")
@@ -31,12 +33,13 @@ def test_the_scratch_folder_copies_the_params_and_links_folders_and_files(tmp_pa
     scratch = stage_memory.scratch_workspace(tmp_path, inputs)
     try:
         assert not (scratch / "params.yaml").is_symlink() and (scratch / "params.yaml").read_text() == "seed: 0\n"
-        for name in inputs:
+        for name in inputs[:2]:
             assert (scratch / name).is_symlink() and (scratch / name).resolve() == (tmp_path / name).resolve()
         assert not (scratch / "data/augmented").is_symlink()  # a real folder: the stage writes beside the link
         assert sorted(path.relative_to(scratch).as_posix() for path in scratch.rglob("*")) == sorted(
-            ["data", "data/augmented", "params.yaml", *inputs]
+            ["data", "data/augmented", "params.yaml", *inputs[:2]]
         )
+        assert source.is_dir() and not source.is_symlink()
     finally:
         shutil.rmtree(scratch)
 
