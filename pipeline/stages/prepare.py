@@ -381,18 +381,18 @@ def _write_images(
     which_splits,
     classes: list[ClassInfo],
 ) -> None:
-    """PNGs of the items of `which_splits` under out/<split>/<folder>/, and out/manifest.csv a class at a time."""
-    with (out / "manifest.csv").open("w", encoding="utf-8", newline="") as manifest:
-        write_manifest(pd.DataFrame(columns=MANIFEST_COLUMNS), manifest)  # the header, then a part per class
-        for split in which_splits:
-            for c in classes:
-                members = np.flatnonzero((assigned.labels == c.label) & (assigned.splits == split))
-                if len(members) == 0:
-                    continue
-                (out / split / c.folder).mkdir(parents=True)
-                jobs = [(index, f"{split}/{c.folder}/{k:05d}.png") for k, index in enumerate(members)]
-                rows = [
-                    [relative, c.label, c.class_name, split, "real", assigned.items[index].origin, "", png_hash]
-                    for (index, relative), png_hash in zip(jobs, write_pngs(out, jobs), strict=True)
-                ]
-                write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest, header=False)
+    """PNGs of the items of `which_splits` under out/<split>/<folder>/, and out/manifest.csv."""
+    jobs, rows = [], []
+    for split in which_splits:
+        for c in classes:
+            members = np.flatnonzero((assigned.labels == c.label) & (assigned.splits == split))
+            if len(members) == 0:
+                continue
+            (out / split / c.folder).mkdir(parents=True)
+            for k, index in enumerate(members):
+                rel = f"{split}/{c.folder}/{k:05d}.png"
+                jobs.append((index, rel))
+                rows.append([rel, c.label, c.class_name, split, "real", assigned.items[index].origin, ""])
+    for row, png_hash in zip(rows, write_pngs(out, jobs), strict=True):
+        row.append(png_hash)
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), out / "manifest.csv")
