@@ -38,7 +38,7 @@ def stage_inputs(workspace: Path, stage: str) -> list[str]:
     if stage not in stages:
         sys.exit(f"error: {workspace}/dvc.yaml has no stage {stage!r} (it has {', '.join(stages)})")
     deps = [dep for dep in stages[stage].get("deps", []) if not dep.startswith("pipeline/")]
-    if not any("${" in dep for dep in deps):
+    if not any("${" in dep for dep in deps):  # params.yaml is read only when needed; scratch_workspace checks it
         return deps
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     return [
@@ -76,6 +76,16 @@ def run_in(scratch: Path, code: Path, command: list[str], name: str, one_thread:
     return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
 
 
+def refuse_bad_arguments(workspace: Path, checkouts: dict[str, Path]) -> None:
+    """Exit with one line where a checkout (named by its key in the message) holds no pipeline, or WORKSPACE
+    is not a repository of the pipeline."""
+    for name, checkout in checkouts.items():
+        if not (checkout / "pipeline/__main__.py").is_file():
+            sys.exit(f"error: {name} holds no pipeline/__main__.py")
+    if not (workspace / "dvc.yaml").is_file():
+        sys.exit(f"error: {workspace}/dvc.yaml is missing (WORKSPACE is a repository of the pipeline)")
+
+
 def code_version(code: Path) -> str:
     """The short commit of the checkout `code`, and whether its pipeline/ differs from that commit; not the
     commit of a repository that merely holds the folder."""
@@ -102,10 +112,7 @@ def main() -> None:
     parser.add_argument("workspace", type=Path, help="a repository after dvc repro, with the stage's inputs")
     parser.add_argument("--code", type=Path, default=REPO_ROOT, help="the pipeline checkout to run")
     args = parser.parse_args()
-    if not (args.code / "pipeline/__main__.py").is_file():
-        sys.exit(f"error: --code {args.code} holds no pipeline/__main__.py")
-    if not (args.workspace / "dvc.yaml").is_file():
-        sys.exit(f"error: {args.workspace}/dvc.yaml is missing (WORKSPACE is a repository of the pipeline)")
+    refuse_bad_arguments(args.workspace, {f"--code {args.code}": args.code})
 
     scratch = scratch_workspace(args.workspace, stage_inputs(args.workspace, args.stage))
     command = [sys.executable, "-m", "pipeline", args.stage]

@@ -19,24 +19,21 @@ import statistics
 import sys
 from pathlib import Path
 
-from stage_memory import code_version, run_in, scratch_workspace, stage_inputs
+from stage_memory import code_version, refuse_bad_arguments, run_in, scratch_workspace, stage_inputs
 
 STAGES = ("prepare", "judge", "train", "generate", "merge", "evaluate", "report")
 
 
-def timed_pairs(workspace: Path, stage: str, code: Path, reference: Path, pairs: int) -> list[tuple[float, ...]]:
-    """(seconds, peak MiB) of `code` then of `reference`, for each pair, on `stage`."""
+def timed_runs(workspace: Path, stage: str, checkouts: list[Path]) -> list[tuple[float, float]]:
+    """(seconds, peak MiB) of `stage` run with each checkout in turn."""
     inputs = stage_inputs(workspace, stage)
     command = [sys.executable, "-m", "pipeline", stage]
     measured = []
-    for _ in range(pairs):
-        row = []
-        for checkout in (code, reference):
-            scratch = scratch_workspace(workspace, inputs)
-            peak, seconds = run_in(scratch, checkout, command, stage, one_thread=False)
-            shutil.rmtree(scratch)
-            row += [seconds, peak]
-        measured.append(tuple(row))
+    for checkout in checkouts:
+        scratch = scratch_workspace(workspace, inputs)
+        peak, seconds = run_in(scratch, checkout, command, stage, one_thread=False)
+        shutil.rmtree(scratch)
+        measured.append((seconds, peak))
     return measured
 
 
@@ -52,22 +49,19 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--pairs", type=int, default=3, help="runs of each checkout, in turn (default 3)")
     args = parser.parse_args()
-    for checkout in (args.code, args.reference):
-        if not (checkout / "pipeline/__main__.py").is_file():
-            sys.exit(f"error: {checkout} holds no pipeline/__main__.py")
-    if not (args.workspace / "dvc.yaml").is_file():
-        sys.exit(f"error: {args.workspace}/dvc.yaml is missing (WORKSPACE is a repository of the pipeline)")
+    refuse_bad_arguments(args.workspace, {str(checkout): checkout for checkout in (args.code, args.reference)})
 
     code, reference = args.code.resolve(), args.reference.resolve()
     print(f"code {code} ({code_version(code)}) against reference {reference} ({code_version(reference)})")
     print(f"on {args.workspace}, {args.pairs} pairs, the environment's threads")
     print("stage: seconds code / reference; ratio of seconds, median (range); ratio of peak MiB, median (range)")
     for stage in args.stages:
-        pairs = timed_pairs(args.workspace, stage, code, reference, args.pairs)
-        seconds = [row[0] / row[2] for row in pairs]
-        peaks = [row[1] / row[3] for row in pairs]
-        median_code = statistics.median(row[0] for row in pairs)
-        median_reference = statistics.median(row[2] for row in pairs)
+        runs = timed_runs(args.workspace, stage, [code, reference] * args.pairs)
+        ours, theirs = runs[0::2], runs[1::2]  # (seconds, peak) of each pair's code run, and of its reference run
+        seconds = [mine[0] / other[0] for mine, other in zip(ours, theirs)]
+        peaks = [mine[1] / other[1] for mine, other in zip(ours, theirs)]
+        median_code = statistics.median(run[0] for run in ours)
+        median_reference = statistics.median(run[0] for run in theirs)
         print(
             f"{stage}: {median_code:.1f} / {median_reference:.1f} s; seconds {summary(seconds)}; peak {summary(peaks)}",
             flush=True,
