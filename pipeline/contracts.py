@@ -5,7 +5,7 @@
   JudgeDetails or GeneratorDetails (what the judge or train stage recorded)
 - data/synthetic/summary.json -> SyntheticSummary
 - manifest.csv columns      -> MANIFEST_COLUMNS (+ GATE_COLUMNS for synthetic rows, `weight` when merged);
-  prepare's and generate's rows are grouped by class in label order (class_rows reads a class at a time)
+  prepare's and generate's rows are grouped by class in label order (manifests.py reads them, a class at a time)
 - reports/metrics.json (its keys: HEADLINE_KEYS) and reports/tables/*.csv name the arms (ARMS) and
   verdicts (VERDICTS, NO_SYNTHETIC);
   the columns of reports/tables/*.csv: table_columns
