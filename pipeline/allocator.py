@@ -1,4 +1,4 @@
-"""glibc's mmap threshold held fixed in evaluate's process, so that its peak does not depend on chance.
+"""glibc's mmap threshold held fixed in evaluate's process, so that its peak varies far less from run to run.
 
 glibc's allocator serves a block above its mmap threshold (128 KiB at first) with a mapping of its own,
 returned to the system when freed, but raises the threshold to the size of each such block freed (up to
